@@ -1,0 +1,82 @@
+"""Records that cross the queue store's boundary."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Post(BaseModel):
+    """One input post as queued (extra input columns are not carried)."""
+
+    model_config = ConfigDict(frozen=True)
+    uri: str
+    text: str
+    preprocessing_timestamp: str
+
+
+class InvalidPost(BaseModel):
+    uri: str | None
+    reason: str
+
+
+class EnqueueResult(BaseModel):
+    enqueued_posts: int = 0
+    enqueued_batches: int = 0
+    invalid: list[InvalidPost] = Field(default_factory=list)
+
+    @property
+    def invalid_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.invalid:
+            counts[item.reason] = counts.get(item.reason, 0) + 1
+        return counts
+
+
+class ClaimedBatch(BaseModel):
+    """A leased input row: only the holder of ``lease_id`` may complete or fail it."""
+
+    batch_id: int
+    lease_id: str
+    attempt: int
+    posts: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+
+class CompleteResult(BaseModel):
+    accepted: bool
+    labelled: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+
+class ReapResult(BaseModel):
+    requeued_batches: int = 0
+    dead_lettered_batches: int = 0
+
+
+class DeadLetter(BaseModel):
+    id: int
+    uri: str | None
+    reason: str
+    attempt: int
+
+
+class QueueStatus(BaseModel):
+    integration: str
+    pending_batches: int = 0
+    pending_posts: int = 0
+    processing_batches: int = 0
+    processing_posts: int = 0
+    dead_posts: int = 0
+    dead_undecodable_rows: int = 0
+    output_rows_exported: int = 0
+    output_rows_unexported: int = 0
+
+
+class ExportPlan(BaseModel):
+    """A chunk of output rows reserved for one parquet write; ``file_stem`` never changes."""
+
+    export_id: int
+    file_stem: str
+    n_batches: int

@@ -1,0 +1,91 @@
+"""SQLite layout of one integration's queue file and how to open it safely."""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+from queue_store.names import check_name
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def table_names(integration: str) -> dict[str, str]:
+    name = check_name(integration)
+    return {
+        "input": f"input_{name}",
+        "output": f"output_{name}",
+        "dead": f"dead_{name}",
+        "exports": f"exports_{name}",
+    }
+
+
+def _ddl(t: dict[str, str]) -> list[str]:
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS {t['input']} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            payload TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            n_posts INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','processing')),
+            lease_id TEXT,
+            lease_owner TEXT,
+            lease_expires REAL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS {t['input']}_pending ON {t['input']}(id) WHERE status = 'pending'",
+        f"CREATE INDEX IF NOT EXISTS {t['input']}_leased ON {t['input']}(lease_expires) "
+        "WHERE status = 'processing'",
+        f"""CREATE TABLE IF NOT EXISTS {t['output']} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            batch_id INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            n_rows INTEGER NOT NULL,
+            export_id INTEGER,
+            created_at REAL NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS {t['output']}_unexported ON {t['output']}(id) "
+        "WHERE export_id IS NULL",
+        f"CREATE INDEX IF NOT EXISTS {t['output']}_export ON {t['output']}(export_id) "
+        "WHERE export_id IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS {t['dead']} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            uri TEXT,
+            payload TEXT NOT NULL,
+            decodable INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            source_batch_id INTEGER,
+            created_at REAL NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS {t['exports']} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            state TEXT NOT NULL CHECK (state IN ('planned','written')),
+            n_rows INTEGER NOT NULL,
+            created_at REAL NOT NULL)""",
+    ]
+
+
+def connect(path: Path, integration: str) -> tuple[sqlite3.Connection, str]:
+    """Open (creating if needed) the queue file; returns the connection and the store's id.
+
+    The store id is a random value fixed at creation: parquet file names include it so a
+    re-created queue file can never overwrite files exported from an earlier one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in _ddl(table_names(integration)):
+            conn.execute(stmt)
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)",
+                     (uuid.uuid4().hex[:12],))
+        store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return conn, store_id

@@ -1,0 +1,246 @@
+"""One integration's SQLite queue: input batches with leases, output rows, dead letters.
+
+Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
+
+- ``enqueue(posts, metadata=None, batch_size=1000)`` — validate, queue valid posts in rows of <= batch_size.
+- ``claim(max_batches=1, lease_seconds=60, owner="")`` — lease pending rows (reaps expired leases first).
+- ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
+- ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output + retries + delete, atomically.
+- ``fail(batch_id, lease_id, reason)`` — fenced nack: whole batch back to pending (or dead at max_attempts).
+- ``reap()`` — expired leases back to pending (or dead at max_attempts).
+- ``requeue_dead(batch_size=1000)``, ``dead_letters(limit=20)``, ``status()``, ``known_uris()`` — admin.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import pyarrow as pa
+
+from queue_store import codec
+from queue_store.admin import AdminVerbs
+from queue_store.export_bookkeeping import ExportBookkeeping
+from queue_store.models import ClaimedBatch, CompleteResult, EnqueueResult, InvalidPost, ReapResult
+from queue_store.schema import connect, table_names
+from queue_store.validation import POST_COLUMNS, as_post_table, split_valid
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def queue_path(data_dir: str | Path, integration: str) -> Path:
+    return Path(data_dir) / "queue" / f"{integration}.db"
+
+
+class QueueStore(AdminVerbs, ExportBookkeeping):
+    def __init__(self, data_dir: str | Path, integration: str,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.integration = integration
+        self.tables = table_names(integration)
+        self.path = queue_path(data_dir, integration)
+        self.max_attempts = max_attempts
+        self.conn, self.store_id = connect(self.path, integration)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- producers -------------------------------------------------------------------------
+    def enqueue(self, posts: Any, metadata: Mapping[str, Any] | None = None,
+                batch_size: int = 1000) -> EnqueueResult:
+        """Validate posts and queue the valid ones in rows of at most ``batch_size`` posts."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        valid, invalid = split_valid(as_post_table(posts))
+        result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in invalid])
+        now = time.time()
+        rows = []
+        for start in range(0, valid.num_rows, batch_size):
+            chunk = valid.slice(start, batch_size)
+            meta = dict(metadata or {}, batch_size=batch_size, actual_batch_size=chunk.num_rows)
+            rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, now))
+        if rows:
+            with self._tx() as c:
+                c.executemany(f"INSERT INTO {self.tables['input']} "
+                              "(payload, metadata, n_posts, created_at) VALUES (?, ?, ?, ?)", rows)
+        result.enqueued_posts = valid.num_rows
+        result.enqueued_batches = len(rows)
+        return result
+
+    # -- consumers -------------------------------------------------------------------------
+    def claim(self, max_batches: int = 1, lease_seconds: float = 60,
+              owner: str = "") -> list[ClaimedBatch]:
+        """Lease up to ``max_batches`` pending rows; undecodable rows go to dead letters."""
+        now = time.time()
+        lease_id = uuid.uuid4().hex
+        claimed: list[ClaimedBatch] = []
+        t = self.tables["input"]
+        with self._tx() as c:
+            self._reap(c, now)
+            rows = c.execute(
+                f"UPDATE {t} SET status = 'processing', lease_id = ?, lease_owner = ?, "
+                "lease_expires = ?, attempt = attempt + 1 "
+                f"WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' ORDER BY id LIMIT ?) "
+                "RETURNING id, payload, metadata, attempt",
+                (lease_id, owner, now + lease_seconds, max_batches)).fetchall()
+            for batch_id, payload, metadata, attempt in sorted(rows):
+                try:
+                    posts = codec.loads_posts(payload)
+                    meta = codec.loads(metadata)
+                    if not isinstance(meta, dict):
+                        raise codec.PayloadError("metadata is not a JSON object")
+                except codec.PayloadError as exc:
+                    self._dead_letter_raw(c, batch_id, payload, str(exc), attempt)
+                    continue
+                claimed.append(ClaimedBatch(batch_id=batch_id, lease_id=lease_id,
+                                            attempt=attempt, posts=posts, metadata=meta))
+        return claimed
+
+    def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float = 60) -> int:
+        """Push the expiry of each (batch_id, lease_id) still held; returns how many were."""
+        if not leases:
+            return 0
+        expires = time.time() + lease_seconds
+        with self._tx() as c:
+            before = c.total_changes
+            c.executemany(f"UPDATE {self.tables['input']} SET lease_expires = ? "
+                          "WHERE id = ? AND lease_id = ? AND status = 'processing'",
+                          [(expires, b, lease) for b, lease in leases])
+            return c.total_changes - before
+
+    def complete(self, batch_id: int, lease_id: str,
+                 successes: Mapping[str, Mapping[str, Any]],
+                 failures: Mapping[str, str]) -> CompleteResult:
+        """Fenced ack. ``successes``: uri -> output columns; ``failures``: uri -> reason.
+
+        Together they must cover the batch's posts exactly. Returns ``accepted=False`` and
+        writes nothing when ``lease_id`` no longer holds the batch.
+        """
+        with self._tx() as c:
+            held = self._held(c, batch_id, lease_id)
+            if held is None:
+                return CompleteResult(accepted=False)
+            posts, attempt = held
+            uris = [p["uri"] for p in posts]
+            _check_cover(batch_id, uris, successes, failures)
+            now = time.time()
+            out = [{**p, **successes[p["uri"]]} for p in posts if p["uri"] in successes]
+            if out:
+                c.execute(f"INSERT INTO {self.tables['output']} "
+                          "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
+                          (batch_id, codec.dumps(out), len(out), now))
+            failed = [(p, failures[p["uri"]]) for p in posts if p["uri"] in failures]
+            retried, dead = self._retry_or_bury(c, batch_id, failed, attempt)
+            c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
+        return CompleteResult(accepted=True, labelled=len(out), retried=retried,
+                              dead_lettered=dead)
+
+    def fail(self, batch_id: int, lease_id: str, reason: str) -> bool:
+        """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""
+        with self._tx() as c:
+            held = self._held(c, batch_id, lease_id)
+            if held is None:
+                return False
+            posts, attempt = held
+            if attempt >= self.max_attempts:
+                self._bury_posts(c, batch_id, [(p, reason) for p in posts], attempt)
+                c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
+            else:
+                c.execute(f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
+                          "lease_owner = NULL, lease_expires = NULL WHERE id = ?", (batch_id,))
+        return True
+
+    def reap(self) -> ReapResult:
+        """Return expired leases to pending (or dead letters once max_attempts is used)."""
+        with self._tx() as c:
+            return self._reap(c, time.time())
+
+    # -- internals -------------------------------------------------------------------------
+    def _held(self, c: Any, batch_id: int, lease_id: str) -> tuple[list[dict], int] | None:
+        row = c.execute(f"SELECT payload, attempt FROM {self.tables['input']} "
+                        "WHERE id = ? AND lease_id = ? AND status = 'processing'",
+                        (batch_id, lease_id)).fetchone()
+        if row is None:
+            return None
+        return codec.loads_posts(row[0]), row[1]
+
+    def _reap(self, c: Any, now: float) -> ReapResult:
+        t = self.tables["input"]
+        expired = c.execute(f"SELECT id, payload, attempt FROM {t} WHERE status = 'processing' "
+                            "AND lease_expires < ?", (now,)).fetchall()
+        result = ReapResult()
+        for batch_id, payload, attempt in expired:
+            if attempt < self.max_attempts:
+                c.execute(f"UPDATE {t} SET status = 'pending', lease_id = NULL, lease_owner = NULL, "
+                          "lease_expires = NULL WHERE id = ?", (batch_id,))
+                result.requeued_batches += 1
+                continue
+            reason = f"lease expired on attempt {attempt} (worker lost each time)"
+            try:
+                posts = codec.loads_posts(payload)
+            except codec.PayloadError as exc:
+                self._dead_letter_raw(c, batch_id, payload, str(exc), attempt)
+            else:
+                self._bury_posts(c, batch_id, [(p, reason) for p in posts], attempt)
+                c.execute(f"DELETE FROM {t} WHERE id = ?", (batch_id,))
+            result.dead_lettered_batches += 1
+        return result
+
+    def _retry_or_bury(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
+                       attempt: int) -> tuple[int, int]:
+        if not failed:
+            return 0, 0
+        if attempt >= self.max_attempts:
+            self._bury_posts(c, batch_id, failed, attempt)
+            return 0, len(failed)
+        posts = [p for p, _ in failed]
+        meta = {"retry_of": batch_id, "last_reasons": sorted({r for _, r in failed})[:5],
+                "batch_size": len(posts), "actual_batch_size": len(posts)}
+        c.execute(f"INSERT INTO {self.tables['input']} "
+                  "(payload, metadata, n_posts, attempt, created_at) VALUES (?, ?, ?, ?, ?)",
+                  (codec.dumps(posts), codec.dumps(meta), len(posts), attempt, time.time()))
+        return len(failed), 0
+
+    def _bury_posts(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
+                    attempt: int) -> None:
+        now = time.time()
+        c.executemany(f"INSERT INTO {self.tables['dead']} (uri, payload, decodable, reason, "
+                      "attempt, source_batch_id, created_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                      [(p["uri"], codec.dumps(p), r, attempt, batch_id, now) for p, r in failed])
+
+    def _dead_letter_raw(self, c: Any, batch_id: int, payload: str, reason: str,
+                         attempt: int) -> None:
+        c.execute(f"INSERT INTO {self.tables['dead']} (uri, payload, decodable, reason, attempt, "
+                  "source_batch_id, created_at) VALUES (NULL, ?, 0, ?, ?, ?, ?)",
+                  (payload, reason, attempt, batch_id, time.time()))
+        c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
+
+
+def _posts_json(chunk: pa.Table) -> str:
+    cols = [chunk.column(c).to_pylist() for c in POST_COLUMNS]
+    return codec.dumps([dict(zip(POST_COLUMNS, vals)) for vals in zip(*cols)])
+
+
+def _check_cover(batch_id: int, uris: list[str], successes: Mapping[str, Any],
+                 failures: Mapping[str, Any]) -> None:
+    expected = set(uris)
+    both = successes.keys() & failures.keys()
+    given = set(successes.keys()) | set(failures.keys())
+    if both or given != expected:
+        raise ValueError(
+            f"complete({batch_id}) must account for each post exactly once: "
+            f"{len(expected - given)} missing, {len(given - expected)} unknown, "
+            f"{len(both)} both succeeded and failed")

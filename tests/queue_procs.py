@@ -1,0 +1,39 @@
+"""Helpers run in separate OS processes by the queue-store failure tests."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from queue_store import QueueStore
+
+NAME = "ml_inference_intergroup"
+
+
+def claim_until_empty(data_dir: str, owner: str, out_path: str, gate: str) -> None:
+    store = QueueStore(data_dir, NAME)
+    got: list[int] = []
+    while not os.path.exists(gate):  # start together, so claims really interleave
+        time.sleep(0.01)
+    while True:
+        batches = store.claim(max_batches=1 + len(got) % 3, lease_seconds=600, owner=owner)
+        if not batches:
+            break
+        got.extend(b.batch_id for b in batches)
+        time.sleep(0.002)
+    with open(out_path, "w") as fh:
+        json.dump(got, fh)
+
+
+def claim_and_hang(data_dir: str, leases_path: str) -> None:
+    store = QueueStore(data_dir, NAME)
+    batches = store.claim(max_batches=3, lease_seconds=1, owner="doomed")
+    with open(leases_path + ".tmp", "w") as fh:
+        json.dump([b.model_dump() for b in batches], fh)
+    os.replace(leases_path + ".tmp", leases_path)
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,124 @@
+"""Queue store under real failures: concurrent OS processes, SIGKILL, export crashes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from queue_store import QueueStore, export_output
+from tests.conftest import make_posts
+
+NAME = "ml_inference_intergroup"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.queue_procs", *args], cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_four_processes_claim_each_batch_exactly_once(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(200 * 5), batch_size=5)
+    outs = [tmp_path / f"claims{i}.json" for i in range(4)]
+    gate = tmp_path / "go"
+    procs = [_spawn("claim_until_empty", str(tmp_path), f"w{i}", str(o), str(gate))
+             for i, o in enumerate(outs)]
+    time.sleep(1.5)
+    gate.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    claims = [json.loads(o.read_text()) for o in outs]
+    flat = [b for c in claims for b in c]
+    assert len(flat) == 200 and len(set(flat)) == 200
+    assert sum(1 for c in claims if c) >= 2  # really concurrent, not one process taking all
+    assert store.status().processing_batches == 200
+
+
+@pytest.mark.slow
+def test_sigkilled_owner_loses_its_batches_and_its_late_ack(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(50), batch_size=10)
+    leases = tmp_path / "leases.json"
+    proc = _spawn("claim_and_hang", str(tmp_path), str(leases))
+    deadline = time.time() + 60
+    while not leases.exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    doomed = json.loads(leases.read_text())
+    assert len(doomed) == 3
+    time.sleep(1.2)  # lease_seconds=1 in the killed process
+    reclaimed = store.claim(max_batches=10, owner="rescuer")
+    assert {b["batch_id"] for b in doomed} <= {b.batch_id for b in reclaimed}
+    for b in doomed:  # the dead owner's results arrive late: fenced out
+        late = store.complete(b["batch_id"], b["lease_id"],
+                              {p["uri"]: {"label": 0} for p in b["posts"]}, {})
+        assert not late.accepted
+    assert store.status().output_rows_unexported == 0
+    for b in reclaimed:
+        assert store.complete(b.batch_id, b.lease_id,
+                              {p["uri"]: {"label": 1} for p in b.posts}, {}).accepted
+    export_output(store, tmp_path / "out")
+    table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
+    assert sorted(table.column("uri").to_pylist()) == sorted(p["uri"] for p in make_posts(50))
+    assert set(table.column("label").to_pylist()) == {1}
+
+
+class _CrashAfterWrite:
+    """Delegates to the store but dies between writing parquet and marking it exported."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def plan_export(self, max_rows):
+        return self.store.plan_export(max_rows)
+
+    def export_rows(self, export_id):
+        return self.store.export_rows(export_id)
+
+    def mark_exported(self, export_id):
+        raise RuntimeError("killed before marking the export written")
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*.parquet")}
+
+
+def test_export_crash_then_rerun_rewrites_same_files(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(3000, days=5), batch_size=500)
+    for b in store.claim(10):
+        store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        export_output(_CrashAfterWrite(store), out, max_rows=1000)
+    crashed_files = _files(out)
+    assert crashed_files and store.status().output_rows_exported == 0
+    stats = export_output(store, out, max_rows=1000)
+    assert crashed_files <= _files(out)  # the crashed export's names were reused
+    assert stats.rows == 3000 and stats.exports == 3
+    uris = pads.dataset(out, partitioning="hive").to_table().column("uri").to_pylist()
+    assert len(uris) == len(set(uris)) == 3000
+    assert not list(out.rglob(".tmp-*"))
+    assert export_output(store, out).rows == 0  # nothing left to export
+
+
+def test_clear_keeps_rows_added_after_the_export(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(20), batch_size=10)
+    [b1] = store.claim(1)
+    store.complete(b1.batch_id, b1.lease_id, {p["uri"]: {"label": 1} for p in b1.posts}, {})
+    export_output(store, tmp_path / "out")
+    [b2] = store.claim(1)
+    store.complete(b2.batch_id, b2.lease_id, {p["uri"]: {"label": 1} for p in b2.posts}, {})
+    assert store.clear_exported() == 1
+    st = store.status()
+    assert (st.output_rows_exported, st.output_rows_unexported) == (0, 10)

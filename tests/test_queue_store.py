@@ -1,0 +1,194 @@
+"""Queue store: verbs, fencing, poison, corrupt rows, names, big posts."""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from queue_store import QueueStore
+from queue_store.validation import REASONS
+from tests.conftest import make_posts
+
+NAME = "ml_inference_intergroup"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = QueueStore(tmp_path, NAME, max_attempts=3)
+    yield s
+    s.close()
+
+
+def _ack_all(store, batch, label=1):
+    return store.complete(batch.batch_id, batch.lease_id,
+                          {p["uri"]: {"label": label} for p in batch.posts}, {})
+
+
+def test_enqueue_batches_and_metadata(store):
+    res = store.enqueue(make_posts(2500), metadata={"source": "test"}, batch_size=1000)
+    assert (res.enqueued_posts, res.enqueued_batches) == (2500, 3)
+    batches = store.claim(max_batches=10)
+    assert [len(b.posts) for b in batches] == [1000, 1000, 500]
+    assert batches[2].metadata == {"source": "test", "batch_size": 1000, "actual_batch_size": 500}
+    assert all(b.attempt == 1 for b in batches)
+
+
+def test_invalid_posts_are_counted_with_reasons(store):
+    ok = make_posts(2)
+    bad = [
+        {"uri": "a", "text": "   ", "preprocessing_timestamp": "2024-10-01"},
+        {"uri": "b", "text": "NaN", "preprocessing_timestamp": "2024-10-01"},
+        {"uri": "c", "text": " None ", "preprocessing_timestamp": "2024-10-01"},
+        {"uri": "d", "text": "hey", "preprocessing_timestamp": "2024-10-01"},
+        {"uri": "e", "text": "long enough", "preprocessing_timestamp": None},
+        {"uri": "f", "text": "long enough", "preprocessing_timestamp": "yesterday"},
+        {"uri": "", "text": "long enough", "preprocessing_timestamp": "2024-10-01"},
+        {"uri": "g", "text": None, "preprocessing_timestamp": "2024-10-01"},
+        dict(ok[0]),
+    ]
+    res = store.enqueue(ok + bad)
+    assert res.enqueued_posts == 2
+    assert {i.uri: i.reason for i in res.invalid} == {
+        "a": "empty text", "b": "placeholder text", "c": "placeholder text",
+        "d": "text under 5 characters", "e": "missing timestamp", "f": "bad timestamp",
+        "": "missing uri", "g": "empty text", ok[0]["uri"]: "duplicate uri"}
+    assert set(res.invalid_by_reason) <= set(REASONS)
+
+
+def test_claim_hands_each_batch_once_and_reaps_expired(store):
+    store.enqueue(make_posts(300), batch_size=100)
+    first = store.claim(2, lease_seconds=0.2, owner="a")
+    second = store.claim(5, lease_seconds=60, owner="b")
+    assert {b.batch_id for b in first}.isdisjoint({b.batch_id for b in second})
+    assert store.claim(5) == []
+    time.sleep(0.3)
+    again = store.claim(5, owner="c")  # the expired leases are reaped inside claim
+    assert sorted(b.batch_id for b in again) == sorted(b.batch_id for b in first)
+    assert all(b.attempt == 2 for b in again)
+
+
+def test_extend_keeps_lease_alive(store):
+    store.enqueue(make_posts(10))
+    [b] = store.claim(1, lease_seconds=0.3)
+    for _ in range(3):
+        time.sleep(0.15)
+        assert store.extend([(b.batch_id, b.lease_id)], lease_seconds=0.3) == 1
+    assert store.claim(1) == []
+    assert _ack_all(store, b).accepted
+
+
+def test_complete_is_fenced_by_lease(store):
+    store.enqueue(make_posts(10))
+    [b] = store.claim(1, lease_seconds=0.1)
+    time.sleep(0.2)
+    [b2] = store.claim(1)
+    assert b2.batch_id == b.batch_id and b2.lease_id != b.lease_id
+    stale = _ack_all(store, b, label=0)
+    assert not stale.accepted
+    assert store.status().output_rows_unexported == 0
+    assert _ack_all(store, b2).accepted
+    assert not _ack_all(store, b2).accepted  # a second ack is also fenced out
+    assert store.status().output_rows_unexported == 10
+
+
+def test_complete_must_cover_the_batch_exactly(store):
+    store.enqueue(make_posts(5))
+    [b] = store.claim(1)
+    uris = [p["uri"] for p in b.posts]
+    with pytest.raises(ValueError, match="1 missing"):
+        store.complete(b.batch_id, b.lease_id, {u: {} for u in uris[1:]}, {})
+    with pytest.raises(ValueError, match="both"):
+        store.complete(b.batch_id, b.lease_id, {u: {} for u in uris}, {uris[0]: "x"})
+    st = store.status()
+    assert st.processing_posts == 5 and st.output_rows_unexported == 0  # nothing written
+
+
+def test_poison_post_dead_lettered_after_max_attempts(store):
+    store.enqueue(make_posts(10))
+    poison = "at://post/3"
+    for attempt in (1, 2, 3):
+        [b] = store.claim(1)
+        assert b.attempt == attempt
+        ok = {p["uri"]: {"label": 1} for p in b.posts if p["uri"] != poison}
+        res = store.complete(b.batch_id, b.lease_id, ok, {poison: f"ValueError: bad {attempt}"})
+        assert res.accepted
+        assert (res.retried, res.dead_lettered) == ((1, 0) if attempt < 3 else (0, 1))
+    assert store.claim(1) == []
+    [dead] = store.dead_letters()
+    assert dead.uri == poison and dead.reason == "ValueError: bad 3" and dead.attempt == 3
+    st = store.status()
+    assert (st.output_rows_unexported, st.dead_posts, st.pending_posts) == (9, 1, 0)
+    assert sorted(store.known_uris()) == sorted(p["uri"] for p in make_posts(10))
+    assert store.requeue_dead() == 1
+    [b] = store.claim(1)
+    assert [p["uri"] for p in b.posts] == [poison] and b.attempt == 1
+
+
+def test_fail_returns_batch_then_buries_it(store):
+    store.enqueue(make_posts(4))
+    for attempt in (1, 2, 3):
+        [b] = store.claim(1)
+        assert store.fail(b.batch_id, b.lease_id, "worker crashed")
+        assert not store.fail(b.batch_id, b.lease_id, "again")  # fenced
+    assert store.status().dead_posts == 4 and store.status().pending_posts == 0
+
+
+def test_reap_buries_batches_that_keep_losing_their_worker(store):
+    store.enqueue(make_posts(4))
+    for _ in range(3):
+        store.claim(1, lease_seconds=0.01)
+        time.sleep(0.03)
+    res = store.reap()
+    assert res.dead_lettered_batches == 1
+    assert "lease expired on attempt 3" in store.dead_letters()[0].reason
+
+
+@pytest.mark.parametrize("payload", ["{not json", "[" * 200_000 + "]" * 200_000, '{"a": 1}',
+                                     '[1, 2]', "null"])
+def test_corrupt_rows_go_to_dead_letters(store, payload):
+    store.enqueue(make_posts(3))
+    conn = sqlite3.connect(store.path)
+    conn.execute(f"INSERT INTO input_{NAME} (payload, metadata, n_posts, created_at) "
+                 "VALUES (?, '{}', 1, 0)", (payload,))
+    conn.commit()
+    conn.close()
+    store.enqueue(make_posts(3, start=3))
+    claimed = store.claim(10)
+    assert [len(b.posts) for b in claimed] == [3, 3]
+    st = store.status()
+    assert st.dead_undecodable_rows == 1 and st.processing_posts == 6 and st.pending_posts == 0
+    assert store.requeue_dead() == 0  # undecodable rows are never sent back to pending
+    assert store.claim(10) == []
+
+
+@pytest.mark.parametrize("name", ["x; DROP TABLE meta", "1abc", "a-b", "", "a" * 65, "é"])
+def test_unsafe_integration_names_are_rejected(tmp_path, name):
+    with pytest.raises(ValueError, match="invalid integration name"):
+        QueueStore(tmp_path, name)
+
+
+def test_one_megabyte_post_round_trips(store):
+    text = "groups 🤝 " * 110_000
+    store.enqueue([{"uri": "big", "text": text, "preprocessing_timestamp": "2024-10-01"}])
+    [b] = store.claim(1)
+    assert b.posts[0]["text"] == text and len(text.encode()) > 1_000_000
+    assert _ack_all(store, b).accepted
+
+
+def test_enqueue_accepts_arrow_and_pandas(store):
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = make_posts(4)
+    assert store.enqueue(pa.Table.from_pylist(rows[:2])).enqueued_posts == 2
+    assert store.enqueue(pd.DataFrame(rows[2:])).enqueued_posts == 2
+    with pytest.raises(ValueError, match="missing column"):
+        store.enqueue([{"uri": "x", "text": "hello there"}])
+
+
+def test_queue_file_is_shared_between_connections(tmp_path):
+    a = QueueStore(tmp_path, NAME)
+    b = QueueStore(tmp_path, NAME)
+    a.enqueue(make_posts(5))
+    assert b.status().pending_posts == 5 and a.store_id == b.store_id
