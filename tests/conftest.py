@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -31,7 +32,16 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        # Workers import the test plugins (tests.plugins) the way a user's plugin is imported.
+        root = str(Path(__file__).resolve().parents[1])
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=500_000_000,
-                 log_to_driver=False)
+                 runtime_env={"env_vars": {"PYTHONPATH": root}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from tests.tiny_models import save_tiny_models
+
+    return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))

@@ -1,0 +1,73 @@
+"""Run a classifier on a batch so that one bad post fails alone.
+
+When ``classify`` raises or returns something unusable for a group of texts, the group is
+bisected until the posts that fail are isolated; every other post still gets its labels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+MAX_REASON_CHARS = 500
+
+
+class Outcome(NamedTuple):
+    labels: dict[str, Any] | None
+    reason: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.labels is not None
+
+
+class BadOutput(Exception):
+    """The classifier returned, but not one finite dict per input."""
+
+
+def _plain(value: Any, column: str) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadOutput(f"non-finite value {value!r} in column {column!r}")
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        raise BadOutput(f"column {column!r} holds {type(value).__name__}, not a scalar")
+    return value
+
+
+def checked(outputs: Any, n_inputs: int) -> list[dict[str, Any]]:
+    if not isinstance(outputs, (list, tuple)) or len(outputs) != n_inputs:
+        got = len(outputs) if isinstance(outputs, (list, tuple)) else type(outputs).__name__
+        raise BadOutput(f"classifier returned {got} results for {n_inputs} inputs")
+    rows = []
+    for out in outputs:
+        if not isinstance(out, dict):
+            raise BadOutput(f"classifier returned {type(out).__name__}, not a dict")
+        rows.append({str(k): _plain(v, str(k)) for k, v in out.items()})
+    return rows
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+
+
+def classify_isolating(classifier: Any, texts: Sequence[str]) -> list[Outcome]:
+    """Outcome per text, in order; never raises for an ``Exception`` inside ``classify``."""
+    outcomes: list[Outcome | None] = [None] * len(texts)
+
+    def run(idx: list[int]) -> None:
+        try:
+            rows = checked(classifier.classify([texts[i] for i in idx]), len(idx))
+        except Exception as exc:  # noqa: BLE001 - any model error is a per-post failure
+            if len(idx) == 1:
+                outcomes[idx[0]] = Outcome(None, _reason(exc))
+                return
+            mid = len(idx) // 2
+            run(idx[:mid])
+            run(idx[mid:])
+            return
+        for i, row in zip(idx, rows):
+            outcomes[i] = Outcome(row, None)
+
+    if texts:
+        run(list(range(len(texts))))
+    return outcomes  # type: ignore[return-value]

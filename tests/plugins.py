@@ -1,0 +1,37 @@
+"""Small plugin classifiers used by the tests (loaded by import path, like a user's would be)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+POISON = "POISON"
+
+
+class KeywordClassifier:
+    """Labels 'intergroup' when the text mentions a group word; raises on the poison marker."""
+
+    def __init__(self, poison_marker: str = POISON, crash_marker_file: str | None = None):
+        self.poison_marker = poison_marker
+        self.crash_marker_file = crash_marker_file
+        self.calls = 0
+
+    def classify(self, texts):
+        self.calls += 1
+        if self.crash_marker_file and not Path(self.crash_marker_file).exists():
+            Path(self.crash_marker_file).write_text(str(os.getpid()))
+            os._exit(1)  # the actor's process dies once, mid-batch
+        if any(self.poison_marker in t for t in texts):
+            raise ValueError(f"cannot label text containing {self.poison_marker}")
+        return [{"label": "intergroup" if "group" in t else "not_intergroup",
+                 "prob_intergroup": 0.9 if "group" in t else 0.1} for t in texts]
+
+
+class WrongLength:
+    def classify(self, texts):
+        return [{"label": "x"}] * (len(texts) + 1)
+
+
+class NaNScores:
+    def classify(self, texts):
+        return [{"prob": math.nan if "nan-me" in t else 0.5} for t in texts]
