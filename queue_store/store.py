@@ -7,6 +7,7 @@ Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
 - ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output + retries + delete, atomically.
 - ``fail(batch_id, lease_id, reason)`` — fenced nack: whole batch back to pending (or dead at max_attempts).
+- ``release(batch_id, lease_id)`` — fenced undo of a claim: back to pending, attempt not counted.
 - ``reap()`` — expired leases back to pending (or dead at max_attempts).
 - ``requeue_dead(batch_size=1000)``, ``dead_letters(limit=20)``, ``status()``, ``known_uris()`` — admin.
 """
@@ -162,6 +163,15 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                 c.execute(f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
                           "lease_owner = NULL, lease_expires = NULL WHERE id = ?", (batch_id,))
         return True
+
+    def release(self, batch_id: int, lease_id: str) -> bool:
+        """Fenced undo of a claim that was never worked on: pending again, attempt not spent."""
+        with self._tx() as c:
+            return c.execute(
+                f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
+                "lease_owner = NULL, lease_expires = NULL, attempt = attempt - 1 "
+                "WHERE id = ? AND lease_id = ? AND status = 'processing'",
+                (batch_id, lease_id)).rowcount == 1
 
     def reap(self) -> ReapResult:
         """Return expired leases to pending (or dead letters once max_attempts is used)."""

@@ -192,3 +192,12 @@ def test_queue_file_is_shared_between_connections(tmp_path):
     b = QueueStore(tmp_path, NAME)
     a.enqueue(make_posts(5))
     assert b.status().pending_posts == 5 and a.store_id == b.store_id
+
+
+def test_release_undoes_a_claim_without_spending_an_attempt(store):
+    store.enqueue(make_posts(5))
+    [b] = store.claim(1)
+    assert store.release(b.batch_id, b.lease_id)
+    assert not store.release(b.batch_id, b.lease_id)  # fenced: no longer held
+    [again] = store.claim(1)
+    assert again.batch_id == b.batch_id and again.attempt == 1

@@ -1,0 +1,110 @@
+"""QueueActor: the only writer of an integration's queue during a run.
+
+Claims are serialised because a (non-concurrent) actor runs one method at a time. A heartbeat
+thread extends every lease this actor handed out, through its own SQLite connection, so a live
+run's claims never expire while a dead run's expire within ``lease_seconds``.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from queue_store import QueueStore
+
+
+class QueueActor:
+    def __init__(self, data_dir: str, integration: str, max_attempts: int,
+                 lease_seconds: float, owner: str, max_records: int | None = None) -> None:
+        self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
+        self.lease_seconds = lease_seconds
+        self.owner = owner
+        self.max_records = max_records
+        self.outstanding: dict[int, str] = {}
+        self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
+                      "retried": 0, "dead_lettered": 0, "stale_completions": 0,
+                      "heartbeats": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
+                                                                    max_attempts), daemon=True)
+        self._heartbeat.start()
+
+    # -- read side -------------------------------------------------------------------------
+    def next_batches(self, max_batches: int = 1) -> list[dict[str, Any]]:
+        """Claim for a read task; an empty list means nothing is claimable now (stop)."""
+        if self.budget_used():
+            return []
+        batches = self.store.claim(max_batches, self.lease_seconds, self.owner)
+        if self.max_records is not None:
+            batches = self._trim_to_budget(batches)
+        with self._lock:
+            for b in batches:
+                self.outstanding[b.batch_id] = b.lease_id
+        self.stats["claimed_batches"] += len(batches)
+        self.stats["claimed_posts"] += sum(len(b.posts) for b in batches)
+        return [b.model_dump() for b in batches]
+
+    def budget_used(self) -> bool:
+        return self.max_records is not None and self.stats["claimed_posts"] >= self.max_records
+
+    def pending_posts(self) -> int:
+        return self.store.status().pending_posts
+
+    def _trim_to_budget(self, batches: list) -> list:
+        """Whole batches only, never past max_records (a first batch above it still runs)."""
+        kept, total = [], self.stats["claimed_posts"]
+        for b in batches:
+            if total > 0 and total + len(b.posts) > self.max_records:
+                self.store.release(b.batch_id, b.lease_id)
+                continue
+            kept.append(b)
+            total += len(b.posts)
+        if len(kept) < len(batches):
+            self.max_records = total  # budget used up: later calls report done
+        return kept
+
+    # -- write side ------------------------------------------------------------------------
+    def complete(self, batch_id: int, lease_id: str, successes: dict[str, dict],
+                 failures: dict[str, str]) -> dict[str, Any]:
+        result = self.store.complete(batch_id, lease_id, successes, failures)
+        with self._lock:
+            if self.outstanding.get(batch_id) == lease_id:
+                del self.outstanding[batch_id]
+        if not result.accepted:
+            self.stats["stale_completions"] += 1
+        else:
+            self.stats["labelled"] += result.labelled
+            self.stats["failed"] += len(failures)
+            self.stats["retried"] += result.retried
+            self.stats["dead_lettered"] += result.dead_lettered
+        return result.model_dump()
+
+    # -- export (the writer asks; the queue file is only written here) -----------------------
+    def plan_export(self, max_rows: int) -> Any:
+        return self.store.plan_export(max_rows)
+
+    def export_rows(self, export_id: int) -> list[list[dict]]:
+        return list(self.store.export_rows(export_id))
+
+    def mark_exported(self, export_id: int) -> None:
+        self.store.mark_exported(export_id)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def get_stats(self) -> dict[str, Any]:
+        return dict(self.stats, in_flight_batches=len(self.outstanding))
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._heartbeat.join(timeout=5)
+        return self.get_stats()
+
+    def _beat(self, data_dir: str, integration: str, max_attempts: int) -> None:
+        store = QueueStore(data_dir, integration, max_attempts=max_attempts)
+        interval = max(self.lease_seconds / 3, 0.05)
+        while not self._stop.wait(interval):
+            with self._lock:
+                leases = list(self.outstanding.items())
+            if leases:
+                store.extend(leases, self.lease_seconds)
+                self.stats["heartbeats"] += 1
+        store.close()

@@ -1,0 +1,58 @@
+"""A Ray Data source whose read tasks pull claimed batches from the QueueActor.
+
+Read tasks claim only when Ray Data asks them for the next block, so claims follow what the
+classifiers consume (streaming backpressure) instead of leasing the whole queue up front; the
+job sets a small ``target_max_block_size`` so a read task hands on what it claimed after a
+few batches rather than buffering a 128 MiB block of leases.
+
+A read task stops as soon as nothing is claimable. It never waits for in-flight batches: Ray
+Data holds a read task's last partial block until the task ends, so waiting there would hold
+the very results being waited for. Retries of failed posts run in a further pass instead.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pyarrow as pa
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+BATCH_SCHEMA = pa.schema([("uri", pa.string()), ("text", pa.string()),
+                          ("batch_id", pa.int64()), ("lease_id", pa.string()),
+                          ("batch_posts", pa.int64())])
+
+
+def batches_to_table(batches: list[dict[str, Any]]) -> pa.Table:
+    uris, texts, ids, leases, sizes = [], [], [], [], []
+    for b in batches:
+        n = len(b["posts"])
+        uris.extend(p["uri"] for p in b["posts"])
+        texts.extend(p["text"] for p in b["posts"])
+        ids.extend([b["batch_id"]] * n)
+        leases.extend([b["lease_id"]] * n)
+        sizes.extend([n] * n)
+    return pa.table([uris, texts, ids, leases, sizes], schema=BATCH_SCHEMA)
+
+
+def pull_from_queue(queue: Any, batches_per_claim: int) -> Iterator[pa.Table]:
+    import ray
+
+    while batches := ray.get(queue.next_batches.remote(batches_per_claim)):
+        yield batches_to_table(batches)
+
+
+class QueueDatasource(Datasource):
+    def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int = 1) -> None:
+        self.queue = queue
+        self.read_tasks = read_tasks
+        self.batches_per_claim = batches_per_claim
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        queue, per_claim = self.queue, self.batches_per_claim
+        meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
+        return [ReadTask(lambda: pull_from_queue(queue, per_claim), meta, schema=BATCH_SCHEMA)
+                for _ in range(self.read_tasks)]

@@ -1,0 +1,139 @@
+"""The YAML job config as pydantic models. Unknown keys are errors that name the key."""
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from queue_store.names import check_name
+
+
+class ConfigError(ValueError):
+    """A config or argument problem; the message is one line saying what to fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PostsConfig(Strict):
+    path: str = "demo_data/posts"
+    start_date: date | None = None
+    end_date: date | None = None
+    read_batch_rows: int = Field(50_000, ge=1)
+
+
+class QueueConfig(Strict):
+    batch_size: int = Field(1000, ge=1)
+    lease_seconds: float = Field(60, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+
+class PipelineConfig(Strict):
+    read_tasks: int = Field(2, ge=1)
+    read_task_num_cpus: float = Field(0.25, ge=0)
+    batches_per_claim: int = Field(1, ge=1)
+    read_block_bytes: int = Field(1 << 20, ge=1024)
+    writer_max_in_flight: int = Field(8, ge=1)
+    export_rows: int = Field(50_000, ge=1)
+    export_every_seconds: float = Field(60, gt=0)
+    no_progress_timeout_s: float = Field(600, gt=0)
+
+
+class ClassifierConfig(Strict):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActorPoolConfig(Strict):
+    min: int = Field(1, ge=1)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ActorPoolConfig":
+        if self.max < self.min:
+            raise ValueError(f"actors.max ({self.max}) is below actors.min ({self.min})")
+        return self
+
+
+class IntegrationConfig(Strict):
+    code: str
+    classifier: ClassifierConfig
+    batch_size: int = Field(256, ge=1)
+    actors: ActorPoolConfig = Field(default_factory=ActorPoolConfig)
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, ge=0)
+
+
+class BackfillConfig(Strict):
+    data_dir: str = "data"
+    output_dir: str | None = None
+    posts: PostsConfig = Field(default_factory=PostsConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    ray: dict[str, Any] = Field(default_factory=dict)
+    integrations: dict[str, IntegrationConfig]
+
+    @field_validator("integrations")
+    @classmethod
+    def _names_and_codes(cls, value: dict[str, IntegrationConfig]) -> dict[str, IntegrationConfig]:
+        if not value:
+            raise ValueError("at least one integration is needed")
+        for name in value:
+            check_name(name)
+        codes = [i.code for i in value.values()]
+        dupes = sorted({c for c in codes if codes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"integration codes must be unique, repeated: {dupes}")
+        return value
+
+    @property
+    def output_root(self) -> Path:
+        return Path(self.output_dir or self.data_dir)
+
+    def resolve_integration(self, name_or_code: str) -> tuple[str, IntegrationConfig]:
+        """Accept a full name or a short code (``-i g``)."""
+        if name_or_code in self.integrations:
+            return name_or_code, self.integrations[name_or_code]
+        for name, integ in self.integrations.items():
+            if integ.code == name_or_code:
+                return name, integ
+        known = ", ".join(f"{i.code} ({n})" for n, i in self.integrations.items())
+        raise ConfigError(f"unknown integration {name_or_code!r}; this config defines: {known}")
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> BackfillConfig:
+    try:
+        return BackfillConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_one_line(exc)}") from None
+
+
+def load_config(path: str | Path, data_dir: str | None = None) -> BackfillConfig:
+    """Load YAML; ``data_dir`` (or env ``BACKFILL_DATA_DIR``) overrides the file's value."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass --config PATH")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    override = data_dir or os.environ.get("BACKFILL_DATA_DIR")
+    if override:
+        raw["data_dir"] = override
+    return parse_config(raw, str(p))

@@ -1,0 +1,127 @@
+"""Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from actors.classifier_stage import ClassifierStage
+from actors.queue_actor import QueueActor
+from actors.queue_datasource import QueueDatasource
+from actors.writer_actor import WriterActor
+from jobs.config import BackfillConfig
+from jobs.ray_setup import check_gpus, driver_node_strategy, ensure_ray
+from jobs.summary import RunSummary
+from queue_store import QueueStore, export_output
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(integration: str) -> str:
+    return f"{integration}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def run_inference(config: BackfillConfig, integration: str,
+                  max_records_per_run: int | None = None) -> RunSummary:
+    """Label every claimable post of one integration; returns (and saves) the run summary."""
+    name, integ = config.resolve_integration(integration)
+    ray = ensure_ray(config)
+    check_gpus(ray, name, integ)
+    run_id = new_run_id(name)
+    summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=_now())
+    t0 = time.monotonic()
+    pinned = {"num_cpus": 0, "scheduling_strategy": driver_node_strategy(ray)}
+    queue = ray.remote(QueueActor).options(**pinned).remote(
+        str(Path(config.data_dir).resolve()), name, config.queue.max_attempts,
+        config.queue.lease_seconds, run_id, max_records_per_run)
+    out_dir = str((config.output_root / name).resolve())
+    writer = ray.remote(WriterActor).options(**pinned).remote(
+        queue, out_dir, config.pipeline.export_rows, config.pipeline.export_every_seconds)
+    try:
+        passes = 0
+        while True:
+            passes += 1
+            _one_pass(ray, config, integ, run_id, queue, writer)
+            # Failed posts were re-queued for another attempt (or the budget stopped us).
+            if ray.get(queue.budget_used.remote()) or not ray.get(queue.pending_posts.remote()):
+                break
+            if passes >= config.queue.max_attempts + 1:
+                break  # anything left is new work from another producer: the next run's
+        wstats = ray.get(writer.finish.remote())
+    finally:
+        qstats = ray.get(queue.stop.remote())
+        for actor in (writer, queue):
+            ray.kill(actor)
+    summary.claimed_batches = qstats["claimed_batches"]
+    summary.claimed = qstats["claimed_posts"]
+    for key in ("labelled", "failed", "retried", "dead_lettered", "stale_completions"):
+        setattr(summary, key, qstats[key])
+    summary.incomplete_batches = wstats["incomplete_batches"]
+    summary.exported_rows = wstats["exported_rows"]
+    summary.parquet_files = wstats["parquet_files"]
+    summary.classifier = wstats["provenance"].get("classifier", "")
+    summary.model = wstats["provenance"].get("model", "")
+    summary.label_distribution = wstats["label_counts"]
+    return _finish(summary, config, t0, out_dir, processed=summary.labelled + summary.failed)
+
+
+def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
+              writer: Any) -> None:
+    """Stream every claimable batch through the classifiers into the writer."""
+    import ray.data
+    from ray.data import ActorPoolStrategy, DataContext
+
+    pipe = config.pipeline
+    ctx = DataContext.get_current()
+    ctx.execution_no_progress_timeout_s = pipe.no_progress_timeout_s
+    ctx.target_max_block_size = pipe.read_block_bytes
+    ds = ray.data.read_datasource(
+        QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim),
+        override_num_blocks=pipe.read_tasks,
+        ray_remote_args={"num_cpus": pipe.read_task_num_cpus})
+    ds = ds.map_batches(
+        ClassifierStage,
+        fn_constructor_kwargs={"classifier_type": integ.classifier.type,
+                               "params": integ.classifier.params, "run_id": run_id},
+        compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
+        batch_size=integ.batch_size, batch_format="pyarrow",
+        num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)
+    in_flight: list[Any] = []
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        in_flight.append(writer.consume.remote(block))
+        if len(in_flight) >= pipe.writer_max_in_flight:
+            done, in_flight = ray.wait(in_flight, num_returns=1)
+            ray.get(done)
+    ray.get(in_flight)
+
+
+def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = False) -> RunSummary:
+    """Stage 4 alone: export the output queue to parquet; optionally clear exported rows."""
+    name, _ = config.resolve_integration(integration)
+    summary = RunSummary(run_id=new_run_id(name), integration=name, stage="write_cache",
+                         started_at=_now())
+    t0 = time.monotonic()
+    out_dir = str((config.output_root / name).resolve())
+    store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+    try:
+        stats = export_output(store, out_dir, config.pipeline.export_rows)
+        if clear_queue:
+            store.clear_exported()
+    finally:
+        store.close()
+    summary.exported_rows, summary.parquet_files = stats.rows, stats.files
+    return _finish(summary, config, t0, out_dir, processed=stats.rows)
+
+
+def _finish(summary: RunSummary, config: BackfillConfig, t0: float, out_dir: str,
+            processed: int) -> RunSummary:
+    summary.duration_s = round(time.monotonic() - t0, 3)
+    summary.posts_per_s = round(processed / summary.duration_s, 1) if summary.duration_s else 0.0
+    summary.finished_at = _now()
+    summary.output_path = out_dir
+    summary.save(config.data_dir)
+    return summary

@@ -1,0 +1,52 @@
+"""The run summary: one pydantic record per run, saved as ``<data_dir>/runs/<run_id>.json``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    integration: str
+    stage: str
+    started_at: str
+    finished_at: str = ""
+    duration_s: float = 0.0
+    model: str = ""
+    classifier: str = ""
+    enqueued: int = 0
+    skipped_done: int = 0
+    skipped_queued: int = 0
+    rejected_invalid: int = 0
+    invalid_by_reason: dict[str, int] = Field(default_factory=dict)
+    claimed_batches: int = 0
+    claimed: int = 0
+    labelled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    stale_completions: int = 0
+    incomplete_batches: int = 0
+    exported_rows: int = 0
+    parquet_files: int = 0
+    posts_per_s: float = 0.0
+    output_path: str = ""
+    label_distribution: dict[str, int] = Field(default_factory=dict)
+
+    def save(self, data_dir: str | Path) -> Path:
+        path = Path(data_dir) / "runs" / f"{self.run_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path
+
+    def table(self) -> str:
+        """A human-readable table of the non-empty figures."""
+        rows = [(k, v) for k, v in self.model_dump().items()
+                if v not in (0, 0.0, "", {}, None) or k in ("labelled", "claimed")]
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+        bar = "-" * max(len(line) for line in lines)
+        return "\n".join([bar, *lines, bar])
