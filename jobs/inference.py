@@ -82,7 +82,7 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
     ds = ray.data.read_datasource(
         QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim),
         override_num_blocks=pipe.read_tasks,
-        ray_remote_args={"num_cpus": pipe.read_task_num_cpus})
+        num_cpus=pipe.read_task_num_cpus)
     ds = ds.map_batches(
         ClassifierStage,
         fn_constructor_kwargs={"classifier_type": integ.classifier.type,

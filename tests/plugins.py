@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 POISON = "POISON"
@@ -11,13 +12,17 @@ POISON = "POISON"
 class KeywordClassifier:
     """Labels 'intergroup' when the text mentions a group word; raises on the poison marker."""
 
-    def __init__(self, poison_marker: str = POISON, crash_marker_file: str | None = None):
+    def __init__(self, poison_marker: str = POISON, crash_marker_file: str | None = None,
+                 delay_s: float = 0.0):
         self.poison_marker = poison_marker
         self.crash_marker_file = crash_marker_file
+        self.delay_s = delay_s
         self.calls = 0
 
     def classify(self, texts):
         self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if self.crash_marker_file and not Path(self.crash_marker_file).exists():
             Path(self.crash_marker_file).write_text(str(os.getpid()))
             os._exit(1)  # the actor's process dies once, mid-batch

@@ -1,0 +1,16 @@
+"""A backfill driver in its own OS process, joined to the test session's Ray cluster."""
+from __future__ import annotations
+
+import json
+import sys
+
+import ray
+
+from jobs.inference import run_inference
+from tests.pipeline_helpers import NAME, load_config_json
+
+if __name__ == "__main__":
+    config = load_config_json(sys.argv[1])
+    ray.init(address=sys.argv[2], log_to_driver=False)
+    summary = run_inference(config, NAME)
+    print("SUMMARY " + json.dumps(summary.model_dump()), flush=True)

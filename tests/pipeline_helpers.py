@@ -1,0 +1,46 @@
+"""Config and output helpers shared by the Ray pipeline tests."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+
+from jobs.config import BackfillConfig, parse_config
+
+NAME = "ml_inference_intergroup"
+PLUGIN = "tests.plugins:KeywordClassifier"
+
+
+def pipeline_config(data_dir: Path, classifier: dict | None = None, **integ: Any) -> BackfillConfig:
+    raw = {
+        "data_dir": str(data_dir),
+        "queue": {"batch_size": 500, "lease_seconds": 3, "max_attempts": 3},
+        "pipeline": {"no_progress_timeout_s": 120, "export_rows": 2000},
+        "integrations": {NAME: {"code": "g", "batch_size": 250, "num_cpus": 0.5,
+                                "classifier": classifier or {"type": PLUGIN}, **integ}},
+    }
+    return parse_config(raw)
+
+
+def output_uris(data_dir: Path) -> list[str]:
+    root = Path(data_dir) / NAME
+    if not root.exists():
+        return []
+    return pads.dataset(root, partitioning="hive").to_table(columns=["uri"]).column(
+        "uri").to_pylist()
+
+
+def output_table(data_dir: Path):
+    return pads.dataset(Path(data_dir) / NAME, partitioning="hive").to_table()
+
+
+def driver_command(config: BackfillConfig, ray_address: str, config_path: Path) -> list[str]:
+    config_path.write_text(config.model_dump_json())
+    return [sys.executable, "-m", "tests.driver_proc", str(config_path), ray_address]
+
+
+def load_config_json(path: str) -> BackfillConfig:
+    return BackfillConfig.model_validate(json.loads(Path(path).read_text()))
