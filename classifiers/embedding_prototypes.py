@@ -60,6 +60,11 @@ class EmbeddingPrototypeClassifier(HFTextModel):
             protos.append(torch.nn.functional.normalize(emb.mean(dim=0), dim=-1))
         self.prototypes = torch.stack(protos)
 
+    @classmethod
+    def preflight(cls, params: dict[str, Any]) -> None:
+        super().preflight(params)
+        load_label_descriptions(params.get("labels"), params.get("labels_file"))
+
     def _embed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(hidden.dtype)

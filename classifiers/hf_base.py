@@ -39,6 +39,11 @@ class HFTextModel:
                                      model=str(model or "packaged:all-MiniLM-L6-v2"),
                                      weights_hash=torch_runtime.weights_hash(path))
 
+    @classmethod
+    def preflight(cls, params: dict[str, Any]) -> None:
+        """Fail fast on a missing local model folder."""
+        resolve_model_path(params.get("model"))
+
     def _run(self, texts: Sequence[str],
              forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         ids = length_batching.tokenize(self.tokenizer, texts, self.max_length)

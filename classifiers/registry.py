@@ -42,3 +42,15 @@ def build_classifier(type_name: str, params: dict[str, Any] | None = None) -> An
     if not isinstance(getattr(clf, "provenance", None), Provenance):
         clf.provenance = Provenance(classifier=type_name, model=cls.__qualname__)
     return clf
+
+
+def preflight(type_name: str, params: dict[str, Any] | None = None) -> None:
+    """Cheap checks before a run starts (import path, model path, label files), so a typo
+    fails in a second with one line instead of inside a Ray actor minutes later."""
+    cls = resolve_class(type_name)
+    check = getattr(cls, "preflight", None)
+    if callable(check):
+        try:
+            check(dict(params or {}))
+        except (ValueError, FileNotFoundError) as exc:
+            raise ClassifierConfigError(f"classifier {type_name!r}: {exc}") from None

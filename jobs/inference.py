@@ -1,9 +1,8 @@
 """Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet."""
 from __future__ import annotations
 
+import os
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +13,18 @@ from actors.writer_actor import WriterActor
 from jobs.config import BackfillConfig
 from jobs.ray_setup import check_gpus, driver_node_strategy, ensure_ray
 from jobs.summary import RunSummary
+from jobs.timing import new_run_id, now_iso
 from queue_store import QueueStore, export_output
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def new_run_id(integration: str) -> str:
-    return f"{integration}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
 def run_inference(config: BackfillConfig, integration: str,
-                  max_records_per_run: int | None = None) -> RunSummary:
+                  max_records_per_run: int | None = None, quiet: bool = False) -> RunSummary:
     """Label every claimable post of one integration; returns (and saves) the run summary."""
     name, integ = config.resolve_integration(integration)
     ray = ensure_ray(config)
     check_gpus(ray, name, integ)
     run_id = new_run_id(name)
-    summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=_now())
+    summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=now_iso())
     t0 = time.monotonic()
     pinned = {"num_cpus": 0, "scheduling_strategy": driver_node_strategy(ray)}
     queue = ray.remote(QueueActor).options(**pinned).remote(
@@ -45,7 +37,7 @@ def run_inference(config: BackfillConfig, integration: str,
         passes = 0
         while True:
             passes += 1
-            _one_pass(ray, config, integ, run_id, queue, writer)
+            _one_pass(ray, config, integ, run_id, queue, writer, quiet)
             # Failed posts were re-queued for another attempt (or the budget stopped us).
             if ray.get(queue.budget_used.remote()) or not ray.get(queue.pending_posts.remote()):
                 break
@@ -70,7 +62,7 @@ def run_inference(config: BackfillConfig, integration: str,
 
 
 def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
-              writer: Any) -> None:
+              writer: Any, quiet: bool) -> None:
     """Stream every claimable batch through the classifiers into the writer."""
     import ray.data
     from ray.data import ActorPoolStrategy, DataContext
@@ -79,6 +71,7 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
     ctx = DataContext.get_current()
     ctx.execution_no_progress_timeout_s = pipe.no_progress_timeout_s
     ctx.target_max_block_size = pipe.read_block_bytes
+    ctx.enable_progress_bars = not quiet and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
     ds = ray.data.read_datasource(
         QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim),
         override_num_blocks=pipe.read_tasks,
@@ -103,7 +96,7 @@ def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = Fa
     """Stage 4 alone: export the output queue to parquet; optionally clear exported rows."""
     name, _ = config.resolve_integration(integration)
     summary = RunSummary(run_id=new_run_id(name), integration=name, stage="write_cache",
-                         started_at=_now())
+                         started_at=now_iso())
     t0 = time.monotonic()
     out_dir = str((config.output_root / name).resolve())
     store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
@@ -121,7 +114,7 @@ def _finish(summary: RunSummary, config: BackfillConfig, t0: float, out_dir: str
             processed: int) -> RunSummary:
     summary.duration_s = round(time.monotonic() - t0, 3)
     summary.posts_per_s = round(processed / summary.duration_s, 1) if summary.duration_s else 0.0
-    summary.finished_at = _now()
+    summary.finished_at = now_iso()
     summary.output_path = out_dir
     summary.save(config.data_dir)
     return summary

@@ -18,6 +18,7 @@ class RunSummary(BaseModel):
     enqueued: int = 0
     skipped_done: int = 0
     skipped_queued: int = 0
+    skipped_duplicate: int = 0
     rejected_invalid: int = 0
     invalid_by_reason: dict[str, int] = Field(default_factory=dict)
     claimed_batches: int = 0
@@ -44,8 +45,7 @@ class RunSummary(BaseModel):
 
     def table(self) -> str:
         """A human-readable table of the non-empty figures."""
-        rows = [(k, v) for k, v in self.model_dump().items()
-                if v not in (0, 0.0, "", {}, None) or k in ("labelled", "claimed")]
+        rows = [(k, v) for k, v in self.model_dump().items() if v not in (0, 0.0, "", {}, None)]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
         bar = "-" * max(len(line) for line in lines)

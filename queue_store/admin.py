@@ -65,10 +65,10 @@ class AdminVerbs:
                 c.executemany(f"DELETE FROM {t['dead']} WHERE id = ?", [(i,) for i, _ in rows])
                 moved += len(rows)
 
-    def known_uris(self) -> Iterator[str]:
-        """Stream every uri held in the input queue, output queue or dead letters."""
+    def known_uris(self, include: tuple[str, ...] = ("input", "output", "dead")) -> Iterator[str]:
+        """Stream every uri held in the input queue, output queue and/or dead letters."""
         t = self.tables
-        for table in (t["input"], t["output"]):
+        for table in (t[k] for k in ("input", "output") if k in include):
             last = 0
             while True:  # keyset pages: no long-lived read transaction, bounded memory
                 rows = self.conn.execute(f"SELECT id, payload FROM {table} WHERE id > ? "
@@ -83,5 +83,6 @@ class AdminVerbs:
                     for item in items:
                         yield item["uri"]
                 last = rows[-1][0]
-        for (uri,) in self.conn.execute(f"SELECT uri FROM {t['dead']} WHERE uri IS NOT NULL"):
-            yield uri
+        if "dead" in include:
+            for (uri,) in self.conn.execute(f"SELECT uri FROM {t['dead']} WHERE uri IS NOT NULL"):
+                yield uri

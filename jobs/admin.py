@@ -1,0 +1,63 @@
+"""Admin verbs for people: queue status, reaping, requeueing and showing dead letters.
+
+They replace the hand-written SQL the old tool documented; correctness never depends on them.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from jobs.config import BackfillConfig
+from queue_store import QueueStore
+
+
+def _stores(config: BackfillConfig, names: Iterable[str]) -> Iterable[tuple[str, QueueStore]]:
+    for name in names:
+        store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+        try:
+            yield name, store
+        finally:
+            store.close()
+
+
+def queue_status(config: BackfillConfig, names: list[str], as_json: bool) -> str:
+    statuses = {name: store.status().model_dump(exclude={"integration"})
+                for name, store in _stores(config, names)}
+    if as_json:
+        return json.dumps(statuses, sort_keys=True)
+    cols = ["pending_batches", "pending_posts", "processing_batches", "processing_posts",
+            "dead_posts", "dead_undecodable_rows", "output_rows_exported",
+            "output_rows_unexported"]
+    width = max(len(c) for c in cols)
+    lines = []
+    for name, st in statuses.items():
+        lines.append(name)
+        lines.extend(f"  {c.ljust(width)}  {st[c]}" for c in cols)
+    return "\n".join(lines)
+
+
+def reap_stale(config: BackfillConfig, names: list[str]) -> str:
+    lines = []
+    for name, store in _stores(config, names):
+        res = store.reap()
+        lines.append(f"{name}: {res.requeued_batches} expired batch(es) back to pending, "
+                     f"{res.dead_lettered_batches} dead-lettered after max_attempts")
+    return "\n".join(lines)
+
+
+def requeue_dead(config: BackfillConfig, names: list[str]) -> str:
+    lines = []
+    for name, store in _stores(config, names):
+        moved = store.requeue_dead(config.queue.batch_size)
+        left = store.status().dead_undecodable_rows
+        lines.append(f"{name}: {moved} dead post(s) back to pending"
+                     + (f"; {left} undecodable row(s) stay dead" if left else ""))
+    return "\n".join(lines)
+
+
+def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
+    lines = []
+    for name, store in _stores(config, names):
+        for d in store.dead_letters(limit):
+            lines.append(f"{name}\t{d.uri or '(undecodable row)'}\tattempt {d.attempt}\t{d.reason}")
+    return "\n".join(lines) or "no dead letters"

@@ -1,0 +1,72 @@
+"""Command-line flags (the old tool's, with the same meaning) and their validation."""
+from __future__ import annotations
+
+import argparse
+from datetime import date
+
+from jobs.config import ConfigError
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2024-10-01") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return n
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="backfill", description="Backfill ML labels for posts, exactly once.")
+    p.add_argument("--config", default="configs/demo.yaml", help="YAML job config")
+    p.add_argument("--data-dir", help="overrides data_dir (also env BACKFILL_DATA_DIR)")
+    p.add_argument("-r", "--record-type", choices=["posts"], help="records to enqueue")
+    p.add_argument("--add-to-queue", action="store_true", help="stage 1: enqueue posts")
+    p.add_argument("-i", "--integration", action="append", default=[],
+                   help="integration code or name (repeatable)")
+    p.add_argument("--run-integrations", action="store_true", help="stages 2-3: inference")
+    p.add_argument("--write-cache", metavar="NAME|all", help="stage 4: output queue → parquet")
+    p.add_argument("--clear-queue", action="store_true",
+                   help="with --write-cache: delete exported output rows")
+    p.add_argument("--start-date", type=_day, help="first partition_date (inclusive)")
+    p.add_argument("--end-date", type=_day, help="last partition_date (inclusive)")
+    p.add_argument("--max-records-per-run", type=_positive, help="claim at most N posts "
+                   "(whole batches)")
+    p.add_argument("--queue-status", action="store_true", help="counts per queue state")
+    p.add_argument("--json", action="store_true", help="with --queue-status: one JSON object")
+    p.add_argument("--reap-stale", action="store_true", help="expired leases back to pending")
+    p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
+    p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    stages = args.add_to_queue or args.run_integrations or args.write_cache
+    admin = args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
+    if not stages and not admin:
+        raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
+                          "--write-cache or an admin flag such as --queue-status")
+    if args.add_to_queue and args.record_type != "posts":
+        raise ConfigError("--add-to-queue needs -r posts")
+    if (args.add_to_queue or args.run_integrations) and not args.integration:
+        raise ConfigError("name the integration(s) with -i (e.g. -i g)")
+    if args.clear_queue and not args.write_cache:
+        raise ConfigError("--clear-queue only goes with --write-cache NAME|all")
+    if args.json and not args.queue_status:
+        raise ConfigError("--json only goes with --queue-status")
+    if args.start_date and args.end_date and args.start_date > args.end_date:
+        raise ConfigError(f"--start-date {args.start_date} is after --end-date {args.end_date}")

@@ -1,0 +1,112 @@
+"""Stage 1: stream posts into an integration's input queue, skipping what is already known."""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from jobs.config import BackfillConfig
+from jobs.known_uris import KnownUris, digests
+from jobs.posts_source import iter_posts
+from jobs.summary import RunSummary
+from jobs.timing import now_iso, new_run_id
+from queue_store import QueueStore
+
+PROGRESS_EVERY_S = 5.0
+
+
+def parquet_uris(root: Path, batch_rows: int = 100_000):
+    """Stream the uris already written to the integration's parquet output."""
+    if not root.exists():
+        return
+    for batch in pads.dataset(root, format="parquet", partitioning="hive").to_batches(
+            columns=["uri"], batch_size=batch_rows):
+        yield from batch.column("uri").to_pylist()
+
+
+def _known(store: QueueStore, output_root: Path) -> tuple[KnownUris, KnownUris]:
+    done, queued = KnownUris(), KnownUris()
+    done.update(parquet_uris(output_root))
+    done.update(store.known_uris(include=("output",)))
+    queued.update(store.known_uris(include=("input", "dead")))
+    return done, queued
+
+
+def enqueue_posts(config: BackfillConfig, integration: str, start: date | None = None,
+                  end: date | None = None, quiet: bool = False) -> RunSummary:
+    name, _ = config.resolve_integration(integration)
+    summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
+                         started_at=now_iso())
+    t0 = time.monotonic()
+    store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+    try:
+        done, queued = _known(store, config.output_root / name)
+        seen = KnownUris()  # this run's posts: duplicates in the input are skipped too
+        carry: list[pa.Table] = []
+        carried = 0
+        last_report = time.monotonic()
+        for batch in iter_posts(config.posts.path, start or config.posts.start_date,
+                                end or config.posts.end_date, config.posts.read_batch_rows):
+            uris = batch.column("uri").to_pylist()
+            keys = digests(u or "" for u in uris)
+            has_uri = np.fromiter((bool(u) for u in uris), dtype=bool, count=len(uris))
+            # Posts without a uri are left for validation to reject with a reason.
+            is_done = done.contains(keys) & has_uri
+            is_queued = queued.contains(keys) & has_uri
+            is_dup = (seen.contains(keys) | _repeats(keys)) & has_uri
+            fresh = ~(is_done | is_queued | is_dup)
+            summary.skipped_done += int(is_done.sum())
+            summary.skipped_queued += int((is_queued & ~is_done).sum())
+            summary.skipped_duplicate += int((is_dup & ~is_done & ~is_queued).sum())
+            seen.add(keys[fresh])
+            carry.append(pa.Table.from_batches([batch]).filter(pa.array(fresh)))
+            carried += int(fresh.sum())
+            if carried >= config.queue.batch_size:
+                carried = _flush(store, carry, config.queue.batch_size, summary, final=False)
+            if not quiet and time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                print(f"[enqueue {name}] enqueued {summary.enqueued}, skipped done "
+                      f"{summary.skipped_done}, queued {summary.skipped_queued}, invalid "
+                      f"{summary.rejected_invalid}", file=sys.stderr, flush=True)
+        _flush(store, carry, config.queue.batch_size, summary, final=True)
+    finally:
+        store.close()
+    summary.duration_s = round(time.monotonic() - t0, 3)
+    seen_total = summary.enqueued + summary.rejected_invalid
+    summary.posts_per_s = round(seen_total / summary.duration_s, 1) if summary.duration_s else 0
+    summary.finished_at = now_iso()
+    summary.save(config.data_dir)
+    return summary
+
+
+def _repeats(keys: np.ndarray) -> np.ndarray:
+    """True for the second and later occurrence of a key within one record batch."""
+    _, first = np.unique(keys, return_index=True)
+    mask = np.ones(len(keys), dtype=bool)
+    mask[first] = False
+    return mask
+
+
+def _flush(store: QueueStore, carry: list[pa.Table], batch_size: int, summary: RunSummary,
+           final: bool) -> int:
+    """Enqueue whole rows of ``batch_size``; keep the remainder for the next record batch."""
+    table = pa.concat_tables(carry) if len(carry) > 1 else carry[0] if carry else None
+    carry.clear()
+    if table is None or table.num_rows == 0:
+        return 0
+    cut = table.num_rows if final else table.num_rows - table.num_rows % batch_size
+    if cut:
+        res = store.enqueue(table.slice(0, cut), batch_size=batch_size)
+        summary.enqueued += res.enqueued_posts
+        summary.rejected_invalid += len(res.invalid)
+        for reason, n in res.invalid_by_reason.items():
+            summary.invalid_by_reason[reason] = summary.invalid_by_reason.get(reason, 0) + n
+    rest = table.slice(cut)
+    if rest.num_rows:
+        carry.append(rest)
+    return rest.num_rows

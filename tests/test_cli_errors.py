@@ -1,0 +1,83 @@
+"""Every user error: one line naming the problem and the fix, exit 2, no traceback."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from jobs.backfill import main
+from tests.cli_helpers import write_config, write_posts
+
+PLUGIN = {"type": "tests.plugins:KeywordClassifier"}
+
+
+def _err(capsys, argv) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = [x for x in captured.err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_unknown_integration(tmp_path, capsys):
+    cfg = write_config(tmp_path, PLUGIN)
+    line = _err(capsys, ["--config", str(cfg), "-i", "zz", "--run-integrations"])
+    assert "unknown integration 'zz'" in line and "g (ml_inference_intergroup)" in line
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    cfg = write_config(tmp_path, PLUGIN)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["integrations"]["ml_inference_intergroup"]["batchsize"] = 5
+    cfg.write_text(yaml.safe_dump(raw))
+    line = _err(capsys, ["--config", str(cfg), "--queue-status"])
+    assert "integrations.ml_inference_intergroup.batchsize: unknown key" in line
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--start-date", "2024-13-01"], "not a date like 2024-10-01"),
+    (["--start-date", "2024-10-07", "--end-date", "2024-10-01"], "is after --end-date"),
+    (["--max-records-per-run", "0"], "not a positive whole number"),
+])
+def test_bad_dates_and_numbers(tmp_path, capsys, args, needle):
+    cfg = write_config(tmp_path, PLUGIN)
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", *args])
+    assert needle in line
+
+
+def test_missing_posts_path(tmp_path, capsys):
+    cfg = write_config(tmp_path, PLUGIN, posts=tmp_path / "nope")
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g"])
+    assert "posts path" in line and "partition_date=YYYY-MM-DD" in line
+
+
+def test_missing_model_path_fails_before_any_stage(tmp_path, capsys):
+    write_posts(tmp_path, 50)
+    cfg = write_config(tmp_path, {"type": "hf_sequence_classification",
+                                  "params": {"model": str(tmp_path / "models" / "ime")}})
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                         "--run-integrations"])
+    assert "does not exist" in line and "model" in line
+    assert not (tmp_path / "data" / "queue").exists()  # nothing was enqueued
+
+
+def test_missing_config_and_flag_misuse(tmp_path, capsys):
+    assert "not found" in _err(capsys, ["--config", str(tmp_path / "x.yaml"), "--queue-status"])
+    cfg = write_config(tmp_path, PLUGIN)
+    assert "nothing to do" in _err(capsys, ["--config", str(cfg)])
+    assert "-i" in _err(capsys, ["--config", str(cfg), "--run-integrations"])
+    assert "--write-cache" in _err(capsys, ["--config", str(cfg), "--clear-queue"])
+    assert "-r posts" in _err(capsys, ["--config", str(cfg), "--add-to-queue", "-i", "g"])
+    assert "unknown classifier type" in _err(
+        capsys, ["--config", str(write_config(tmp_path, {"type": "nope"})), "-i", "g",
+                 "--run-integrations"])
+
+
+@pytest.mark.ray
+def test_gpu_asked_on_cpu_cluster(ray_session, tmp_path, capsys):
+    if ray_session.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has a GPU")
+    cfg = write_config(tmp_path, PLUGIN, num_gpus=1)
+    line = _err(capsys, ["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
+    assert "num_gpus=1" in line and "set num_gpus: 0" in line
