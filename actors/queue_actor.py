@@ -83,9 +83,6 @@ class QueueActor:
     def plan_export(self, max_rows: int) -> Any:
         return self.store.plan_export(max_rows)
 
-    def export_rows(self, export_id: int) -> list[list[dict]]:
-        return list(self.store.export_rows(export_id))
-
     def mark_exported(self, export_id: int) -> None:
         self.store.mark_exported(export_id)
 

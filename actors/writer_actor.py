@@ -7,29 +7,33 @@ Rows are grouped per (batch, lease); once every post of a batch has a result, on
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
-from queue_store import codec, export_output
+from queue_store import QueueStore, codec, export_output
 from queue_store.models import ExportPlan
 
 
-class QueueActorExportSource:
-    """Adapts the QueueActor handle to ``export_output``'s source protocol."""
+MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
 
-    def __init__(self, queue: Any) -> None:
+
+class QueueActorExportSource:
+    """``export_output``'s source: bookkeeping writes go through the QueueActor (the queue's
+    only writer); the rows are read here over a read-only connection, so they are never
+    pickled across processes."""
+
+    def __init__(self, queue: Any, reader: QueueStore) -> None:
         self.queue = queue
+        self.reader = reader
 
     def plan_export(self, max_rows: int) -> ExportPlan | None:
         import ray
 
         return ray.get(self.queue.plan_export.remote(max_rows))
 
-    def export_rows(self, export_id: int) -> list[list[dict]]:
-        import ray
-
-        return ray.get(self.queue.export_rows.remote(export_id))
+    def export_rows(self, export_id: int) -> Iterator[list[dict]]:
+        return self.reader.export_rows(export_id)
 
     def mark_exported(self, export_id: int) -> None:
         import ray
@@ -38,14 +42,16 @@ class QueueActorExportSource:
 
 
 class WriterActor:
-    def __init__(self, queue: Any, out_dir: str, export_rows: int,
-                 export_every_seconds: float) -> None:
+    def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
+                 export_rows: int, export_every_seconds: float) -> None:
         self.queue = queue
-        self.source = QueueActorExportSource(queue)
+        self.source = QueueActorExportSource(queue, QueueStore(data_dir, integration,
+                                                               readonly=True))
         self.out_dir = out_dir
         self.export_rows = export_rows
         self.export_every_seconds = export_every_seconds
         self.open: dict[tuple[int, str], dict[str, Any]] = {}
+        self.completing: list[tuple[Any, dict]] = []
         self.unexported_rows = 0
         self.last_export = time.monotonic()
         self.stats = {"result_rows": 0, "completed_batches": 0, "stale_batches": 0,
@@ -54,8 +60,6 @@ class WriterActor:
         self.label_counts: dict[str, int] = {}
 
     def consume(self, table: pa.Table) -> None:
-        import ray
-
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
         self.stats["result_rows"] += table.num_rows
         ready = []
@@ -72,16 +76,27 @@ class WriterActor:
                 ready.append(key)
         for key in ready:
             group = self.open.pop(key)
-            res = ray.get(self.queue.complete.remote(key[0], key[1], group["succ"], group["fail"]))
-            if res["accepted"]:
-                self.stats["completed_batches"] += 1
-                self.unexported_rows += res["labelled"]
-                self._tally(group["succ"].values())
-            else:
-                self.stats["stale_batches"] += 1
+            # Not awaited here: the QueueActor runs this caller's calls in order, and
+            # _settle() collects the answers before any export or the end of the run.
+            self.completing.append((self.queue.complete.remote(key[0], key[1], group["succ"],
+                                                               group["fail"]), group["succ"]))
+            self.unexported_rows += len(group["succ"])
+        if len(self.completing) >= MAX_UNSETTLED:
+            self._settle()
         if (self.unexported_rows >= self.export_rows
                 or time.monotonic() - self.last_export >= self.export_every_seconds):
             self._export()
+
+    def _settle(self) -> None:
+        import ray
+
+        pending, self.completing = self.completing, []
+        for res, succ in zip(ray.get([ref for ref, _ in pending]), (s for _, s in pending)):
+            if res["accepted"]:
+                self.stats["completed_batches"] += 1
+                self._tally(succ.values())
+            else:
+                self.stats["stale_batches"] += 1
 
     def _tally(self, rows: Any) -> None:
         for row in rows:
@@ -93,6 +108,7 @@ class WriterActor:
                 self.label_counts[key] = self.label_counts.get(key, 0) + 1
 
     def _export(self) -> None:
+        self._settle()
         stats = export_output(self.source, self.out_dir, self.export_rows)
         self.stats["exported_rows"] += stats.rows
         self.stats["parquet_files"] += stats.files

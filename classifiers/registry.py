@@ -9,6 +9,7 @@ from classifiers.protocol import Provenance
 BUILTIN = {
     "hf_sequence_classification": "classifiers.hf_sequence:HFSequenceClassifier",
     "embedding_prototypes": "classifiers.embedding_prototypes:EmbeddingPrototypeClassifier",
+    "constant": "classifiers.constant:ConstantClassifier",
 }
 
 

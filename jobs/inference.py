@@ -32,7 +32,8 @@ def run_inference(config: BackfillConfig, integration: str,
         config.queue.lease_seconds, run_id, max_records_per_run)
     out_dir = str((config.output_root / name).resolve())
     writer = ray.remote(WriterActor).options(**pinned).remote(
-        queue, out_dir, config.pipeline.export_rows, config.pipeline.export_every_seconds)
+        queue, str(Path(config.data_dir).resolve()), name, out_dir,
+        config.pipeline.export_rows, config.pipeline.export_every_seconds)
     try:
         passes = 0
         while True:

@@ -65,12 +65,19 @@ def _ddl(t: dict[str, str]) -> list[str]:
     ]
 
 
-def connect(path: Path, integration: str) -> tuple[sqlite3.Connection, str]:
+def connect(path: Path, integration: str,
+            readonly: bool = False) -> tuple[sqlite3.Connection, str]:
     """Open (creating if needed) the queue file; returns the connection and the store's id.
 
     The store id is a random value fixed at creation: parquet file names include it so a
-    re-created queue file can never overwrite files exported from an earlier one.
+    re-created queue file can never overwrite files exported from an earlier one. A read-only
+    connection never writes (nor creates) anything.
     """
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return conn, conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                            check_same_thread=False)

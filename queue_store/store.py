@@ -37,14 +37,14 @@ def queue_path(data_dir: str | Path, integration: str) -> Path:
 
 class QueueStore(AdminVerbs, ExportBookkeeping):
     def __init__(self, data_dir: str | Path, integration: str,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, readonly: bool = False) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.integration = integration
         self.tables = table_names(integration)
         self.path = queue_path(data_dir, integration)
         self.max_attempts = max_attempts
-        self.conn, self.store_id = connect(self.path, integration)
+        self.conn, self.store_id = connect(self.path, integration, readonly)
 
     def close(self) -> None:
         self.conn.close()
