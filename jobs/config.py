@@ -24,7 +24,7 @@ class PostsConfig(Strict):
     path: str = "demo_data/posts"
     start_date: date | None = None
     end_date: date | None = None
-    read_batch_rows: int = Field(50_000, ge=1)
+    read_batch_rows: int = Field(10_000, ge=1)
 
 
 class QueueConfig(Strict):

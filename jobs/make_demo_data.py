@@ -75,7 +75,9 @@ def write_demo(out: Path, posts: int, days: int, start: date, seed: int = 7) -> 
         day = start + timedelta(days=d)
         folder = out / f"partition_date={day.isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(make_day(rng, day, n, first), folder / "part-0.parquet")
+        # Row groups of 10k posts: readers stream a group at a time, as with real exports.
+        pq.write_table(make_day(rng, day, n, first), folder / "part-0.parquet",
+                       row_group_size=10_000)
         first += n
     return first
 

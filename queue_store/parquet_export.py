@@ -61,15 +61,20 @@ def export_output(source: ExportSource, out_dir: str | Path,
     stats = ExportStats()
     out = Path(out_dir)
     while (plan := source.plan_export(max_rows)) is not None:
-        by_date: dict[str, list[dict]] = defaultdict(list)
+        # Each completed batch becomes Arrow at once: a chunk is held as columns, not as
+        # tens of thousands of Python dicts.
+        by_date: dict[str, list[pa.Table]] = defaultdict(list)
         for batch_rows in source.export_rows(plan.export_id):
+            days: dict[str, list[dict]] = defaultdict(list)
             for row in batch_rows:
-                by_date[partition_date(row["preprocessing_timestamp"])].append(row)
-        for date, rows in sorted(by_date.items()):
-            write_atomic(out / f"partition_date={date}" / f"{plan.file_stem}.parquet",
-                         rows_to_table(rows))
+                days[partition_date(row["preprocessing_timestamp"])].append(row)
+            for date, rows in days.items():
+                by_date[date].append(rows_to_table(rows))
+        for date, tables in sorted(by_date.items()):
+            table = pa.concat_tables(tables, promote_options="permissive")
+            write_atomic(out / f"partition_date={date}" / f"{plan.file_stem}.parquet", table)
             stats.files += 1
-            stats.rows += len(rows)
+            stats.rows += table.num_rows
         source.mark_exported(plan.export_id)
         stats.exports += 1
     return stats

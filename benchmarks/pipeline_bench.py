@@ -1,0 +1,155 @@
+"""End-to-end pipeline figures, every comparison measured in the same run (prints JSON + table).
+
+    python benchmarks/pipeline_bench.py                       # all three parts
+    python benchmarks/pipeline_bench.py --parts model --model-posts 3000
+
+overhead: N posts through enqueue → Ray pipeline → parquet with the ``constant`` classifier,
+          against the old tool's way (load every pending row, build labels, write 1000-post
+          JSON output rows, delete inputs, write parquet) on the same posts.
+model:    the packaged MiniLM through the full pipeline vs the same classifier in a plain loop.
+scale:    the constant classifier at several sizes: wall time and peak RSS per process role.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from old_tool_baseline import old_tool_backfill  # noqa: E402
+from rss_sampler import RssSampler  # noqa: E402
+
+from jobs.config import parse_config  # noqa: E402
+from jobs.enqueue_stage import enqueue_posts  # noqa: E402
+from jobs.inference import run_inference  # noqa: E402
+from jobs.make_demo_data import write_demo  # noqa: E402
+
+NAME = "ml_inference_intergroup"
+MODEL_PARAMS = {"labels_file": "configs/labels/intergroup.yaml", "torch_threads": 2,
+                "mini_batch_size": 64}
+
+
+def _config(data_dir: Path, posts: Path, classifier: dict, batch_size: int) -> object:
+    return parse_config({
+        "data_dir": str(data_dir), "posts": {"path": str(posts)},
+        "integrations": {NAME: {"code": "g", "classifier": classifier, "batch_size": batch_size,
+                                "num_cpus": 1}}})
+
+
+def _make_posts(root: Path, n: int) -> Path:
+    posts = root / f"posts_{n}"
+    if not posts.exists():
+        write_demo(posts, n, days=7, start=__import__("datetime").date(2024, 10, 1))
+    return posts
+
+
+def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int) -> dict:
+    data = Path(tempfile.mkdtemp(dir=root))
+    cfg = _config(data, posts, classifier, batch_size)
+    t0 = time.perf_counter()
+    enq = enqueue_posts(cfg, NAME, quiet=True)
+    t1 = time.perf_counter()
+    run = run_inference(cfg, NAME, quiet=True)
+    t2 = time.perf_counter()
+    return {"posts": run.labelled, "enqueue_s": round(t1 - t0, 2),
+            "inference_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
+            "posts_per_s": round(run.labelled / (t2 - t0)), "enqueued": enq.enqueued}
+
+
+def part_overhead(root: Path, n: int) -> dict:
+    posts = _make_posts(root, n)
+    ours = _pipeline(root, posts, {"type": "constant"}, 1000)
+    old = old_tool_backfill(posts, Path(tempfile.mkdtemp(dir=root)))
+    return {"ours": ours, "old_tool": old,
+            "ratio": round(ours["posts_per_s"] / old["posts_per_s"], 2), "target": 1.0}
+
+
+def part_model(root: Path, n: int) -> dict:
+    import pyarrow.dataset as pads
+
+    from classifiers.registry import build_classifier
+    from queue_store.validation import as_post_table, split_valid
+
+    posts = _make_posts(root, n)
+    ours = _pipeline(root, posts, {"type": "embedding_prototypes", "params": MODEL_PARAMS}, 512)
+    table, _ = split_valid(as_post_table(pads.dataset(posts, partitioning="hive").to_table()))
+    texts = table.column("text").to_pylist()
+    t0 = time.perf_counter()
+    clf = build_classifier("embedding_prototypes", MODEL_PARAMS)
+    for i in range(0, len(texts), 512):
+        clf.classify(texts[i:i + 512])
+    loop_s = time.perf_counter() - t0
+    loop = {"posts": len(texts), "total_s": round(loop_s, 2),
+            "posts_per_s": round(len(texts) / loop_s, 1)}
+    return {"ours": ours, "plain_loop": loop,
+            "ratio": round(ours["posts_per_s"] / loop["posts_per_s"], 2), "target": 0.9}
+
+
+def part_scale(root: Path, sizes: list[int]) -> dict:
+    out = {}
+    for n in sizes:
+        posts = _make_posts(root, n)
+        with RssSampler() as rss:
+            res = _pipeline(root, posts, {"type": "constant"}, 1000)
+        res["us_per_post"] = round(res["total_s"] / max(res["posts"], 1) * 1e6, 1)
+        res["peak_rss_mb"] = rss.peaks_mb()
+        out[str(n)] = res
+        print(f"scale {n}: {res['total_s']}s, peaks {res['peak_rss_mb']}", file=sys.stderr)
+    small, large = str(min(sizes)), str(max(sizes))
+    growth = {role: round(mb / out[small]["peak_rss_mb"][role], 2)
+              for role, mb in out[large]["peak_rss_mb"].items() if role in out[small]["peak_rss_mb"]}
+    return {"runs": out, "peak_rss_large_over_small": growth,
+            "time_per_post_large_over_small": round(out[large]["us_per_post"]
+                                                    / out[small]["us_per_post"], 2),
+            "target_peak_ratio": 1.5}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", nargs="+", default=["overhead", "model", "scale"])
+    ap.add_argument("--overhead-posts", type=int, default=200_000)
+    ap.add_argument("--model-posts", type=int, default=3000)
+    ap.add_argument("--scale", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    args = ap.parse_args()
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=500_000_000,
+             log_to_driver=False)
+    results: dict = {"ray_init_s": round(time.perf_counter() - t0, 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if "overhead" in args.parts:
+            results["overhead"] = part_overhead(root, args.overhead_posts)
+        if "model" in args.parts:
+            results["model"] = part_model(root, args.model_posts)
+        if "scale" in args.parts:
+            results["scale"] = part_scale(root, args.scale)
+    ray.shutdown()
+    print(json.dumps(results, indent=2))
+    for part in ("overhead", "model"):
+        if part in results:
+            r = results[part]
+            other = "old_tool" if part == "overhead" else "plain_loop"
+            print(f"{part:9s} ours {r['ours']['posts_per_s']:>8} posts/s | {other} "
+                  f"{r[other]['posts_per_s']:>8} posts/s | ratio {r['ratio']} "
+                  f"(target >= {r['target']})")
+    if "scale" in results:
+        for n, r in results["scale"]["runs"].items():
+            print(f"scale {n:>8}: {r['total_s']:>7}s {r['us_per_post']:>6} us/post  "
+                  f"peak MB {r['peak_rss_mb']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Sample the resident memory of the driver and every Ray worker process, by role."""
+from __future__ import annotations
+
+import os
+import threading
+
+import psutil
+
+ROLES = (("QueueActor", "queue_actor"), ("WriterActor", "writer_actor"),
+         ("MapWorker", "classifier_actor"), ("ReadQueue", "read_task"))
+
+
+def _role(proc: psutil.Process) -> str | None:
+    try:
+        title = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for needle, role in ROLES:
+        if f"ray::{needle}" in title:
+            return role
+    return None
+
+
+class RssSampler:
+    """Peak RSS per role while the ``with`` block runs (sampled every ``interval`` s)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._roles: dict[int, str] = {}
+
+    def _sample(self) -> None:
+        me = psutil.Process(os.getpid())
+        self._bump("driver", me.memory_info().rss)
+        for proc in psutil.process_iter(["pid"]):
+            role = self._roles.get(proc.pid) or _role(proc)
+            if role is None:
+                continue
+            self._roles[proc.pid] = role
+            try:
+                self._bump(role, proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+
+    def _bump(self, role: str, rss: int) -> None:
+        self.peaks[role] = max(self.peaks.get(role, 0), rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "RssSampler":
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks_mb(self) -> dict[str, float]:
+        return {role: round(rss / 2 ** 20, 1) for role, rss in sorted(self.peaks.items())}
