@@ -1,4 +1,9 @@
-"""Sample the resident memory of the driver and every Ray worker process, by role."""
+"""Sample the memory of the driver and every Ray worker process, by role.
+
+Reported as private resident memory (RSS minus shared pages): a Ray worker maps the shared
+object store, and every store page it has touched counts in its plain RSS although it belongs
+to the store (bounded by ``object_store_memory``), not to the process.
+"""
 from __future__ import annotations
 
 import os
@@ -21,8 +26,13 @@ def _role(proc: psutil.Process) -> str | None:
     return None
 
 
+def _private(proc: psutil.Process) -> int:
+    mem = proc.memory_info()
+    return mem.rss - getattr(mem, "shared", 0)
+
+
 class RssSampler:
-    """Peak RSS per role while the ``with`` block runs (sampled every ``interval`` s)."""
+    """Peak private RSS per role while the ``with`` block runs (sampled every ``interval`` s)."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
@@ -31,15 +41,14 @@ class RssSampler:
         self._roles: dict[int, str] = {}
 
     def _sample(self) -> None:
-        me = psutil.Process(os.getpid())
-        self._bump("driver", me.memory_info().rss)
+        self._bump("driver", _private(psutil.Process(os.getpid())))
         for proc in psutil.process_iter(["pid"]):
             role = self._roles.get(proc.pid) or _role(proc)
             if role is None:
                 continue
             self._roles[proc.pid] = role
             try:
-                self._bump(role, proc.memory_info().rss)
+                self._bump(role, _private(proc))
             except psutil.NoSuchProcess:
                 pass
 
