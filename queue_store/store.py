@@ -106,8 +106,10 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                 except codec.PayloadError as exc:
                     self._dead_letter_raw(c, batch_id, payload, str(exc), attempt)
                     continue
-                claimed.append(ClaimedBatch(batch_id=batch_id, lease_id=lease_id,
-                                            attempt=attempt, posts=posts, metadata=meta))
+                # Shapes were checked while decoding: skip pydantic's per-post re-validation.
+                claimed.append(ClaimedBatch.model_construct(
+                    batch_id=batch_id, lease_id=lease_id, attempt=attempt, posts=posts,
+                    metadata=meta))
         return claimed
 
     def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float = 60) -> int:
