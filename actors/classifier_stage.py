@@ -21,7 +21,7 @@ RESERVED = frozenset({"uri", "text", "preprocessing_timestamp", "was_successfull
 RESULT_SCHEMA = pa.schema([("batch_id", pa.int64()), ("lease_id", pa.string()),
                            ("batch_posts", pa.int64()), ("uri", pa.string()),
                            ("ok", pa.bool_()), ("reason", pa.string()),
-                           ("columns_json", pa.string())])
+                           ("columns_json", pa.string()), ("label", pa.string())])
 
 
 class ClassifierStage:
@@ -34,7 +34,7 @@ class ClassifierStage:
         try:
             outcomes = classify_isolating(self.classifier, batch.column("text").to_pylist())
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            ok, reasons, cols = [], [], []
+            ok, reasons, cols, labels = [], [], [], []
             for out in outcomes:
                 clash = RESERVED.intersection(out.labels) if out.ok else None
                 if clash:
@@ -42,13 +42,16 @@ class ClassifierStage:
                                                            f"column(s) {sorted(clash)}")
                 ok.append(out.ok)
                 reasons.append(out.reason)
+                label = out.labels.get("label") if out.ok else None
+                labels.append(None if label is None else str(label))
                 cols.append(codec.dumps({"was_successfully_labeled": True, "reason": None,
                                          "label_timestamp": stamp, **out.labels, **self.fixed})
                             if out.ok else None)
         except Exception as exc:  # noqa: BLE001 - last line of defence: fail the rows, not the run
             reason = f"stage error: {type(exc).__name__}: {exc}"[:500]
-            ok, reasons, cols = [False] * n, [reason] * n, [None] * n
+            ok, reasons, cols, labels = [False] * n, [reason] * n, [None] * n, [None] * n
         return pa.table([batch.column("batch_id"), batch.column("lease_id"),
                          batch.column("batch_posts"), batch.column("uri"),
                          pa.array(ok, pa.bool_()), pa.array(reasons, pa.string()),
-                         pa.array(cols, pa.string())], schema=RESULT_SCHEMA)
+                         pa.array(cols, pa.string()), pa.array(labels, pa.string())],
+                        schema=RESULT_SCHEMA)

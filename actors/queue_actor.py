@@ -30,8 +30,10 @@ class QueueActor:
         self._heartbeat.start()
 
     # -- read side -------------------------------------------------------------------------
-    def next_batches(self, max_batches: int = 1) -> list[dict[str, Any]]:
-        """Claim for a read task; an empty list means nothing is claimable now (stop)."""
+    def next_batches(self, max_batches: int = 1) -> list[tuple[int, str, str]]:
+        """Claim for a read task: ``(batch_id, lease_id, posts JSON)`` per batch, the posts
+        forwarded as stored (decoding is the read task's job, off this serial actor). An empty
+        list means nothing is claimable now (stop)."""
         if self.budget_used():
             return []
         batches = self.store.claim(max_batches, self.lease_seconds, self.owner)
@@ -42,7 +44,7 @@ class QueueActor:
                 self.outstanding[b.batch_id] = b.lease_id
         self.stats["claimed_batches"] += len(batches)
         self.stats["claimed_posts"] += sum(len(b.posts) for b in batches)
-        return [b.model_dump() for b in batches]
+        return [(b.batch_id, b.lease_id, b.payload) for b in batches]
 
     def budget_used(self) -> bool:
         return self.max_records is not None and self.stats["claimed_posts"] >= self.max_records

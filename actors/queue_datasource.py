@@ -17,19 +17,23 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from queue_store import codec
+
 BATCH_SCHEMA = pa.schema([("uri", pa.string()), ("text", pa.string()),
                           ("batch_id", pa.int64()), ("lease_id", pa.string()),
                           ("batch_posts", pa.int64())])
 
 
-def batches_to_table(batches: list[dict[str, Any]]) -> pa.Table:
+def batches_to_table(batches: list[tuple[int, str, str]]) -> pa.Table:
+    """``(batch_id, lease_id, posts JSON)`` claims → one row per post."""
     uris, texts, ids, leases, sizes = [], [], [], [], []
-    for b in batches:
-        n = len(b["posts"])
-        uris.extend(p["uri"] for p in b["posts"])
-        texts.extend(p["text"] for p in b["posts"])
-        ids.extend([b["batch_id"]] * n)
-        leases.extend([b["lease_id"]] * n)
+    for batch_id, lease_id, payload in batches:
+        posts = codec.loads_posts(payload)  # the queue decoded it once already: it is sound
+        n = len(posts)
+        uris.extend(p["uri"] for p in posts)
+        texts.extend(p["text"] for p in posts)
+        ids.extend([batch_id] * n)
+        leases.extend([lease_id] * n)
         sizes.extend([n] * n)
     return pa.table([uris, texts, ids, leases, sizes], schema=BATCH_SCHEMA)
 

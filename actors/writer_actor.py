@@ -10,6 +10,7 @@ import time
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from queue_store import QueueStore, codec, export_output
 from queue_store.models import ExportPlan
@@ -32,8 +33,8 @@ class QueueActorExportSource:
 
         return ray.get(self.queue.plan_export.remote(max_rows))
 
-    def export_rows(self, export_id: int) -> Iterator[list[dict]]:
-        return self.reader.export_rows(export_id)
+    def export_payloads(self, export_id: int) -> Iterator[str]:
+        return self.reader.export_payloads(export_id)
 
     def mark_exported(self, export_id: int) -> None:
         import ray
@@ -51,7 +52,7 @@ class WriterActor:
         self.export_rows = export_rows
         self.export_every_seconds = export_every_seconds
         self.open: dict[tuple[int, str], dict[str, Any]] = {}
-        self.completing: list[tuple[Any, dict]] = []
+        self.completing: list[Any] = []
         self.unexported_rows = 0
         self.last_export = time.monotonic()
         self.stats = {"result_rows": 0, "completed_batches": 0, "stale_batches": 0,
@@ -60,7 +61,10 @@ class WriterActor:
         self.label_counts: dict[str, int] = {}
 
     def consume(self, table: pa.Table) -> None:
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        self._tally(table)
+        cols = {name: table.column(name).to_pylist()
+                for name in ("batch_id", "lease_id", "batch_posts", "uri", "ok", "reason",
+                             "columns_json")}
         self.stats["result_rows"] += table.num_rows
         ready = []
         for i in range(table.num_rows):
@@ -68,8 +72,8 @@ class WriterActor:
             group = self.open.setdefault(key, {"expected": cols["batch_posts"][i],
                                                "succ": {}, "fail": {}})
             uri = cols["uri"][i]
-            if cols["ok"][i]:
-                group["succ"][uri] = codec.loads(cols["columns_json"][i])
+            if cols["ok"][i]:  # forwarded still encoded: the queue merges it as text
+                group["succ"][uri] = cols["columns_json"][i]
             else:
                 group["fail"][uri] = cols["reason"][i]
             if len(group["succ"]) + len(group["fail"]) == group["expected"]:
@@ -78,8 +82,8 @@ class WriterActor:
             group = self.open.pop(key)
             # Not awaited here: the QueueActor runs this caller's calls in order, and
             # _settle() collects the answers before any export or the end of the run.
-            self.completing.append((self.queue.complete.remote(key[0], key[1], group["succ"],
-                                                               group["fail"]), group["succ"]))
+            self.completing.append(self.queue.complete.remote(key[0], key[1], group["succ"],
+                                                              group["fail"]))
             self.unexported_rows += len(group["succ"])
         if len(self.completing) >= MAX_UNSETTLED:
             self._settle()
@@ -91,21 +95,26 @@ class WriterActor:
         import ray
 
         pending, self.completing = self.completing, []
-        for res, succ in zip(ray.get([ref for ref, _ in pending]), (s for _, s in pending)):
+        for res in ray.get(pending):
             if res["accepted"]:
                 self.stats["completed_batches"] += 1
-                self._tally(succ.values())
             else:
                 self.stats["stale_batches"] += 1
 
-    def _tally(self, rows: Any) -> None:
-        for row in rows:
-            if not self.provenance:
-                self.provenance = {"classifier": row.get("classifier", ""),
-                                   "model": row.get("model", "")}
-            if "label" in row:
-                key = str(row["label"])
-                self.label_counts[key] = self.label_counts.get(key, 0) + 1
+    def _tally(self, table: pa.Table) -> None:
+        """Label distribution and provenance of the successful rows (counted as they arrive;
+        a stale batch's rows, rare, are counted too)."""
+        ok = table.filter(table.column("ok"))
+        if not ok.num_rows:
+            return
+        if not self.provenance:
+            first = codec.loads(ok.column("columns_json")[0].as_py())
+            self.provenance = {"classifier": first.get("classifier", ""),
+                               "model": first.get("model", "")}
+        for item in pc.value_counts(ok.column("label")).to_pylist():
+            if item["values"] is not None:
+                key = item["values"]
+                self.label_counts[key] = self.label_counts.get(key, 0) + item["counts"]
 
     def _export(self) -> None:
         self._settle()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-from queue_store import codec
 from queue_store.models import ExportPlan
 
 
@@ -52,8 +51,9 @@ class ExportBookkeeping:
         return ExportPlan(export_id=export_id, n_batches=n,
                           file_stem=f"part-{self.store_id}-{export_id:08d}")
 
-    def export_rows(self, export_id: int) -> Iterator[list[dict]]:
-        """The rows of one planned export, one output-queue row (a completed batch) at a time."""
+    def export_payloads(self, export_id: int) -> Iterator[str]:
+        """The rows of one planned export: one encoded output-queue row (a completed batch,
+        a JSON array of row objects, one per line) at a time."""
         last = 0
         while True:
             page = self.conn.execute(f"SELECT id, payload FROM {self.tables['output']} "
@@ -62,7 +62,7 @@ class ExportBookkeeping:
             if not page:
                 return
             for _, payload in page:
-                yield codec.loads(payload)
+                yield payload
             last = page[-1][0]
 
     def mark_exported(self, export_id: int) -> None:

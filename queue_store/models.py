@@ -41,6 +41,7 @@ class ClaimedBatch(BaseModel):
     attempt: int
     posts: list[dict[str, Any]]
     metadata: dict[str, Any]
+    payload: str = Field("", repr=False)  # the posts as stored (JSON), to forward undecoded
 
 
 class CompleteResult(BaseModel):

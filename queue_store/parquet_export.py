@@ -6,23 +6,27 @@ into place, so a reader never sees half a file and a rerun replaces rather than 
 """
 from __future__ import annotations
 
+import io
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from queue_store import codec
 from queue_store.models import ExportPlan
 
 DEFAULT_EXPORT_ROWS = 50_000
+POST_TEXT_COLUMNS = ("uri", "text", "preprocessing_timestamp")
 
 
 class ExportSource(Protocol):
     def plan_export(self, max_rows: int = ...) -> ExportPlan | None: ...
-    def export_rows(self, export_id: int) -> Iterable[list[dict]]: ...
+    def export_payloads(self, export_id: int) -> Iterable[str]: ...
     def mark_exported(self, export_id: int) -> None: ...
 
 
@@ -32,20 +36,37 @@ class ExportStats(BaseModel):
     rows: int = 0
 
 
-def partition_date(timestamp: str) -> str:
-    """The post's day: both accepted timestamp forms start with ``YYYY-MM-DD``."""
-    return timestamp[:10]
+def _read_ndjson(body: bytes, as_text: list[str]) -> pa.Table:
+    schema = pa.schema([(name, pa.string()) for name in as_text])
+    return pajson.read_json(
+        io.BytesIO(body),
+        read_options=pajson.ReadOptions(block_size=max(1 << 20, min(len(body), 1 << 28))),
+        parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                          unexpected_field_behavior="infer"))
 
 
-def rows_to_table(rows: list[dict]) -> pa.Table:
-    table = pa.Table.from_pylist(rows)
+def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
+    """Parse output-queue rows with Arrow's C++ JSON reader (no Python object per row)."""
+    bodies = [codec.ndjson_body(p) for p in payloads if len(p) > 2]
+    if not bodies:
+        return pa.table({})
+    body = "\n".join(bodies).encode()
+    as_text = list(POST_TEXT_COLUMNS)
+    table = _read_ndjson(body, as_text)
+    # Arrow reads ISO-looking strings as timestamps; values must come out exactly as written.
+    temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+    if temporal:
+        table = _read_ndjson(body, as_text + temporal)
     # A column that is null in every row of this chunk (e.g. ``reason``) would otherwise get
     # the null type and clash with other files of the dataset.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
             table = table.set_column(i, pa.field(field.name, pa.string()),
                                      pa.nulls(table.num_rows, pa.string()))
-    return table
+    # Columns in the order the rows were written (explicit types put theirs first).
+    written = list(codec.loads(bodies[0].split("\n", 1)[0]))
+    order = [c for c in written if c in table.column_names]
+    return table.select(order + [c for c in table.column_names if c not in order])
 
 
 def write_atomic(path: Path, table: pa.Table) -> None:
@@ -61,20 +82,15 @@ def export_output(source: ExportSource, out_dir: str | Path,
     stats = ExportStats()
     out = Path(out_dir)
     while (plan := source.plan_export(max_rows)) is not None:
-        # Each completed batch becomes Arrow at once: a chunk is held as columns, not as
-        # tens of thousands of Python dicts.
-        by_date: dict[str, list[pa.Table]] = defaultdict(list)
-        for batch_rows in source.export_rows(plan.export_id):
-            days: dict[str, list[dict]] = defaultdict(list)
-            for row in batch_rows:
-                days[partition_date(row["preprocessing_timestamp"])].append(row)
-            for date, rows in days.items():
-                by_date[date].append(rows_to_table(rows))
-        for date, tables in sorted(by_date.items()):
-            table = pa.concat_tables(tables, promote_options="permissive")
-            write_atomic(out / f"partition_date={date}" / f"{plan.file_stem}.parquet", table)
-            stats.files += 1
-            stats.rows += table.num_rows
+        table = payloads_to_table(source.export_payloads(plan.export_id))
+        if table.num_rows:
+            # The post's day: both accepted timestamp forms start with YYYY-MM-DD.
+            day = pc.utf8_slice_codeunits(table.column("preprocessing_timestamp"), 0, 10)
+            for date in sorted(pc.unique(day).to_pylist()):
+                part = table.filter(pc.equal(day, date))
+                write_atomic(out / f"partition_date={date}" / f"{plan.file_stem}.parquet", part)
+                stats.files += 1
+                stats.rows += part.num_rows
         source.mark_exported(plan.export_id)
         stats.exports += 1
     return stats

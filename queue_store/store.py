@@ -109,7 +109,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                 # Shapes were checked while decoding: skip pydantic's per-post re-validation.
                 claimed.append(ClaimedBatch.model_construct(
                     batch_id=batch_id, lease_id=lease_id, attempt=attempt, posts=posts,
-                    metadata=meta))
+                    metadata=meta, payload=payload))
         return claimed
 
     def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float = 60) -> int:
@@ -125,9 +125,10 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
             return c.total_changes - before
 
     def complete(self, batch_id: int, lease_id: str,
-                 successes: Mapping[str, Mapping[str, Any]],
+                 successes: Mapping[str, Mapping[str, Any] | str],
                  failures: Mapping[str, str]) -> CompleteResult:
-        """Fenced ack. ``successes``: uri -> output columns; ``failures``: uri -> reason.
+        """Fenced ack. ``successes``: uri -> output columns (a mapping, or that mapping already
+        encoded as a JSON object); ``failures``: uri -> reason.
 
         Together they must cover the batch's posts exactly. Returns ``accepted=False`` and
         writes nothing when ``lease_id`` no longer holds the batch.
@@ -139,12 +140,11 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
             posts, attempt = held
             uris = [p["uri"] for p in posts]
             _check_cover(batch_id, uris, successes, failures)
-            now = time.time()
-            out = [{**p, **successes[p["uri"]]} for p in posts if p["uri"] in successes]
+            out = [_output_row(p, successes[p["uri"]]) for p in posts if p["uri"] in successes]
             if out:
                 c.execute(f"INSERT INTO {self.tables['output']} "
                           "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
-                          (batch_id, codec.dumps(out), len(out), now))
+                          (batch_id, codec.join_lines(out), len(out), time.time()))
             failed = [(p, failures[p["uri"]]) for p in posts if p["uri"] in failures]
             retried, dead = self._retry_or_bury(c, batch_id, failed, attempt)
             c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
@@ -244,6 +244,18 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
 def _posts_json(chunk: pa.Table) -> str:
     cols = [chunk.column(c).to_pylist() for c in POST_COLUMNS]
     return codec.dumps([dict(zip(POST_COLUMNS, vals)) for vals in zip(*cols)])
+
+
+def _output_row(post: dict, columns: Mapping[str, Any] | str) -> str:
+    """The post's fields followed by its output columns, as one JSON object."""
+    if not isinstance(columns, str):
+        clash = post.keys() & columns.keys()
+        if clash:
+            raise ValueError(f"output columns {sorted(clash)} would overwrite post fields")
+        return codec.dumps({**post, **columns})
+    if "\n" in columns:  # keep rows newline-free (see codec.join_lines)
+        columns = codec.dumps(codec.loads(columns))
+    return codec.merge_objects(codec.dumps(post), columns)
 
 
 def _check_cover(batch_id: int, uris: list[str], successes: Mapping[str, Any],

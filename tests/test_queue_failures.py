@@ -81,8 +81,8 @@ class _CrashAfterWrite:
     def plan_export(self, max_rows):
         return self.store.plan_export(max_rows)
 
-    def export_rows(self, export_id):
-        return self.store.export_rows(export_id)
+    def export_payloads(self, export_id):
+        return self.store.export_payloads(export_id)
 
     def mark_exported(self, export_id):
         raise RuntimeError("killed before marking the export written")
