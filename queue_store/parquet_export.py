@@ -21,7 +21,6 @@ from queue_store import codec
 from queue_store.models import ExportPlan
 
 DEFAULT_EXPORT_ROWS = 50_000
-POST_TEXT_COLUMNS = ("uri", "text", "preprocessing_timestamp")
 
 
 class ExportSource(Protocol):
@@ -36,26 +35,36 @@ class ExportStats(BaseModel):
     rows: int = 0
 
 
-def _read_ndjson(body: bytes, as_text: list[str]) -> pa.Table:
+def _read_ndjson(body: io.BytesIO, as_text: list[str]) -> pa.Table:
     schema = pa.schema([(name, pa.string()) for name in as_text])
+    body.seek(0)
+    size = body.getbuffer().nbytes
     return pajson.read_json(
-        io.BytesIO(body),
-        read_options=pajson.ReadOptions(block_size=max(1 << 20, min(len(body), 1 << 28))),
+        body, read_options=pajson.ReadOptions(block_size=max(1 << 20, min(size, 1 << 28)),
+                                              use_threads=False),
         parse_options=pajson.ParseOptions(explicit_schema=schema,
                                           unexpected_field_behavior="infer"))
 
 
 def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
     """Parse output-queue rows with Arrow's C++ JSON reader (no Python object per row)."""
-    bodies = [codec.ndjson_body(p) for p in payloads if len(p) > 2]
-    if not bodies:
+    body, first_row = io.BytesIO(), None
+    for payload in payloads:
+        if len(payload) <= 2:
+            continue
+        if first_row is None:
+            first_row = codec.loads(payload[1:].split("\n", 1)[0].rstrip(",]"))
+        else:
+            body.write(b"\n")
+        body.write(codec.ndjson_body(payload).encode())
+    if first_row is None:
         return pa.table({})
-    body = "\n".join(bodies).encode()
-    as_text = list(POST_TEXT_COLUMNS)
+    # Arrow reads ISO-looking strings as timestamps; values must come out exactly as written,
+    # so every column that holds text in the first row is declared text up front.
+    as_text = [k for k, v in first_row.items() if isinstance(v, str)]
     table = _read_ndjson(body, as_text)
-    # Arrow reads ISO-looking strings as timestamps; values must come out exactly as written.
     temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
-    if temporal:
+    if temporal:  # text columns that were null in the first row
         table = _read_ndjson(body, as_text + temporal)
     # A column that is null in every row of this chunk (e.g. ``reason``) would otherwise get
     # the null type and clash with other files of the dataset.
@@ -64,8 +73,7 @@ def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
             table = table.set_column(i, pa.field(field.name, pa.string()),
                                      pa.nulls(table.num_rows, pa.string()))
     # Columns in the order the rows were written (explicit types put theirs first).
-    written = list(codec.loads(bodies[0].split("\n", 1)[0]))
-    order = [c for c in written if c in table.column_names]
+    order = [c for c in first_row if c in table.column_names]
     return table.select(order + [c for c in table.column_names if c not in order])
 
 
@@ -93,4 +101,8 @@ def export_output(source: ExportSource, out_dir: str | Path,
                 stats.rows += part.num_rows
         source.mark_exported(plan.export_id)
         stats.exports += 1
+        del table
+        # Hand the chunk's buffers back to the OS: the allocator would keep them, and a
+        # long-running writer's memory would creep up export after export.
+        pa.default_memory_pool().release_unused()
     return stats
