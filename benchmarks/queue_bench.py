@@ -105,11 +105,11 @@ def main() -> None:
                                  check=True, capture_output=True, text=True).stdout
             results.setdefault(str(n), {})[kind] = json.loads(out)
     small, large = str(min(args.sizes)), str(max(args.sizes))
+    ours, old = results[large]["ours"], results[large]["old_tool"]
     summary = {
-        "enqueue_vs_old": round(results[large]["ours"]["enqueue_posts_per_s"]
-                                / results[large]["old_tool"]["enqueue_posts_per_s"], 2),
-        "claim_complete_vs_old": round(results[large]["ours"]["claim_complete_posts_per_s"]
-                                       / results[large]["old_tool"]["claim_complete_posts_per_s"], 2),
+        "enqueue_vs_old": round(ours["enqueue_posts_per_s"] / old["enqueue_posts_per_s"], 2),
+        "claim_complete_vs_old": round(ours["claim_complete_posts_per_s"]
+                                       / old["claim_complete_posts_per_s"], 2),
         "peak_rss_large_over_small": round(results[large]["ours"]["peak_rss_mb"]
                                            / results[small]["ours"]["peak_rss_mb"], 2),
         "targets": {"enqueue_posts_per_s": 375_000, "claim_complete_posts_per_s": 170_000,

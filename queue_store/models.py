@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Post(BaseModel):
-    """One input post as queued (extra input columns are not carried)."""
+    """One input post as queued (extra input columns are not carried). Its fields are the
+    queued columns; validation itself is vectorised (``validation.py``), not per object."""
 
     model_config = ConfigDict(frozen=True)
     uri: str

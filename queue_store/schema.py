@@ -35,7 +35,8 @@ def _ddl(t: dict[str, str]) -> list[str]:
             lease_expires REAL,
             attempt INTEGER NOT NULL DEFAULT 0,
             created_at REAL NOT NULL)""",
-        f"CREATE INDEX IF NOT EXISTS {t['input']}_pending ON {t['input']}(id) WHERE status = 'pending'",
+        f"CREATE INDEX IF NOT EXISTS {t['input']}_pending ON {t['input']}(id) "
+        "WHERE status = 'pending'",
         f"CREATE INDEX IF NOT EXISTS {t['input']}_leased ON {t['input']}(lease_expires) "
         "WHERE status = 'processing'",
         f"""CREATE TABLE IF NOT EXISTS {t['output']} (

@@ -2,14 +2,14 @@
 
 Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
 
-- ``enqueue(posts, metadata=None, batch_size=1000)`` — validate, queue valid posts in rows of <= batch_size.
-- ``claim(max_batches=1, lease_seconds=60, owner="")`` — lease pending rows (reaps expired leases first).
+- ``enqueue(posts, metadata=None, batch_size=1000)`` — validate; queue rows of <= batch_size.
+- ``claim(max_batches=1, lease_seconds=60, owner="")`` — lease pending rows (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
-- ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output + retries + delete, atomically.
-- ``fail(batch_id, lease_id, reason)`` — fenced nack: whole batch back to pending (or dead at max_attempts).
-- ``release(batch_id, lease_id)`` — fenced undo of a claim: back to pending, attempt not counted.
+- ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output, retries, delete.
+- ``fail(batch_id, lease_id, reason)`` — fenced nack: batch back to pending (dead at max).
+- ``release(batch_id, lease_id)`` — fenced undo of a claim: pending again, attempt not spent.
 - ``reap()`` — expired leases back to pending (or dead at max_attempts).
-- ``requeue_dead(batch_size=1000)``, ``dead_letters(limit=20)``, ``status()``, ``known_uris()`` — admin.
+- ``requeue_dead(batch_size=1000)``, ``dead_letters(limit=20)``, ``status()``, ``known_uris()``.
 """
 from __future__ import annotations
 
@@ -196,8 +196,8 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
         result = ReapResult()
         for batch_id, payload, attempt in expired:
             if attempt < self.max_attempts:
-                c.execute(f"UPDATE {t} SET status = 'pending', lease_id = NULL, lease_owner = NULL, "
-                          "lease_expires = NULL WHERE id = ?", (batch_id,))
+                c.execute(f"UPDATE {t} SET status = 'pending', lease_id = NULL, "
+                          "lease_owner = NULL, lease_expires = NULL WHERE id = ?", (batch_id,))
                 result.requeued_batches += 1
                 continue
             reason = f"lease expired on attempt {attempt} (worker lost each time)"

@@ -10,7 +10,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-POST_COLUMNS = ("uri", "text", "preprocessing_timestamp")
+from queue_store.models import Post
+
+POST_COLUMNS = tuple(Post.model_fields)  # ("uri", "text", "preprocessing_timestamp")
 PLACEHOLDER_TEXTS = ["null", "none", "nan"]
 MIN_TEXT_CHARS = 5
 _DATE_PREFIX = r"^\d{4}-\d{2}-\d{2}"

@@ -76,7 +76,8 @@ def test_embedding_prototypes_on_tiny_encoder(tiny_models):
 
 
 def test_packaged_minilm_scores_intergroup_higher():
-    clf = build_classifier("embedding_prototypes", {"labels_file": "configs/labels/intergroup.yaml"})
+    clf = build_classifier("embedding_prototypes",
+                           {"labels_file": "configs/labels/intergroup.yaml"})
     group, personal = clf.classify([
         "Republicans and Democrats hate each other and fight over every election.",
         "I made pancakes for breakfast and then took a nap on the sofa."])
