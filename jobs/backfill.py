@@ -28,9 +28,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     config = load_config(args.config, args.data_dir)
-    if args.start_date and not args.end_date and config.posts.end_date \
-            and args.start_date > config.posts.end_date:
-        raise ConfigError(f"--start-date {args.start_date} is after the config's end_date")
+    start = args.start_date or config.posts.start_date
+    end = args.end_date or config.posts.end_date
+    if start and end and start > end:
+        raise ConfigError(f"start date {start} is after end date {end} "
+                          "(--start-date/--end-date, or posts.start_date/end_date in the config)")
     out = sys.stdout
     if args.queue_status:
         print(admin.queue_status(config, _names(config, args.integration), args.json), file=out)

@@ -68,5 +68,3 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--clear-queue only goes with --write-cache NAME|all")
     if args.json and not args.queue_status:
         raise ConfigError("--json only goes with --queue-status")
-    if args.start_date and args.end_date and args.start_date > args.end_date:
-        raise ConfigError(f"--start-date {args.start_date} is after --end-date {args.end_date}")

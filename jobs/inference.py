@@ -33,13 +33,14 @@ def run_inference(config: BackfillConfig, integration: str,
     summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=now_iso())
     t0 = time.monotonic()
     pinned = {"num_cpus": 0, "scheduling_strategy": driver_node_strategy(ray)}
+    data_dir = str(Path(config.data_dir).resolve())
     queue = ray.remote(QueueActor).options(**pinned).remote(
-        str(Path(config.data_dir).resolve()), name, config.queue.max_attempts,
-        config.queue.lease_seconds, run_id, max_records_per_run)
+        data_dir, name, config.queue.max_attempts, config.queue.lease_seconds, run_id,
+        max_records_per_run)
     out_dir = str((config.output_root / name).resolve())
     writer = ray.remote(WriterActor).options(**pinned, runtime_env=WRITER_ENV).remote(
-        queue, str(Path(config.data_dir).resolve()), name, out_dir,
-        config.pipeline.export_rows, config.pipeline.export_every_seconds)
+        queue, data_dir, name, out_dir, config.pipeline.export_rows,
+        config.pipeline.export_every_seconds)
     try:
         for _ in range(config.queue.max_attempts + 1):
             claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
@@ -52,8 +53,9 @@ def run_inference(config: BackfillConfig, integration: str,
                     or ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before):
                 break
         wstats = ray.get(writer.finish.remote())
-    finally:
         qstats = ray.get(queue.stop.remote())
+    finally:
+        # On failure too: the leases this run holds simply expire and a rerun finishes.
         for actor in (writer, queue):
             ray.kill(actor)
     summary.claimed_batches = qstats["claimed_batches"]

@@ -37,13 +37,23 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["--start-date", "2024-13-01"], "not a date like 2024-10-01"),
-    (["--start-date", "2024-10-07", "--end-date", "2024-10-01"], "is after --end-date"),
+    (["--start-date", "2024-10-07", "--end-date", "2024-10-01"], "is after end date 2024-10-01"),
     (["--max-records-per-run", "0"], "not a positive whole number"),
 ])
 def test_bad_dates_and_numbers(tmp_path, capsys, args, needle):
     cfg = write_config(tmp_path, PLUGIN)
     line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", *args])
     assert needle in line
+
+
+def test_start_after_the_configs_end_date(tmp_path, capsys):
+    cfg = write_config(tmp_path, PLUGIN)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["posts"]["end_date"] = "2024-10-03"
+    cfg.write_text(yaml.safe_dump(raw))
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                         "--start-date", "2024-10-05"])
+    assert "start date 2024-10-05 is after end date 2024-10-03" in line
 
 
 def test_missing_posts_path(tmp_path, capsys):
