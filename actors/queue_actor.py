@@ -49,7 +49,9 @@ class QueueActor:
     def budget_used(self) -> bool:
         return self.max_records is not None and self.stats["claimed_posts"] >= self.max_records
 
-    def pending_posts(self) -> int:
+    def claimable_posts(self) -> int:
+        """Posts a claim could take now: pending ones, after reaping expired leases."""
+        self.store.reap()
         return self.store.status().pending_posts
 
     def _trim_to_budget(self, batches: list) -> list:

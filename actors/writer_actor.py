@@ -45,7 +45,11 @@ class QueueActorExportSource:
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
                  export_rows: int, export_every_seconds: float) -> None:
+        import ray
+
         self.queue = queue
+        # The QueueActor creates the queue file; a read-only connection cannot, so wait for it.
+        ray.get(queue.get_stats.remote())
         self.source = QueueActorExportSource(queue, QueueStore(data_dir, integration,
                                                                readonly=True))
         self.out_dir = out_dir

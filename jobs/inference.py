@@ -42,15 +42,16 @@ def run_inference(config: BackfillConfig, integration: str,
         queue, data_dir, name, out_dir, config.pipeline.export_rows,
         config.pipeline.export_every_seconds)
     try:
+        # A pass streams whatever is claimable; another pass runs only for posts this run
+        # re-queued for a retry. Stop when the budget is used, nothing is claimable (no actor
+        # pool is started for an empty queue), or a pass found nothing to claim (another
+        # driver holds the rest). Beyond max_attempts+1 passes, work is the next run's.
         for _ in range(config.queue.max_attempts + 1):
+            if ray.get(queue.budget_used.remote()) or not ray.get(queue.claimable_posts.remote()):
+                break
             claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
             _one_pass(ray, config, integ, run_id, queue, writer, quiet)
-            # Another pass only for posts this run re-queued for a retry; stop when the budget
-            # is used, nothing is pending, or the pass found nothing to claim (another
-            # driver holds the rest). Beyond max_attempts+1 passes, work is the next run's.
-            if (ray.get(queue.budget_used.remote())
-                    or not ray.get(queue.pending_posts.remote())
-                    or ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before):
+            if ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before:
                 break
         wstats = ray.get(writer.finish.remote())
         qstats = ray.get(queue.stop.remote())

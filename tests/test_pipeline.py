@@ -104,6 +104,12 @@ def test_max_records_per_run_claims_whole_batches(ray_session, tmp_path):
     assert len(uris) == len(set(uris)) == 3000
 
 
+def test_empty_queue_run_claims_nothing(ray_session, tmp_path):
+    summary = run_inference(pipeline_config(tmp_path), NAME)
+    assert (summary.claimed, summary.labelled, summary.exported_rows) == (0, 0, 0)
+    assert output_uris(tmp_path) == []
+
+
 def test_gpu_request_without_gpu_fails_fast(ray_session, tmp_path):
     if ray_session.cluster_resources().get("GPU"):
         pytest.skip("this cluster has a GPU")
