@@ -76,12 +76,7 @@ def enqueue_posts(config: BackfillConfig, integration: str, start: date | None =
         _flush(store, carry, config.queue.batch_size, summary, final=True)
     finally:
         store.close()
-    summary.duration_s = round(time.monotonic() - t0, 3)
-    seen_total = summary.enqueued + summary.rejected_invalid
-    summary.posts_per_s = round(seen_total / summary.duration_s, 1) if summary.duration_s else 0
-    summary.finished_at = now_iso()
-    summary.save(config.data_dir)
-    return summary
+    return summary.finish(config.data_dir, t0, summary.enqueued + summary.rejected_invalid)
 
 
 def _repeats(keys: np.ndarray) -> np.ndarray:

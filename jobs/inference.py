@@ -69,7 +69,7 @@ def run_inference(config: BackfillConfig, integration: str,
     summary.classifier = wstats["provenance"].get("classifier", "")
     summary.model = wstats["provenance"].get("model", "")
     summary.label_distribution = wstats["label_counts"]
-    return _finish(summary, config, t0, out_dir, processed=summary.labelled + summary.failed)
+    return summary.finish(config.data_dir, t0, summary.labelled + summary.failed, out_dir)
 
 
 def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
@@ -118,14 +118,4 @@ def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = Fa
     finally:
         store.close()
     summary.exported_rows, summary.parquet_files = stats.rows, stats.files
-    return _finish(summary, config, t0, out_dir, processed=stats.rows)
-
-
-def _finish(summary: RunSummary, config: BackfillConfig, t0: float, out_dir: str,
-            processed: int) -> RunSummary:
-    summary.duration_s = round(time.monotonic() - t0, 3)
-    summary.posts_per_s = round(processed / summary.duration_s, 1) if summary.duration_s else 0.0
-    summary.finished_at = now_iso()
-    summary.output_path = out_dir
-    summary.save(config.data_dir)
-    return summary
+    return summary.finish(config.data_dir, t0, stats.rows, out_dir)

@@ -1,9 +1,12 @@
 """The run summary: one pydantic record per run, saved as ``<data_dir>/runs/<run_id>.json``."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from jobs.timing import now_iso
 
 
 class RunSummary(BaseModel):
@@ -34,6 +37,17 @@ class RunSummary(BaseModel):
     posts_per_s: float = 0.0
     output_path: str = ""
     label_distribution: dict[str, int] = Field(default_factory=dict)
+
+    def finish(self, data_dir: str | Path, t0: float, processed: int,
+               output_path: str = "") -> "RunSummary":
+        """Stamp duration, throughput (``processed`` posts since monotonic ``t0``) and end
+        time, then save."""
+        self.duration_s = round(time.monotonic() - t0, 3)
+        self.posts_per_s = round(processed / self.duration_s, 1) if self.duration_s else 0.0
+        self.finished_at = now_iso()
+        self.output_path = output_path or self.output_path
+        self.save(data_dir)
+        return self
 
     def save(self, data_dir: str | Path) -> Path:
         path = Path(data_dir) / "runs" / f"{self.run_id}.json"

@@ -52,11 +52,12 @@ def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
     for payload in payloads:
         if len(payload) <= 2:
             continue
+        lines = codec.ndjson_body(payload)
         if first_row is None:
-            first_row = codec.loads(payload[1:].split("\n", 1)[0].rstrip(",]"))
+            first_row = codec.loads(lines.split("\n", 1)[0])
         else:
             body.write(b"\n")
-        body.write(codec.ndjson_body(payload).encode())
+        body.write(lines.encode())
     if first_row is None:
         return pa.table({})
     # Arrow reads ISO-looking strings as timestamps; values must come out exactly as written,

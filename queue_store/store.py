@@ -162,8 +162,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                 self._bury_posts(c, batch_id, [(p, reason) for p in posts], attempt)
                 c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
             else:
-                c.execute(f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
-                          "lease_owner = NULL, lease_expires = NULL WHERE id = ?", (batch_id,))
+                self._back_to_pending(c, batch_id)
         return True
 
     def release(self, batch_id: int, lease_id: str) -> bool:
@@ -189,6 +188,10 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
             return None
         return codec.loads_posts(row[0]), row[1]
 
+    def _back_to_pending(self, c: Any, batch_id: int) -> None:
+        c.execute(f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
+                  "lease_owner = NULL, lease_expires = NULL WHERE id = ?", (batch_id,))
+
     def _reap(self, c: Any, now: float) -> ReapResult:
         t = self.tables["input"]
         expired = c.execute(f"SELECT id, payload, attempt FROM {t} WHERE status = 'processing' "
@@ -196,8 +199,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
         result = ReapResult()
         for batch_id, payload, attempt in expired:
             if attempt < self.max_attempts:
-                c.execute(f"UPDATE {t} SET status = 'pending', lease_id = NULL, "
-                          "lease_owner = NULL, lease_expires = NULL WHERE id = ?", (batch_id,))
+                self._back_to_pending(c, batch_id)
                 result.requeued_batches += 1
                 continue
             reason = f"lease expired on attempt {attempt} (worker lost each time)"
