@@ -22,7 +22,7 @@ class QueueActor:
         self.outstanding: dict[int, str] = {}
         self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
                       "retried": 0, "dead_lettered": 0, "stale_completions": 0,
-                      "heartbeats": 0}
+                      "heartbeats": 0, "export_dead_lettered": 0}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -89,6 +89,13 @@ class QueueActor:
 
     def mark_exported(self, export_id: int) -> None:
         self.store.mark_exported(export_id)
+
+    def save_export_schema(self, schema: Any) -> None:
+        self.store.save_export_schema(schema)
+
+    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
+        self.stats["export_dead_lettered"] += len(bad)
+        return self.store.bury_export_lines(bad)
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:

@@ -36,6 +36,22 @@ class QueueActorExportSource:
     def export_payloads(self, export_id: int) -> Iterator[str]:
         return self.reader.export_payloads(export_id)
 
+    def export_rows(self, export_id: int) -> Iterator[tuple[int, str]]:
+        return self.reader.export_rows(export_id)
+
+    def export_schema(self) -> pa.Schema | None:
+        return self.reader.export_schema()
+
+    def save_export_schema(self, schema: pa.Schema) -> None:
+        import ray
+
+        ray.get(self.queue.save_export_schema.remote(schema))
+
+    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
+        import ray
+
+        return ray.get(self.queue.bury_export_lines.remote(bad))
+
     def mark_exported(self, export_id: int) -> None:
         import ray
 

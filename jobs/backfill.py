@@ -51,10 +51,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     summaries = []
     if args.add_to_queue:
         from jobs.enqueue_stage import enqueue_posts
+        from jobs.posts_source import find_post_files
 
+        files = find_post_files(config.posts.path, start, end)
+        if files.bad and not args.skip_bad_files:  # before anything is enqueued
+            raise ConfigError(files.bad_files_message())
         for name in integrations:
-            summaries.append(enqueue_posts(config, name, args.start_date, args.end_date,
-                                           quiet=args.quiet))
+            summaries.append(enqueue_posts(config, name, files, quiet=args.quiet))
     if args.run_integrations:
         from jobs.inference import run_inference
 

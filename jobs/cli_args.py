@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reap-stale", action="store_true", help="expired leases back to pending")
     p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
     p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="with --add-to-queue: enqueue around unreadable posts files "
+                        "(counted in the summary) instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 

@@ -1,9 +1,13 @@
-"""Stage 1: stream posts into an integration's input queue, skipping what is already known."""
+"""Stage 1: stream posts into an integration's input queue, skipping what is already known.
+
+Posts already in the integration's parquet output and repeats within this run are filtered
+here; whether a post is new to the queue is decided by the queue's uri ledger inside the
+enqueue transaction, so concurrent enqueues never queue a post twice.
+"""
 from __future__ import annotations
 
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import pyarrow.dataset as pads
 
 from jobs.config import BackfillConfig
 from jobs.known_uris import KnownUris, digests
-from jobs.posts_source import iter_posts
+from jobs.posts_source import PostFiles, iter_posts
 from jobs.summary import RunSummary
 from jobs.timing import now_iso, new_run_id
 from queue_store import QueueStore
@@ -29,40 +33,37 @@ def parquet_uris(root: Path, batch_rows: int = 100_000):
         yield from batch.column("uri").to_pylist()
 
 
-def _known(store: QueueStore, output_root: Path) -> tuple[KnownUris, KnownUris]:
-    done, queued = KnownUris(), KnownUris()
-    done.update(parquet_uris(output_root))
-    done.update(store.known_uris(include=("output",)))
-    queued.update(store.known_uris(include=("input", "dead")))
-    return done, queued
-
-
-def enqueue_posts(config: BackfillConfig, integration: str, start: date | None = None,
-                  end: date | None = None, quiet: bool = False) -> RunSummary:
+def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
+                  quiet: bool = False) -> RunSummary:
+    """Enqueue the posts of ``files`` (chosen by ``find_post_files``) for one integration."""
     name, _ = config.resolve_integration(integration)
     summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
                          started_at=now_iso())
     t0 = time.monotonic()
+    summary.skipped_bad_files = len(files.bad)
+    for _, rows, reason in files.rejected:  # readable files without usable columns
+        summary.rows_read += rows
+        summary.rejected_invalid += rows
+        summary.invalid_by_reason[reason] = summary.invalid_by_reason.get(reason, 0) + rows
     store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
     try:
-        done, queued = _known(store, config.output_root / name)
+        done = KnownUris()
+        done.update(parquet_uris(config.output_root / name))
         seen = KnownUris()  # this run's posts: duplicates in the input are skipped too
         carry: list[pa.Table] = []
         carried = 0
         last_report = time.monotonic()
-        for batch in iter_posts(config.posts.path, start or config.posts.start_date,
-                                end or config.posts.end_date, config.posts.read_batch_rows):
+        for batch in iter_posts(files, config.posts.read_batch_rows):
+            summary.rows_read += batch.num_rows
             uris = batch.column("uri").to_pylist()
             keys = digests(u or "" for u in uris)
             has_uri = np.fromiter((bool(u) for u in uris), dtype=bool, count=len(uris))
             # Posts without a uri are left for validation to reject with a reason.
             is_done = done.contains(keys) & has_uri
-            is_queued = queued.contains(keys) & has_uri
             is_dup = (seen.contains(keys) | _repeats(keys)) & has_uri
-            fresh = ~(is_done | is_queued | is_dup)
+            fresh = ~(is_done | is_dup)
             summary.skipped_done += int(is_done.sum())
-            summary.skipped_queued += int((is_queued & ~is_done).sum())
-            summary.skipped_duplicate += int((is_dup & ~is_done & ~is_queued).sum())
+            summary.skipped_duplicate += int((is_dup & ~is_done).sum())
             seen.add(keys[fresh])
             carry.append(pa.Table.from_batches([batch]).filter(pa.array(fresh)))
             carried += int(fresh.sum())
@@ -98,6 +99,8 @@ def _flush(store: QueueStore, carry: list[pa.Table], batch_size: int, summary: R
     if cut:
         res = store.enqueue(table.slice(0, cut), batch_size=batch_size)
         summary.enqueued += res.enqueued_posts
+        summary.skipped_done += res.skipped_done
+        summary.skipped_queued += res.skipped_queued
         summary.rejected_invalid += len(res.invalid)
         for reason, n in res.invalid_by_reason.items():
             summary.invalid_by_reason[reason] = summary.invalid_by_reason.get(reason, 0) + n

@@ -18,6 +18,8 @@ class RunSummary(BaseModel):
     duration_s: float = 0.0
     model: str = ""
     classifier: str = ""
+    rows_read: int = 0
+    skipped_bad_files: int = 0
     enqueued: int = 0
     skipped_done: int = 0
     skipped_queued: int = 0

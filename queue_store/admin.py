@@ -65,24 +65,14 @@ class AdminVerbs:
                 c.executemany(f"DELETE FROM {t['dead']} WHERE id = ?", [(i,) for i, _ in rows])
                 moved += len(rows)
 
-    def known_uris(self, include: tuple[str, ...] = ("input", "output", "dead")) -> Iterator[str]:
-        """Stream every uri held in the input queue, output queue and/or dead letters."""
-        t = self.tables
-        for table in (t[k] for k in ("input", "output") if k in include):
-            last = 0
-            while True:  # keyset pages: no long-lived read transaction, bounded memory
-                rows = self.conn.execute(f"SELECT id, payload FROM {table} WHERE id > ? "
-                                         "ORDER BY id LIMIT 64", (last,)).fetchall()
-                if not rows:
-                    break
-                for _, payload in rows:
-                    try:
-                        items = codec.loads_posts(payload)
-                    except codec.PayloadError:
-                        continue  # claim() will dead-letter it; it holds no usable uri
-                    for item in items:
-                        yield item["uri"]
-                last = rows[-1][0]
-        if "dead" in include:
-            for (uri,) in self.conn.execute(f"SELECT uri FROM {t['dead']} WHERE uri IS NOT NULL"):
+    def known_uris(self) -> Iterator[str]:
+        """Stream every uri ever enqueued for this integration (the ledger), in pages."""
+        last = ""
+        while True:  # keyset pages: no long-lived read transaction, bounded memory
+            rows = self.conn.execute(f"SELECT uri FROM {self.tables['ledger']} WHERE uri > ? "
+                                     "ORDER BY uri LIMIT 10000", (last,)).fetchall()
+            if not rows:
+                return
+            for (uri,) in rows:
                 yield uri
+            last = rows[-1][0]

@@ -7,9 +7,13 @@ the same rows, so nothing is duplicated. Only rows of written exports are ever c
 """
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any, Iterator
 
+import pyarrow as pa
+
+from queue_store import codec
 from queue_store.models import ExportPlan
 
 
@@ -65,6 +69,64 @@ class ExportBookkeeping:
                 yield payload
             last = page[-1][0]
 
+    def export_rows(self, export_id: int) -> Iterator[tuple[int, str]]:
+        """Like ``export_payloads``, with each output row's id (to bury single lines)."""
+        last = 0
+        while True:
+            page = self.conn.execute(f"SELECT id, payload FROM {self.tables['output']} "
+                                     "WHERE export_id = ? AND id > ? ORDER BY id LIMIT 64",
+                                     (export_id, last)).fetchall()
+            if not page:
+                return
+            yield from page
+            last = page[-1][0]
+
+    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
+        """Move lines that cannot be exported (``(output row id, line index, reason)``) from
+        the output queue to dead letters, in one transaction; ``--requeue-dead`` relabels
+        them. The rest of each output row stays for export."""
+        t = self.tables
+        by_row: dict[int, dict[int, str]] = {}
+        for row_id, line, reason in bad:
+            by_row.setdefault(row_id, {})[line] = reason
+        now = time.time()
+        with self._tx() as c:  # type: ignore[attr-defined]
+            for row_id, lines in by_row.items():
+                found = c.execute(f"SELECT batch_id, payload FROM {t['output']} WHERE id = ?",
+                                  (row_id,)).fetchone()
+                if found is None:
+                    continue
+                batch_id, payload = found
+                items = codec.ndjson_body(payload).split("\n")
+                for i, reason in lines.items():
+                    post = _post_fields(items[i])
+                    c.execute(f"INSERT INTO {t['dead']} (uri, payload, decodable, reason, "
+                              "attempt, source_batch_id, created_at) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                              (post.get("uri") if post else None,
+                               codec.dumps(post) if post else items[i], int(post is not None),
+                               reason, batch_id, now))
+                    if post:
+                        c.execute(f"UPDATE {t['ledger']} SET done = 0 WHERE uri = ?",
+                                  (post["uri"],))
+                keep = [x for i, x in enumerate(items) if i not in lines]
+                if keep:
+                    c.execute(f"UPDATE {t['output']} SET payload = ?, n_rows = ? WHERE id = ?",
+                              (codec.join_lines(keep), len(keep), row_id))
+                else:
+                    c.execute(f"DELETE FROM {t['output']} WHERE id = ?", (row_id,))
+        return len(bad)
+
+    def export_schema(self) -> pa.Schema | None:
+        """The output's column types, fixed by the first export (every file keeps them)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'export_schema'").fetchone()
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(row[0]))) if row else None
+
+    def save_export_schema(self, schema: pa.Schema) -> None:
+        value = base64.b64encode(schema.serialize().to_pybytes()).decode()
+        with self._tx() as c:  # type: ignore[attr-defined]
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('export_schema', ?)",
+                      (value,))
+
     def mark_exported(self, export_id: int) -> None:
         with self._tx() as c:  # type: ignore[attr-defined]
             c.execute(f"UPDATE {self.tables['exports']} SET state = 'written' WHERE id = ?",
@@ -76,3 +138,14 @@ class ExportBookkeeping:
         with self._tx() as c:  # type: ignore[attr-defined]
             return c.execute(f"DELETE FROM {t['output']} WHERE export_id IN "
                              f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
+
+
+def _post_fields(line: str) -> dict | None:
+    """The post a buried output line came from (so it can be requeued), if it decodes."""
+    try:
+        row = codec.loads(line)
+    except codec.PayloadError:
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("uri"), str):
+        return None
+    return {k: row.get(k) for k in ("uri", "text", "preprocessing_timestamp")}

@@ -24,6 +24,8 @@ class InvalidPost(BaseModel):
 class EnqueueResult(BaseModel):
     enqueued_posts: int = 0
     enqueued_batches: int = 0
+    skipped_done: int = 0      # already labelled (output queue or exported)
+    skipped_queued: int = 0    # already in the input queue or dead letters
     invalid: list[InvalidPost] = Field(default_factory=list)
 
     @property
@@ -55,6 +57,7 @@ class CompleteResult(BaseModel):
 class ReapResult(BaseModel):
     requeued_batches: int = 0
     dead_lettered_batches: int = 0
+    dead_holder_batches: int = 0  # of those, leases of provably dead holders (not expired)
 
 
 class DeadLetter(BaseModel):

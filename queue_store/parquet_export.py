@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from queue_store import codec
+from queue_store.export_types import EXPORT_ERRORS, conform, strings_for_nulls
 from queue_store.models import ExportPlan
 
 DEFAULT_EXPORT_ROWS = 50_000
@@ -26,6 +27,10 @@ DEFAULT_EXPORT_ROWS = 50_000
 class ExportSource(Protocol):
     def plan_export(self, max_rows: int = ...) -> ExportPlan | None: ...
     def export_payloads(self, export_id: int) -> Iterable[str]: ...
+    def export_rows(self, export_id: int) -> Iterable[tuple[int, str]]: ...
+    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int: ...
+    def export_schema(self) -> pa.Schema | None: ...
+    def save_export_schema(self, schema: pa.Schema) -> None: ...
     def mark_exported(self, export_id: int) -> None: ...
 
 
@@ -33,6 +38,7 @@ class ExportStats(BaseModel):
     exports: int = 0
     files: int = 0
     rows: int = 0
+    dead_lettered: int = 0  # rows that could not be converted (moved to dead letters)
 
 
 def _read_ndjson(body: io.BytesIO, as_text: list[str]) -> pa.Table:
@@ -67,15 +73,43 @@ def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
     temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
     if temporal:  # text columns that were null in the first row
         table = _read_ndjson(body, as_text + temporal)
-    # A column that is null in every row of this chunk (e.g. ``reason``) would otherwise get
-    # the null type and clash with other files of the dataset.
-    for i, field in enumerate(table.schema):
-        if pa.types.is_null(field.type):
-            table = table.set_column(i, pa.field(field.name, pa.string()),
-                                     pa.nulls(table.num_rows, pa.string()))
     # Columns in the order the rows were written (explicit types put theirs first).
     order = [c for c in first_row if c in table.column_names]
     return table.select(order + [c for c in table.column_names if c not in order])
+
+
+def salvage(rows: Iterable[tuple[int, str]], schema: pa.Schema | None
+            ) -> tuple[pa.Table, list[tuple[int, int, str]]]:
+    """Convert an export chunk line by line where needed: bisect until the lines that fail
+    are found. Returns the table of the good lines (types fixed by ``schema``, or by the
+    first good lines) and ``(output row id, line index, reason)`` for each bad one."""
+    lines = [(row_id, i, text) for row_id, payload in rows if len(payload) > 2
+             for i, text in enumerate(codec.ndjson_body(payload).split("\n"))]
+    good: list[pa.Table] = []
+    bad: list[tuple[int, int, str]] = []
+    ref = [schema]
+
+    def convert(part: list[tuple[int, int, str]]) -> None:
+        try:
+            table = conform(payloads_to_table([codec.join_lines([x[2] for x in part])]), ref[0])
+        except EXPORT_ERRORS as exc:
+            if len(part) == 1:
+                bad.append((part[0][0], part[0][1],
+                            f"export: {type(exc).__name__}: {exc}"[:500]))
+                return
+            mid = len(part) // 2
+            convert(part[:mid])
+            convert(part[mid:])
+            return
+        ref[0] = table.schema
+        good.append(table)
+
+    if lines:
+        convert(lines)
+    if not good:
+        return pa.table({}), bad
+    final = ref[0]
+    return pa.concat_tables([conform(t, final) for t in good]), bad
 
 
 def write_atomic(path: Path, table: pa.Table) -> None:
@@ -87,11 +121,26 @@ def write_atomic(path: Path, table: pa.Table) -> None:
 
 def export_output(source: ExportSource, out_dir: str | Path,
                   max_rows: int = DEFAULT_EXPORT_ROWS) -> ExportStats:
-    """Export every unexported output row; resumes (rewrites) a crashed export first."""
+    """Export every unexported output row; resumes (rewrites) a crashed export first.
+
+    Every file keeps the column types of the first export (stored in the queue file). A chunk
+    that cannot be converted to them is split until the rows at fault are found; those move
+    to dead letters with the error, and the rest is exported: no row can jam the export.
+    """
     stats = ExportStats()
     out = Path(out_dir)
+    schema = source.export_schema()
     while (plan := source.plan_export(max_rows)) is not None:
-        table = payloads_to_table(source.export_payloads(plan.export_id))
+        try:
+            table = conform(payloads_to_table(source.export_payloads(plan.export_id)), schema)
+        except EXPORT_ERRORS:
+            table, bad = salvage(source.export_rows(plan.export_id), schema)
+            source.bury_export_lines(bad)
+            stats.dead_lettered += len(bad)
+        if table.num_rows and table.schema != schema:
+            schema = table.schema
+            source.save_export_schema(schema)
+        table = strings_for_nulls(table)
         if table.num_rows:
             # The post's day: both accepted timestamp forms start with YYYY-MM-DD.
             day = pc.utf8_slice_codeunits(table.column("preprocessing_timestamp"), 0, 10)

@@ -1,6 +1,7 @@
 """SQLite layout of one integration's queue file and how to open it safely."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -8,6 +9,20 @@ from pathlib import Path
 from queue_store.names import check_name
 
 BUSY_TIMEOUT_MS = 30_000
+
+
+class QueueFileError(ValueError):
+    """The queue file (or its folder) cannot be used; the message names the path."""
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of the queue file: a deleted or replaced file gets another one."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise QueueFileError(f"queue file {path} vanished during the run ({exc.strerror}); "
+                             "it must stay in place while a run uses it") from None
+    return st.st_dev, st.st_ino
 PAGE_SIZE = 65_536
 
 
@@ -18,6 +33,7 @@ def table_names(integration: str) -> dict[str, str]:
         "output": f"output_{name}",
         "dead": f"dead_{name}",
         "exports": f"exports_{name}",
+        "ledger": f"ledger_{name}",
     }
 
 
@@ -64,11 +80,47 @@ def _ddl(t: dict[str, str]) -> list[str]:
             state TEXT NOT NULL CHECK (state IN ('planned','written')),
             n_rows INTEGER NOT NULL,
             created_at REAL NOT NULL)""",
+        # Every uri ever enqueued for this integration, so "is this post new?" is decided
+        # inside the enqueue transaction (concurrent enqueues queue each post once).
+        # ``done`` is set when the post's labels reach the output queue.
+        f"""CREATE TABLE IF NOT EXISTS {t['ledger']} (
+            uri TEXT PRIMARY KEY,
+            done INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
     ]
+
+
+def _fill_ledger(conn: sqlite3.Connection, t: dict[str, str]) -> None:
+    """Once per file: a queue file made before the ledger existed gets its uris in it."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger'").fetchone():
+        return
+    for table, done in ((t["output"], 1), (t["input"], 0)):
+        conn.execute(f"INSERT OR IGNORE INTO {t['ledger']} (uri, done) "
+                     f"SELECT json_extract(j.value, '$.uri'), {done} FROM {table}, "
+                     f"json_each({table}.payload) AS j WHERE json_valid({table}.payload) "
+                     "AND json_type(j.value, '$.uri') = 'text'")
+    conn.execute(f"INSERT OR IGNORE INTO {t['ledger']} (uri) "
+                 f"SELECT uri FROM {t['dead']} WHERE uri IS NOT NULL")
+    conn.execute("INSERT INTO meta(key, value) VALUES ('ledger', '1')")
 
 
 def connect(path: Path, integration: str,
             readonly: bool = False) -> tuple[sqlite3.Connection, str]:
+    """``_connect`` with every failure turned into one line that names the file."""
+    if readonly and not path.is_file():
+        raise QueueFileError(f"no queue file at {path}: nothing was enqueued for "
+                             f"{integration!r} in this data_dir")
+    try:
+        return _connect(path, integration, readonly)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise QueueFileError(f"cannot create the queue file {path} ({exc.strerror}); "
+                             "data_dir must be a writable folder") from None
+    except sqlite3.DatabaseError as exc:
+        raise QueueFileError(f"queue file {path} cannot be used ({exc}); move the file "
+                             "away (or fix data_dir) and rerun") from None
+
+
+def _connect(path: Path, integration: str,
+             readonly: bool = False) -> tuple[sqlite3.Connection, str]:
     """Open (creating if needed) the queue file; returns the connection and the store's id.
 
     The store id is a random value fixed at creation: parquet file names include it so a
@@ -92,8 +144,10 @@ def connect(path: Path, integration: str,
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for stmt in _ddl(table_names(integration)):
+        tables = table_names(integration)
+        for stmt in _ddl(tables):
             conn.execute(stmt)
+        _fill_ledger(conn, tables)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)",
                      (uuid.uuid4().hex[:12],))
         store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]

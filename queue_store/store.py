@@ -2,13 +2,15 @@
 
 Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
 
-- ``enqueue(posts, metadata=None, batch_size=1000)`` — validate; queue rows of <= batch_size.
+- ``enqueue(posts, metadata=None, batch_size=1000, dedupe=True)`` — validate; queue the posts
+  whose uri the integration has never seen, in rows of <= batch_size.
 - ``claim(max_batches=1, lease_seconds=60, owner="")`` — lease pending rows (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
 - ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output, retries, delete.
 - ``fail(batch_id, lease_id, reason)`` — fenced nack: batch back to pending (dead at max).
 - ``release(batch_id, lease_id)`` — fenced undo of a claim: pending again, attempt not spent.
-- ``reap()`` — expired leases back to pending (or dead at max_attempts).
+- ``reap()`` — expired leases, and leases of provably dead holders, back to pending (or dead
+  at max_attempts).
 - ``requeue_dead(batch_size=1000)``, ``dead_letters(limit=20)``, ``status()``, ``known_uris()``.
 """
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from queue_store import codec
 from queue_store.admin import AdminVerbs
 from queue_store.export_bookkeeping import ExportBookkeeping
+from queue_store.lease_holder import LeaseHolder
 from queue_store.models import ClaimedBatch, CompleteResult, EnqueueResult, InvalidPost, ReapResult
-from queue_store.schema import connect, table_names
+from queue_store.schema import QueueFileError, connect, file_identity, table_names
 from queue_store.validation import POST_COLUMNS, as_post_table, split_valid
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -45,6 +49,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
         self.path = queue_path(data_dir, integration)
         self.max_attempts = max_attempts
         self.conn, self.store_id = connect(self.path, integration, readonly)
+        self.identity = file_identity(self.path)
 
     def close(self) -> None:
         self.conn.close()
@@ -53,6 +58,11 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
     def _tx(self) -> Iterator[Any]:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            # An open connection keeps writing to a deleted (or replaced) file's inode, where
+            # nobody would ever read it: refuse to commit anything there.
+            if file_identity(self.path) != self.identity:
+                raise QueueFileError(f"queue file {self.path} was replaced during the run; "
+                                     "it must stay in place while a run uses it")
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -61,25 +71,51 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
 
     # -- producers -------------------------------------------------------------------------
     def enqueue(self, posts: Any, metadata: Mapping[str, Any] | None = None,
-                batch_size: int = 1000) -> EnqueueResult:
-        """Validate posts and queue the valid ones in rows of at most ``batch_size`` posts."""
+                batch_size: int = 1000, dedupe: bool = True) -> EnqueueResult:
+        """Validate posts and queue the valid ones in rows of at most ``batch_size`` posts.
+
+        With ``dedupe`` a post whose uri this integration has seen before is skipped (counted
+        as done or queued); the decision and the insert are one transaction, so concurrent
+        enqueues of the same posts queue each once.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         valid, invalid = split_valid(as_post_table(posts))
         result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in invalid])
-        now = time.time()
-        rows = []
-        for start in range(0, valid.num_rows, batch_size):
-            chunk = valid.slice(start, batch_size)
-            meta = dict(metadata or {}, batch_size=batch_size, actual_batch_size=chunk.num_rows)
-            rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, now))
-        if rows:
-            with self._tx() as c:
-                c.executemany(f"INSERT INTO {self.tables['input']} "
-                              "(payload, metadata, n_posts, created_at) VALUES (?, ?, ?, ?)", rows)
+        if not valid.num_rows:
+            return result
+        with self._tx() as c:
+            if dedupe:
+                valid = self._only_new(c, valid, result)
+            now = time.time()
+            rows = []
+            for start in range(0, valid.num_rows, batch_size):
+                chunk = valid.slice(start, batch_size)
+                meta = dict(metadata or {}, batch_size=batch_size,
+                            actual_batch_size=chunk.num_rows)
+                rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, now))
+            c.executemany(f"INSERT INTO {self.tables['input']} "
+                          "(payload, metadata, n_posts, created_at) VALUES (?, ?, ?, ?)", rows)
         result.enqueued_posts = valid.num_rows
         result.enqueued_batches = len(rows)
         return result
+
+    def _only_new(self, c: Any, valid: pa.Table, result: EnqueueResult) -> pa.Table:
+        """Record the uris in the ledger; keep the posts whose uri was not there yet."""
+        ledger = self.tables["ledger"]
+        uris = valid.column("uri").to_pylist()
+        new = [u for (u,) in c.execute(
+            f"INSERT INTO {ledger} (uri) SELECT value FROM json_each(?) WHERE true "
+            "ON CONFLICT DO NOTHING RETURNING uri", (codec.dumps(uris),)).fetchall()]
+        if len(new) == len(uris):
+            return valid
+        keep = pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string()))
+        seen = valid.filter(pc.invert(keep)).column("uri").to_pylist()
+        done = c.execute(f"SELECT COUNT(*) FROM {ledger} WHERE done = 1 AND uri IN "
+                         "(SELECT value FROM json_each(?))", (codec.dumps(seen),)).fetchone()[0]
+        result.skipped_done += done
+        result.skipped_queued += len(seen) - done
+        return valid.filter(keep)
 
     # -- consumers -------------------------------------------------------------------------
     def claim(self, max_batches: int = 1, lease_seconds: float = 60,
@@ -140,11 +176,15 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
             posts, attempt = held
             uris = [p["uri"] for p in posts]
             _check_cover(batch_id, uris, successes, failures)
-            out = [_output_row(p, successes[p["uri"]]) for p in posts if p["uri"] in successes]
+            labelled = [p for p in posts if p["uri"] in successes]
+            out = [_output_row(p, successes[p["uri"]]) for p in labelled]
             if out:
                 c.execute(f"INSERT INTO {self.tables['output']} "
                           "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
                           (batch_id, codec.join_lines(out), len(out), time.time()))
+                c.execute(f"UPDATE {self.tables['ledger']} SET done = 1 WHERE uri IN "
+                          "(SELECT value FROM json_each(?))",
+                          (codec.dumps([p["uri"] for p in labelled]),))
             failed = [(p, failures[p["uri"]]) for p in posts if p["uri"] in failures]
             retried, dead = self._retry_or_bury(c, batch_id, failed, attempt)
             c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
@@ -197,6 +237,17 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
         expired = c.execute(f"SELECT id, payload, attempt FROM {t} WHERE status = 'processing' "
                             "AND lease_expires < ?", (now,)).fetchall()
         result = ReapResult()
+        # Leases of runs that provably died on this host: no need to wait for their expiry.
+        holders = c.execute(f"SELECT DISTINCT lease_owner FROM {t} WHERE status = 'processing' "
+                            "AND lease_expires >= ?", (now,)).fetchall()
+        for (owner,) in holders:
+            holder = LeaseHolder.parse(owner)
+            if holder is not None and holder.provably_dead():
+                rows = c.execute(f"SELECT id, payload, attempt FROM {t} WHERE status = "
+                                 "'processing' AND lease_owner = ? AND lease_expires >= ?",
+                                 (owner, now)).fetchall()
+                result.dead_holder_batches += len(rows)
+                expired.extend(rows)
         for batch_id, payload, attempt in expired:
             if attempt < self.max_attempts:
                 self._back_to_pending(c, batch_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -15,11 +16,17 @@ from queue_store.models import Post
 POST_COLUMNS = tuple(Post.model_fields)  # ("uri", "text", "preprocessing_timestamp")
 PLACEHOLDER_TEXTS = ["null", "none", "nan"]
 MIN_TEXT_CHARS = 5
-_DATE_PREFIX = r"^\d{4}-\d{2}-\d{2}"
+# The seed tool's ``YYYY-MM-DD-HH:MM:SS`` or ISO 8601 (date, optional time, fraction, zone);
+# the ranges of hours, minutes and seconds are in the pattern, the day's in ``_real_day``.
+_TIME = r"([01]\d|2[0-3]):[0-5]\d"
+_TIMESTAMP = (rf"^\d{{4}}-\d{{2}}-\d{{2}}(-{_TIME}:[0-5]\d|([T ]{_TIME}(:[0-5]\d(\.\d+)?)?"
+              rf"(Z|[+-]{_TIME.replace(':', ':?')})?)?)$")
 
 # Checked in this order; a post gets the first reason that applies.
 REASONS = (
     "missing uri",
+    "uri is not a string",
+    "text is not a string",
     "empty text",
     "placeholder text",
     "text under 5 characters",
@@ -47,26 +54,56 @@ def as_post_table(posts: Any) -> pa.Table:
     return pa.table({c: _as_string(table.column(c)) for c in POST_COLUMNS})
 
 
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)
+
+
 def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text columns as ``string``; any other type stays as it is (and is rejected)."""
     if pa.types.is_string(col.type):
         return col
     if pa.types.is_null(col.type):
         return pa.chunked_array([pa.nulls(len(col), pa.string())])
-    return pc.cast(col, pa.string())
+    if pa.types.is_large_string(col.type):
+        return pc.cast(col, pa.string())
+    return col
+
+
+def _flags(n: int, value: bool) -> pa.Array:
+    return pa.array(np.full(n, value, dtype=bool))
+
+
+def _real_day(ts: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where the first ten characters are a calendar date (Arrow's strptime rolls
+    2024-02-30 over to March, so the date must also print back unchanged)."""
+    day = pc.utf8_slice_codeunits(ts, 0, 10)
+    parsed = pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True)
+    return pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), day), False)
 
 
 def reason_codes(table: pa.Table) -> pa.Array | None:
     """Index into ``REASONS`` per post (null for a valid post), or None when all are valid."""
+    n = len(table)
     uri, text, ts = (table.column(c) for c in POST_COLUMNS)
+    uri_typed, text_typed = _is_text(uri.type), _is_text(text.type)
+    # A column of another type fails every row with its own reason; the other checks then
+    # run on an empty stand-in.
+    uri = uri if uri_typed else pa.chunked_array([pa.nulls(n, pa.string())])
+    text = text if text_typed else pa.chunked_array([pa.nulls(n, pa.string())])
+    ts = ts if _is_text(ts.type) else pa.chunked_array([pa.nulls(n, pa.string())])
     stripped = pc.utf8_trim_whitespace(pc.fill_null(text, ""))
     n_chars = pc.utf8_length(stripped)
+    ts_text = pc.fill_null(ts, "")
     checks: list = [
-        pc.equal(pc.utf8_length(pc.fill_null(uri, "")), 0),
+        pc.equal(pc.utf8_length(pc.fill_null(uri, "")), 0) if uri_typed
+        else _flags(n, False),
+        _flags(n, not uri_typed),
+        _flags(n, not text_typed),
         pc.equal(n_chars, 0),
         pc.is_in(pc.utf8_lower(stripped), value_set=pa.array(PLACEHOLDER_TEXTS)),
         pc.less(n_chars, MIN_TEXT_CHARS),
-        pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(ts, ""))), 0),
-        pc.invert(pc.match_substring_regex(pc.fill_null(ts, ""), _DATE_PREFIX)),
+        pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ts_text)), 0),
+        pc.invert(pc.and_(pc.match_substring_regex(ts_text, _TIMESTAMP), _real_day(ts_text))),
     ]
     # Duplicates are rare: a cheap distinct count decides whether the costly mask is needed.
     if len(pc.unique(uri)) != len(uri):
@@ -100,5 +137,7 @@ def split_valid(table: pa.Table) -> tuple[pa.Table, list[tuple[str | None, str]]
     bad = pc.is_valid(codes)
     rejected = table.filter(bad)
     rejected_codes = codes.filter(bad).to_pylist()
-    invalid = [(u, REASONS[c]) for u, c in zip(rejected.column("uri").to_pylist(), rejected_codes)]
+    uris = (rejected.column("uri").to_pylist() if _is_text(rejected.column("uri").type)
+            else [None] * rejected.num_rows)
+    invalid = [(u, REASONS[c]) for u, c in zip(uris, rejected_codes)]
     return table.filter(pc.invert(bad)), invalid

@@ -26,6 +26,32 @@ def claim_until_empty(data_dir: str, owner: str, out_path: str, gate: str) -> No
         json.dump(got, fh)
 
 
+def enqueue_range(data_dir: str, start: str, stop: str, gate: str, out_path: str) -> None:
+    """Enqueue posts start..stop in small pieces, racing the other enqueuers."""
+    from tests.conftest import make_posts
+
+    store = QueueStore(data_dir, NAME)
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    enqueued = 0
+    for lo in range(int(start), int(stop), 50):
+        enqueued += store.enqueue(make_posts(min(50, int(stop) - lo), start=lo),
+                                  batch_size=20).enqueued_posts
+    with open(out_path, "w") as fh:
+        json.dump(enqueued, fh)
+
+
+def claim_as_this_process(data_dir: str, leases_path: str) -> None:
+    """Claim with this process as the recorded holder, report, then exit (the holder dies)."""
+    from queue_store.lease_holder import LeaseHolder
+
+    store = QueueStore(data_dir, NAME)
+    batches = store.claim(max_batches=3, lease_seconds=3600,
+                          owner=LeaseHolder.this_process("doomed-run").encode())
+    with open(leases_path, "w") as fh:
+        json.dump([b.batch_id for b in batches], fh)
+
+
 def claim_and_hang(data_dir: str, leases_path: str) -> None:
     store = QueueStore(data_dir, NAME)
     batches = store.claim(max_batches=3, lease_seconds=1, owner="doomed")

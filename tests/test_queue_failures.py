@@ -78,11 +78,8 @@ class _CrashAfterWrite:
     def __init__(self, store):
         self.store = store
 
-    def plan_export(self, max_rows):
-        return self.store.plan_export(max_rows)
-
-    def export_payloads(self, export_id):
-        return self.store.export_payloads(export_id)
+    def __getattr__(self, name):
+        return getattr(self.store, name)
 
     def mark_exported(self, export_id):
         raise RuntimeError("killed before marking the export written")

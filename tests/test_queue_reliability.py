@@ -1,0 +1,183 @@
+"""Queue store faults found in real use: racing enqueues, dead lease holders, exports that
+cannot be converted, a queue file that vanishes, posts with the wrong types."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from queue_store import QueueStore, codec, export_output
+from queue_store.lease_holder import LeaseHolder
+from queue_store.schema import QueueFileError
+from tests.conftest import make_posts
+
+NAME = "ml_inference_intergroup"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.queue_procs", *args], cwd=ROOT)
+
+
+def _queued_uris(store: QueueStore) -> list[str]:
+    uris = []
+    for (payload,) in store.conn.execute(f"SELECT payload FROM {store.tables['input']}"):
+        uris.extend(p["uri"] for p in codec.loads(payload))
+    return uris
+
+
+@pytest.mark.slow
+def test_three_concurrent_enqueues_of_overlapping_posts_queue_each_once(tmp_path):
+    QueueStore(tmp_path, NAME).close()
+    gate = tmp_path / "go"
+    ranges = [(0, 1500), (500, 2000), (1000, 2500)]
+    outs = [tmp_path / f"n{i}.json" for i in range(3)]
+    procs = [_spawn("enqueue_range", str(tmp_path), str(a), str(b), str(gate), str(o))
+             for (a, b), o in zip(ranges, outs)]
+    time.sleep(1.5)
+    gate.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    uris = _queued_uris(QueueStore(tmp_path, NAME))
+    assert len(uris) == len(set(uris)) == 2500
+    assert sum(json.loads(o.read_text()) for o in outs) == 2500
+
+
+def test_reenqueue_counts_done_and_queued_from_the_ledger(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(10), batch_size=5)
+    [b] = store.claim(1)
+    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    res = store.enqueue(make_posts(12))  # 5 labelled (unexported), 5 queued, 2 new
+    assert (res.enqueued_posts, res.skipped_done, res.skipped_queued) == (2, 5, 5)
+
+
+def test_ledger_is_filled_for_a_queue_file_made_before_it(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(6), batch_size=3)
+    [b] = store.claim(1)
+    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    with store._tx() as c:  # an old file: no ledger, no marker
+        c.execute(f"DELETE FROM {store.tables['ledger']}")
+        c.execute("DELETE FROM meta WHERE key = 'ledger'")
+    store.close()
+    again = QueueStore(tmp_path, NAME)
+    res = again.enqueue(make_posts(7))
+    assert (res.enqueued_posts, res.skipped_done, res.skipped_queued) == (1, 3, 3)
+
+
+@pytest.mark.slow
+def test_leases_of_a_dead_holder_are_reaped_at_once(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(50), batch_size=10)
+    leases = tmp_path / "leases.json"
+    proc = _spawn("claim_as_this_process", str(tmp_path), str(leases))
+    assert proc.wait(timeout=60) == 0  # the holder exits; its hour-long leases stay
+    taken = json.loads(leases.read_text())
+    assert len(taken) == 3 and store.status().processing_batches == 3
+    res = store.reap()
+    assert res.dead_holder_batches == 3 and res.requeued_batches == 3
+    live = store.claim(1, lease_seconds=3600, owner=LeaseHolder.this_process("me").encode())
+    assert store.reap().requeued_batches == 0  # a live holder's lease is left alone
+    st = store.status()
+    assert st.processing_batches == 1 and st.pending_batches == 4  # ours stays leased
+    assert live[0].batch_id in taken  # reclaimed at once, not after the hour-long lease
+
+
+def test_remote_or_live_holders_are_left_to_expiry():
+    other_host = LeaseHolder(host="another-node", pid=1, started=0.0)
+    assert not other_host.provably_dead()
+    assert not LeaseHolder.this_process().provably_dead()
+    assert LeaseHolder.parse("free-form owner") is None
+
+
+def _label_then_export(store, labels):
+    posts = make_posts(len(labels))
+    store.enqueue(posts, batch_size=len(labels))
+    [b] = store.claim(1)
+    store.complete(b.batch_id, b.lease_id,
+                   {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+    return posts
+
+
+def test_export_chunk_mixing_int_and_str_labels_never_jams(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    labels = [1, 0, "x", 1, "y", 0, 1, 1]
+    posts = _label_then_export(store, labels)
+    stats = export_output(store, tmp_path / "out")
+    assert stats.rows == 6 and stats.dead_lettered == 2
+    table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
+    assert table.schema.field("label").type == pa.int64()
+    assert sorted(table.column("uri").to_pylist()) == sorted(
+        p["uri"] for p, v in zip(posts, labels) if isinstance(v, int))
+    dead = store.dead_letters()
+    assert sorted(d.uri for d in dead) == [posts[2]["uri"], posts[4]["uri"]]
+    assert all("label" in d.reason and "int64" in d.reason for d in dead)
+    assert store.status().output_rows_unexported == 0
+    assert export_output(store, tmp_path / "out").rows == 0  # nothing left, nothing stuck
+    assert store.requeue_dead() == 2  # not lost: they can be labelled again
+
+
+def test_later_exports_keep_the_first_exports_types(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    for i, labels in enumerate(([1, 2], [0.5, 3], [None, 4])):
+        posts = make_posts(2, start=10 * i)
+        store.enqueue(posts)
+        [b] = store.claim(1)
+        store.complete(b.batch_id, b.lease_id,
+                       {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+        export_output(store, tmp_path / "out")
+    table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
+    assert table.schema.field("label").type == pa.int64()
+    assert sorted(v for v in table.column("label").to_pylist() if v is not None) == [1, 2, 3, 4]
+    assert [d.uri for d in store.dead_letters()] == ["at://post/10"]  # 0.5 is not an int
+
+
+def test_export_chunk_with_a_corrupted_row_never_jams(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    _label_then_export(store, [1, 2, 3, 4])
+    t = store.tables["output"]
+    (payload,) = store.conn.execute(f"SELECT payload FROM {t}").fetchone()
+    lines = codec.ndjson_body(payload).split("\n")
+    lines[1] = lines[1][:25] + "\x00garbage"  # one row damaged on disk
+    store.conn.execute(f"UPDATE {t} SET payload = ?", (codec.join_lines(lines),))
+    stats = export_output(store, tmp_path / "out")
+    assert (stats.rows, stats.dead_lettered) == (3, 1)
+    [dead] = store.dead_letters()
+    assert dead.uri is None and dead.reason.startswith("export:")
+    assert pads.dataset(tmp_path / "out", partitioning="hive").count_rows() == 3
+
+
+def test_queue_file_deleted_or_replaced_mid_run_stops_writes(tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(4))
+    [b] = store.claim(1)
+    os.remove(store.path)
+    with pytest.raises(QueueFileError, match=str(store.path)):
+        store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    QueueStore(tmp_path, NAME).close()  # a new file at the same path
+    with pytest.raises(QueueFileError, match="replaced"):
+        store.enqueue(make_posts(2, start=100))
+
+
+def test_corrupt_queue_file_and_file_as_data_dir_name_the_path(tmp_path):
+    path = tmp_path / "queue" / f"{NAME}.db"
+    path.parent.mkdir()
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(QueueFileError, match=str(path)):
+        QueueStore(tmp_path, NAME)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(QueueFileError, match="data_dir must be a writable folder"):
+        QueueStore(not_a_dir, NAME)
+    with pytest.raises(QueueFileError, match="no queue file"):
+        QueueStore(tmp_path / "empty", NAME, readonly=True)
+    assert not (tmp_path / "empty").exists()
+    assert isinstance(sqlite3.sqlite_version, str)
