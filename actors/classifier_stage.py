@@ -1,7 +1,10 @@
 """The Ray Data ``map_batches`` stage: load the classifier once, label one batch per call.
 
 No exception may escape ``__call__`` (it would abort the whole dataset): posts that fail are
-isolated by bisection and come out as failure rows carrying their reason.
+isolated by bisection and come out as failure rows carrying their reason; posts that kill the
+process are found through the QueueActor's journal (``classifiers/crash_isolation.py``).
+A classifier that cannot be built at all is reported to the QueueActor, so the driver stops
+the run with the original error instead of a generic actor death.
 """
 from __future__ import annotations
 
@@ -10,13 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from classifiers.poison import classify_isolating
+from classifiers.crash_isolation import BlockState, CrashJournal, classify_guarded
 from classifiers.registry import build_classifier
 from queue_store import codec
 
 # Columns the writer and the output layout own; a classifier may not overwrite them.
 RESERVED = frozenset({"uri", "text", "preprocessing_timestamp", "was_successfully_labeled",
-                      "reason", "label_timestamp", "classifier", "model", "run_id"})
+                      "reason", "label_timestamp", "classifier", "model", "run_id",
+                      "partition_date"})
 
 RESULT_SCHEMA = pa.schema([("batch_id", pa.int64()), ("lease_id", pa.string()),
                            ("batch_posts", pa.int64()), ("uri", pa.string()),
@@ -24,15 +28,53 @@ RESULT_SCHEMA = pa.schema([("batch_id", pa.int64()), ("lease_id", pa.string()),
                            ("columns_json", pa.string()), ("label", pa.string())])
 
 
+class QueueJournal:
+    """The crash journal kept by the QueueActor: begin/set_active are awaited (they must
+    be recorded before the posts run), end is not."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def begin(self, key: str, n_posts: int) -> BlockState | None:
+        import ray
+
+        return ray.get(self.queue.journal_begin.remote(key, n_posts))
+
+    def set_active(self, key: str, posts: list[int]) -> None:
+        import ray
+
+        ray.get(self.queue.journal_set_active.remote(key, posts))
+
+    def end(self, key: str) -> None:
+        self.queue.journal_end.remote(key)
+
+
+def block_key(batch: pa.Table) -> str:
+    """Names a block across retries of the same task (leases make it unique per claim)."""
+    uri = batch.column("uri")
+    return (f"{batch.column('batch_id')[0]}:{batch.column('lease_id')[0]}:"
+            f"{uri[0]}:{uri[-1]}:{batch.num_rows}")
+
+
 class ClassifierStage:
-    def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str) -> None:
-        self.classifier = build_classifier(classifier_type, params)
+    def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
+                 queue: Any = None) -> None:
+        try:
+            self.classifier = build_classifier(classifier_type, params)
+        except Exception as exc:
+            if queue is not None:
+                import ray
+
+                ray.get(queue.report_fatal.remote(f"{type(exc).__name__}: {exc}"[:1000]))
+            raise
+        self.journal = QueueJournal(queue) if queue is not None else CrashJournal()
         self.fixed = {**self.classifier.provenance.columns(), "run_id": run_id}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         try:
-            outcomes = classify_isolating(self.classifier, batch.column("text").to_pylist())
+            outcomes = classify_guarded(self.classifier, batch.column("text").to_pylist(),
+                                        block_key(batch), self.journal) if n else []
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             ok, reasons, cols, labels = [], [], [], []
             for out in outcomes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from classifiers.crash_isolation import BlockState, CrashJournal
 from queue_store import QueueStore
 
 
@@ -22,7 +23,10 @@ class QueueActor:
         self.outstanding: dict[int, str] = {}
         self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
                       "retried": 0, "dead_lettered": 0, "stale_completions": 0,
-                      "heartbeats": 0, "export_dead_lettered": 0}
+                      "heartbeats": 0, "export_dead_lettered": 0,
+                      "reaped_dead_holder_batches": 0}
+        self.journal = CrashJournal()  # outlives the classifier processes (crash_isolation)
+        self.fatal: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -34,7 +38,7 @@ class QueueActor:
         """Claim for a read task: ``(batch_id, lease_id, posts JSON)`` per batch, the posts
         forwarded as stored (decoding is the read task's job, off this serial actor). An empty
         list means nothing is claimable now (stop)."""
-        if self.budget_used():
+        if self.budget_used() or self.fatal:
             return []
         batches = self.store.claim(max_batches, self.lease_seconds, self.owner)
         if self.max_records is not None:
@@ -50,9 +54,34 @@ class QueueActor:
         return self.max_records is not None and self.stats["claimed_posts"] >= self.max_records
 
     def claimable_posts(self) -> int:
-        """Posts a claim could take now: pending ones, after reaping expired leases."""
-        self.store.reap()
+        """Posts a claim could take now: pending ones, after reaping expired leases and the
+        leases of provably dead runs."""
+        self.stats["reaped_dead_holder_batches"] += self.store.reap().dead_holder_batches
         return self.store.status().pending_posts
+
+    def queue_status(self) -> dict[str, Any]:
+        return self.store.status().model_dump()
+
+    # -- the classifier stage's journal and fatal errors ------------------------------------
+    def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
+        return self.journal.begin(key, n_posts)
+
+    def journal_set_active(self, key: str, posts: list[int]) -> None:
+        self.journal.set_active(key, posts)
+
+    def journal_end(self, key: str) -> None:
+        self.journal.end(key)
+
+    def report_fatal(self, message: str) -> None:
+        """A classifier could not be built: stop handing out work (the driver reports it)."""
+        self.fatal = self.fatal or message
+
+    def release_outstanding(self) -> int:
+        """Fenced: every lease this run still holds back to pending (attempt not spent), so a
+        rerun can start at once after Ctrl-C or a failed run."""
+        with self._lock:
+            leases, self.outstanding = list(self.outstanding.items()), {}
+        return sum(self.store.release(b, lease) for b, lease in leases)
 
     def _trim_to_budget(self, batches: list) -> list:
         """Whole batches only, never past max_records (a first batch above it still runs)."""
@@ -99,7 +128,8 @@ class QueueActor:
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:
-        return dict(self.stats, in_flight_batches=len(self.outstanding))
+        return dict(self.stats, in_flight_batches=len(self.outstanding), fatal=self.fatal,
+                    process_deaths=self.journal.deaths)
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()

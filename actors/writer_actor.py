@@ -144,6 +144,9 @@ class WriterActor:
         self.unexported_rows = 0
         self.last_export = time.monotonic()
 
+    def get_stats(self) -> dict[str, Any]:
+        return dict(self.stats, open_batches=len(self.open))
+
     def finish(self) -> dict[str, Any]:
         """Final export; batches still open here had results lost in flight (their leases
         expire and a later run redoes them)."""

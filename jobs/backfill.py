@@ -1,11 +1,13 @@
 """``python -m jobs.backfill``: enqueue → inference → write-cache, any subset, plus admin verbs.
 
-Errors a user can fix print one line and exit 2; a rerun always finishes what a failed or
-killed run left (leases expire, exports resume).
+Exit codes: 0 all claimed work done; 2 a user-fixable error (one ``error:`` line, nothing
+written); 3 finished, but posts were dead-lettered in this run; 1 an unexpected error
+(rerunning is safe: nothing is lost or duplicated); 130 interrupted (claims handed back).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from typing import Sequence
@@ -14,8 +16,12 @@ from classifiers.registry import ClassifierConfigError, preflight
 from jobs import admin
 from jobs.cli_args import build_parser, check_args
 from jobs.config import BackfillConfig, ConfigError, load_config
+from jobs.ray_setup import interrupt_on_sigterm
+from jobs.summary import RunSummary
+from queue_store.schema import QueueFileError
 
 EXIT_USAGE = 2
+EXIT_DEAD_LETTERED = 3
 
 
 def _names(config: BackfillConfig, wanted: Sequence[str]) -> list[str]:
@@ -72,25 +78,52 @@ def run(argv: Sequence[str] | None = None) -> int:
     for summary in summaries:
         print(f"\n{summary.stage}: {summary.integration}", file=out)
         print(summary.table(), file=out)
+    return _closing_lines(summaries, args.max_records_per_run)
+
+
+def _closing_lines(summaries: list[RunSummary], budget: int | None) -> int:
+    """One line per thing left undone, and the exit code that goes with it."""
+    dead = 0
+    for s in summaries:
+        if s.stage != "inference":
+            continue
+        dead += s.dead_lettered + s.export_dead_lettered
+        if s.pending_left and budget:
+            print(f"{s.integration}: {s.pending_left} post(s) still pending "
+                  f"(--max-records-per-run {budget}); rerun to continue", file=sys.stderr)
+        if s.leased_elsewhere:
+            print(f"{s.integration}: {s.leased_elsewhere} post(s) are leased by another run "
+                  f"(live, or on another host); the leases expire in "
+                  f"{s.leases_expire_in_s:g} s unless that run keeps them, then a rerun "
+                  "takes them", file=sys.stderr)
+    if dead:
+        print(f"finished, but {dead} post(s) were dead-lettered in this run: see them with "
+              "--show-dead N, relabel them with --requeue-dead", file=sys.stderr)
+        return EXIT_DEAD_LETTERED
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         return run(argv)
-    except (ConfigError, ClassifierConfigError, FileNotFoundError) as exc:
+    except (ConfigError, ClassifierConfigError, QueueFileError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: leases expire on their own; rerun the same command to finish",
-              file=sys.stderr)
+        print("interrupted: this run's claims were handed back; rerun the same command to "
+              "finish", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (| head): end quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes it at exit
+        return 0
     except Exception as exc:  # noqa: BLE001 - one line for people, traceback on request
         if os.environ.get("BACKFILL_DEBUG"):
             traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(set BACKFILL_DEBUG=1 for the traceback; rerunning finishes the work)",
-              file=sys.stderr)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {type(exc).__name__}: {text} (set BACKFILL_DEBUG=1 for the traceback; "
+              "rerunning is safe: nothing is lost or duplicated)", file=sys.stderr)
         return 1
 
 

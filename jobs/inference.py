@@ -10,11 +10,17 @@ from actors.classifier_stage import ClassifierStage
 from actors.queue_actor import QueueActor
 from actors.queue_datasource import QueueDatasource
 from actors.writer_actor import WriterActor
+from classifiers.registry import ClassifierConfigError
 from jobs.config import BackfillConfig
 from jobs.ray_setup import check_gpus, driver_node_strategy, ensure_ray
 from jobs.summary import RunSummary
 from jobs.timing import new_run_id, now_iso
 from queue_store import QueueStore, export_output
+from queue_store.lease_holder import LeaseHolder
+
+
+class PipelineActorDied(RuntimeError):
+    """The queue or writer actor (or every classifier actor) died; says which and why."""
 
 
 # The writer frees a large buffer per export; glibc's adaptive mmap threshold would then
@@ -34,13 +40,16 @@ def run_inference(config: BackfillConfig, integration: str,
     t0 = time.monotonic()
     pinned = {"num_cpus": 0, "scheduling_strategy": driver_node_strategy(ray)}
     data_dir = str(Path(config.data_dir).resolve())
+    # Leases name this driver process: if it dies, a rerun on this host reclaims them at once.
+    holder = LeaseHolder.this_process(run_id).encode()
     queue = ray.remote(QueueActor).options(**pinned).remote(
-        data_dir, name, config.queue.max_attempts, config.queue.lease_seconds, run_id,
+        data_dir, name, config.queue.max_attempts, config.queue.lease_seconds, holder,
         max_records_per_run)
     out_dir = str((config.output_root / name).resolve())
     writer = ray.remote(WriterActor).options(**pinned, runtime_env=WRITER_ENV).remote(
         queue, data_dir, name, out_dir, config.pipeline.export_rows,
         config.pipeline.export_every_seconds)
+    finished = False
     try:
         # A pass streams whatever is claimable; another pass runs only for posts this run
         # re-queued for a retry. Stop when the budget is used, nothing is claimable (no actor
@@ -50,19 +59,29 @@ def run_inference(config: BackfillConfig, integration: str,
             if ray.get(queue.budget_used.remote()) or not ray.get(queue.claimable_posts.remote()):
                 break
             claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
-            _one_pass(ray, config, integ, run_id, queue, writer, quiet)
+            _guarded_pass(ray, config, integ, run_id, queue, writer, quiet)
             if ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before:
                 break
         wstats = ray.get(writer.finish.remote())
         qstats = ray.get(queue.stop.remote())
+        left = ray.get(queue.queue_status.remote())
+        finished = True
     finally:
-        # On failure too: the leases this run holds simply expire and a rerun finishes.
+        if not finished:  # failed or interrupted: hand this run's claims back (fenced)
+            _release_claims(ray, queue)
         for actor in (writer, queue):
             ray.kill(actor)
     summary.claimed_batches = qstats["claimed_batches"]
     summary.claimed = qstats["claimed_posts"]
     for key in ("labelled", "failed", "retried", "dead_lettered", "stale_completions"):
         setattr(summary, key, qstats[key])
+    summary.process_deaths = qstats["process_deaths"]
+    summary.reaped_dead_holder_batches = qstats["reaped_dead_holder_batches"]
+    summary.export_dead_lettered = qstats["export_dead_lettered"]
+    summary.pending_left = left["pending_posts"]
+    summary.leased_elsewhere = left["processing_posts"]
+    if left["next_lease_expiry"]:
+        summary.leases_expire_in_s = round(max(0.0, left["next_lease_expiry"] - time.time()), 1)
     summary.incomplete_batches = wstats["incomplete_batches"]
     summary.exported_rows = wstats["exported_rows"]
     summary.parquet_files = wstats["parquet_files"]
@@ -70,6 +89,51 @@ def run_inference(config: BackfillConfig, integration: str,
     summary.model = wstats["provenance"].get("model", "")
     summary.label_distribution = wstats["label_counts"]
     return summary.finish(config.data_dir, t0, summary.labelled + summary.failed, out_dir)
+
+
+def _release_claims(ray: Any, queue: Any) -> None:
+    try:
+        ray.get(queue.release_outstanding.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - the queue actor may be the thing that died
+        pass  # its leases then name this (soon dead) process: a rerun reclaims them at once
+
+
+def _guarded_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
+                  writer: Any, quiet: bool) -> None:
+    """``_one_pass``, with a failure turned into its true cause."""
+    from ray.exceptions import RayActorError
+
+    try:
+        _one_pass(ray, config, integ, run_id, queue, writer, quiet)
+    except Exception as exc:
+        fatal = _actor_says(ray, queue, "get_stats")
+        if isinstance(fatal, dict) and fatal.get("fatal"):
+            raise ClassifierConfigError(
+                f"classifier {integ.classifier.type!r} could not be built: "
+                f"{fatal['fatal']}") from None
+        if isinstance(exc, RayActorError) or isinstance(fatal, BaseException):
+            raise PipelineActorDied(_which_died(ray, queue, writer, exc)) from None
+        raise
+
+
+def _actor_says(ray: Any, actor: Any, method: str) -> Any:
+    """The actor's answer, or the exception that shows it is gone."""
+    try:
+        return ray.get(getattr(actor, method).remote(), timeout=30)
+    except Exception as exc:  # noqa: BLE001 - an answer either way
+        return exc
+
+
+def _which_died(ray: Any, queue: Any, writer: Any, exc: BaseException) -> str:
+    cause = str(exc).strip().splitlines()
+    detail = next((line.strip() for line in cause if "cause" in line.lower()
+                   or "died" in line.lower()), cause[0] if cause else type(exc).__name__)
+    for label, actor, method in (("QueueActor (claims and leases)", queue, "get_stats"),
+                                 ("WriterActor (completions and parquet)", writer,
+                                  "get_stats")):
+        if isinstance(_actor_says(ray, actor, method), BaseException):
+            return f"the {label} died: {detail[:300]}"
+    return f"a classifier actor died and could not be replaced: {detail[:300]}"
 
 
 def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
@@ -90,7 +154,8 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
     ds = ds.map_batches(
         ClassifierStage,
         fn_constructor_kwargs={"classifier_type": integ.classifier.type,
-                               "params": integ.classifier.params, "run_id": run_id},
+                               "params": integ.classifier.params, "run_id": run_id,
+                               "queue": queue},
         compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
         batch_size=integ.batch_size, batch_format="pyarrow",
         num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 from jobs.config import BackfillConfig, ConfigError, IntegrationConfig
@@ -17,7 +19,15 @@ def ensure_ray(config: BackfillConfig) -> Any:
         kwargs.setdefault("include_dashboard", False)
         kwargs.setdefault("log_to_driver", False)
         ray.init(**kwargs)
+        # Ray's own SIGTERM handler exits at once; ours unwinds like Ctrl-C, so the run
+        # hands its claims back first (``ray job stop`` and ``kill`` send SIGTERM).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     return ray
+
+
+def interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def check_gpus(ray: Any, name: str, integ: IntegrationConfig) -> None:

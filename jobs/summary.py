@@ -33,6 +33,12 @@ class RunSummary(BaseModel):
     retried: int = 0
     dead_lettered: int = 0
     stale_completions: int = 0
+    process_deaths: int = 0            # classifier processes killed by a post (isolated)
+    reaped_dead_holder_batches: int = 0  # claims of a dead run taken back at start
+    export_dead_lettered: int = 0      # output rows that could not be exported
+    pending_left: int = 0              # still pending after this run (budget, another run)
+    leased_elsewhere: int = 0          # held by another (live or remote) run
+    leases_expire_in_s: float = 0.0
     incomplete_batches: int = 0
     exported_rows: int = 0
     parquet_files: int = 0

@@ -24,6 +24,9 @@ class AdminVerbs:
                 "GROUP BY status"):
             setattr(st, f"{status}_batches", batches)
             setattr(st, f"{status}_posts", posts)
+        st.next_lease_expiry = self.conn.execute(
+            f"SELECT MIN(lease_expires) FROM {t['input']} WHERE status = 'processing'"
+        ).fetchone()[0]
         for decodable, n in self.conn.execute(
                 f"SELECT decodable, COUNT(*) FROM {t['dead']} GROUP BY decodable"):
             if decodable:

@@ -73,6 +73,7 @@ class QueueStatus(BaseModel):
     pending_posts: int = 0
     processing_batches: int = 0
     processing_posts: int = 0
+    next_lease_expiry: float | None = None  # epoch seconds of the soonest expiring lease
     dead_posts: int = 0
     dead_undecodable_rows: int = 0
     output_rows_exported: int = 0

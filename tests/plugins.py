@@ -13,14 +13,20 @@ class KeywordClassifier:
     """Labels 'intergroup' when the text mentions a group word; raises on the poison marker."""
 
     def __init__(self, poison_marker: str = POISON, crash_marker_file: str | None = None,
-                 delay_s: float = 0.0):
+                 delay_s: float = 0.0, kill_marker: str | None = None,
+                 fail_init: str | None = None):
+        if fail_init:
+            raise FileNotFoundError(fail_init)
         self.poison_marker = poison_marker
         self.crash_marker_file = crash_marker_file
         self.delay_s = delay_s
+        self.kill_marker = kill_marker
         self.calls = 0
 
     def classify(self, texts):
         self.calls += 1
+        if self.kill_marker and any(self.kill_marker in t for t in texts):
+            os._exit(1)  # like a segfault or an OOM kill: the process is gone
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.crash_marker_file and not Path(self.crash_marker_file).exists():

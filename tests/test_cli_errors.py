@@ -91,3 +91,44 @@ def test_gpu_asked_on_cpu_cluster(ray_session, tmp_path, capsys):
     cfg = write_config(tmp_path, PLUGIN, num_gpus=1)
     line = _err(capsys, ["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
     assert "num_gpus=1" in line and "set num_gpus: 0" in line
+
+
+def _posts_with_bad_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    posts = write_posts(tmp_path, 200, days=2)
+    day = posts / "partition_date=2024-10-01"
+    (day / "README.txt").write_text("not data")  # ignored: not .parquet
+    (day / "_SUCCESS").write_text("")            # ignored: underscore file
+    (day / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    (day / "empty.parquet").write_bytes(b"")
+    pq.write_table(pa.table({"uri": ["no-text-1", "no-text-2"],
+                             "preprocessing_timestamp": ["2024-10-01"] * 2}),
+                   day / "no-text.parquet")
+    return posts
+
+
+def test_unreadable_posts_files_stop_enqueue_before_anything_is_written(tmp_path, capsys):
+    _posts_with_bad_files(tmp_path)
+    cfg = write_config(tmp_path, PLUGIN)
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g"])
+    assert "2 posts file(s)" in line and "corrupt.parquet" in line and "empty.parquet" in line
+    assert "--skip-bad-files" in line and "README" not in line
+    assert not (tmp_path / "data" / "queue").exists()  # nothing was enqueued
+
+
+def test_skip_bad_files_enqueues_the_rest_and_counts_them(tmp_path, capsys):
+    import json
+
+    _posts_with_bad_files(tmp_path)
+    cfg = write_config(tmp_path, PLUGIN)
+    assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                 "--skip-bad-files", "--quiet"]) == 0
+    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "data" / "runs").glob("*.json")]
+    assert summary["skipped_bad_files"] == 2
+    assert summary["invalid_by_reason"]["missing column text"] == 2
+    assert summary["rows_read"] == 202
+    assert summary["enqueued"] > 150
+    assert summary["rows_read"] == sum(summary[k] for k in (
+        "enqueued", "skipped_done", "skipped_queued", "skipped_duplicate", "rejected_invalid"))

@@ -16,10 +16,10 @@ NAME = "ml_inference_intergroup"
 PLUGIN = {"type": "tests.plugins:KeywordClassifier"}
 
 
-def _run(capsys, *argv) -> str:
-    code = main(list(argv))
+def _run(capsys, *argv, code: int = 0) -> str:
+    got = main(list(argv))
     out = capsys.readouterr()
-    assert code == 0, out.err
+    assert got == code, out.err
     return out.out
 
 
@@ -74,8 +74,10 @@ def test_all_in_one_then_status_json_after_poison(ray_session, tmp_path, capsys)
                              "preprocessing_timestamp": ["2024-10-01-10:00:00"]}),
                    day / "part-poison.parquet")
     cfg = str(write_config(tmp_path, PLUGIN))
-    _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g",
-         "--run-integrations", "--write-cache", "all", "--quiet")
+    assert main(["--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g",
+                 "--run-integrations", "--write-cache", "all", "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "1 post(s) were dead-lettered in this run" in err and "--show-dead" in err
     status = json.loads(_run(capsys, "--config", cfg, "--queue-status", "--json"))[NAME]
     expected = _valid_unique_uris(posts)
     assert status["dead_posts"] == 1 and status["pending_posts"] == 0
