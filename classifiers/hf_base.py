@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from classifiers import length_batching, torch_runtime
-from classifiers.packaged_model import resolve_model_path
+from classifiers.packaged_model import check_model_available, resolve_model_path
 from classifiers.protocol import Provenance
 
 
@@ -41,8 +41,17 @@ class HFTextModel:
 
     @classmethod
     def preflight(cls, params: dict[str, Any]) -> None:
-        """Fail fast on a missing local model folder."""
-        resolve_model_path(params.get("model"))
+        """Fail fast, without loading weights: the model is there, the runtime params are
+        valid."""
+        check_model_available(params.get("model"))
+        device = torch_runtime.pick_device(str(params.get("device", "auto")))
+        torch_runtime.autocast_dtype(device, str(params.get("precision", "auto")))
+        quantize = params.get("quantize")
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be null or 'int8', got {quantize!r}")
+        for key in ("max_length", "mini_batch_size"):
+            if key in params and (not isinstance(params[key], int) or params[key] < 1):
+                raise ValueError(f"{key} must be a whole number >= 1, got {params[key]!r}")
 
     def _run(self, texts: Sequence[str],
              forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:

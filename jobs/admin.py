@@ -8,11 +8,21 @@ import json
 from typing import Iterable
 
 from jobs.config import BackfillConfig
-from queue_store import QueueStore
+from queue_store import QueueStore, queue_path
 
 
-def _stores(config: BackfillConfig, names: Iterable[str]) -> Iterable[tuple[str, QueueStore]]:
+def _no_queue(config: BackfillConfig, name: str) -> str:
+    return (f"{name}: no queue at {queue_path(config.data_dir, name)} (nothing enqueued in "
+            "this data_dir yet; check data_dir or --data-dir)")
+
+
+def _stores(config: BackfillConfig, names: Iterable[str], missing: list[str]
+            ) -> Iterable[tuple[str, QueueStore]]:
+    """Open each existing queue; a missing one is noted in ``missing``, never created."""
     for name in names:
+        if not queue_path(config.data_dir, name).is_file():
+            missing.append(_no_queue(config, name))
+            continue
         store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
         try:
             yield name, store
@@ -21,8 +31,9 @@ def _stores(config: BackfillConfig, names: Iterable[str]) -> Iterable[tuple[str,
 
 
 def queue_status(config: BackfillConfig, names: list[str], as_json: bool) -> str:
+    missing: list[str] = []
     statuses = {name: store.status().model_dump(exclude={"integration"})
-                for name, store in _stores(config, names)}
+                for name, store in _stores(config, names, missing)}
     if as_json:
         return json.dumps(statuses, sort_keys=True)
     cols = ["pending_batches", "pending_posts", "processing_batches", "processing_posts",
@@ -33,12 +44,12 @@ def queue_status(config: BackfillConfig, names: list[str], as_json: bool) -> str
     for name, st in statuses.items():
         lines.append(name)
         lines.extend(f"  {c.ljust(width)}  {st[c]}" for c in cols)
-    return "\n".join(lines)
+    return "\n".join(lines + missing)
 
 
 def reap_stale(config: BackfillConfig, names: list[str]) -> str:
-    lines = []
-    for name, store in _stores(config, names):
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
         res = store.reap()
         lines.append(f"{name}: {res.requeued_batches} expired batch(es) back to pending, "
                      f"{res.dead_lettered_batches} dead-lettered after max_attempts")
@@ -46,8 +57,8 @@ def reap_stale(config: BackfillConfig, names: list[str]) -> str:
 
 
 def requeue_dead(config: BackfillConfig, names: list[str]) -> str:
-    lines = []
-    for name, store in _stores(config, names):
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
         moved = store.requeue_dead(config.queue.batch_size)
         left = store.status().dead_undecodable_rows
         lines.append(f"{name}: {moved} dead post(s) back to pending"
@@ -56,8 +67,8 @@ def requeue_dead(config: BackfillConfig, names: list[str]) -> str:
 
 
 def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
-    lines = []
-    for name, store in _stores(config, names):
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
         for d in store.dead_letters(limit):
             lines.append(f"{name}\t{d.uri or '(undecodable row)'}\tattempt {d.attempt}\t{d.reason}")
     return "\n".join(lines) or "no dead letters"

@@ -12,11 +12,12 @@ import sys
 import traceback
 from typing import Sequence
 
-from classifiers.registry import ClassifierConfigError, preflight
+from classifiers.registry import ClassifierConfigError
 from jobs import admin
 from jobs.cli_args import build_parser, check_args
 from jobs.config import BackfillConfig, ConfigError, load_config
-from jobs.ray_setup import interrupt_on_sigterm
+from jobs.preflight import check_stages
+from jobs.ray_setup import interrupt_on_sigterm, prefer_offline
 from jobs.summary import RunSummary
 from queue_store.schema import QueueFileError
 
@@ -39,6 +40,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if start and end and start > end:
         raise ConfigError(f"start date {start} is after end date {end} "
                           "(--start-date/--end-date, or posts.start_date/end_date in the config)")
+    prefer_offline()
     out = sys.stdout
     if args.queue_status:
         print(admin.queue_status(config, _names(config, args.integration), args.json), file=out)
@@ -50,34 +52,40 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(admin.show_dead(config, _names(config, args.integration), args.show_dead), file=out)
     integrations = _names(config, args.integration) if args.integration else []
     cache_names = _names(config, [args.write_cache]) if args.write_cache else []
-    if args.run_integrations:  # fail before any stage runs, not after enqueueing
-        for name in integrations:
-            clf = config.integrations[name].classifier
-            preflight(clf.type, clf.params)
-    summaries = []
+    if not (args.add_to_queue or args.run_integrations or args.write_cache):
+        return 0
+    # Everything the stages need is checked before any of them writes anything.
+    files = check_stages(config, args, integrations, cache_names, start, end)
+    if not args.quiet:
+        print(f"data: {config.data_dir}\nposts: {config.posts.path}\n"
+              f"output: {config.output_root}", file=sys.stderr)
+    summaries: list[RunSummary] = []
+
+    def done(summary: RunSummary) -> None:  # each stage's summary as soon as it ends
+        summaries.append(summary)
+        print(f"\n{summary.stage}: {summary.integration}", file=out)
+        print(summary.table(), file=out, flush=True)
+
     if args.add_to_queue:
         from jobs.enqueue_stage import enqueue_posts
-        from jobs.posts_source import find_post_files
 
-        files = find_post_files(config.posts.path, start, end)
-        if files.bad and not args.skip_bad_files:  # before anything is enqueued
-            raise ConfigError(files.bad_files_message())
         for name in integrations:
-            summaries.append(enqueue_posts(config, name, files, quiet=args.quiet))
+            done(enqueue_posts(config, name, files, quiet=args.quiet))
+        if files is not None and not files.good and not files.rejected:
+            span = f"between {start or 'the first'} and {end or 'the last'} day"
+            print(f"enqueue: no posts under {config.posts.path} {span} (check the date "
+                  "range and posts.path)", file=sys.stderr)
     if args.run_integrations:
         from jobs.inference import run_inference
 
         for name in integrations:
-            summaries.append(run_inference(config, name, args.max_records_per_run,
-                                           quiet=args.quiet))
+            done(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
+                               verbose=args.verbose))
     if args.write_cache:
         from jobs.inference import write_cache
 
         for name in cache_names:
-            summaries.append(write_cache(config, name, clear_queue=args.clear_queue))
-    for summary in summaries:
-        print(f"\n{summary.stage}: {summary.integration}", file=out)
-        print(summary.table(), file=out)
+            done(write_cache(config, name, clear_queue=args.clear_queue))
     return _closing_lines(summaries, args.max_records_per_run)
 
 

@@ -29,8 +29,36 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
+EXAMPLES = """examples:
+  # everything in one command, on a laptop (a local Ray is started)
+  python -m jobs.backfill --config configs/demo.yaml -r posts --add-to-queue -i g \\
+      --run-integrations --write-cache all
+  # stage by stage
+  python -m jobs.backfill --config configs/intergroup.yaml -r posts --add-to-queue -i g \\
+      --start-date 2024-10-01 --end-date 2024-10-07
+  python -m jobs.backfill --config configs/intergroup.yaml -i g --run-integrations
+  python -m jobs.backfill --config configs/intergroup.yaml --write-cache all --clear-queue
+  # on a cluster (run from the project folder; data paths absolute or shared)
+  ray job submit --working-dir . -- python -m jobs.backfill \\
+      --config configs/intergroup.yaml -r posts --add-to-queue -i g --run-integrations
+
+exit codes:
+  0  all claimed work done
+  2  a user-fixable error (one 'error:' line; nothing was written)
+  3  finished, but posts were dead-lettered in this run (see --show-dead N)
+  1  unexpected error (rerunning is safe: nothing is lost or duplicated)
+  130 interrupted (Ctrl-C or SIGTERM): this run's claims were handed back
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag, and the examples kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="backfill", description="Backfill ML labels for posts, exactly once.")
+    p = _OneLineParser(prog="backfill", description="Backfill ML labels for posts, exactly once.",
+                       epilog=EXAMPLES, formatter_class=_HelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml", help="YAML job config")
     p.add_argument("--data-dir", help="overrides data_dir (also env BACKFILL_DATA_DIR)")
     p.add_argument("-r", "--record-type", choices=["posts"], help="records to enqueue")
@@ -53,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-files", action="store_true",
                    help="with --add-to-queue: enqueue around unreadable posts files "
                         "(counted in the summary) instead of stopping")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress display: only the summaries and errors")
+    p.add_argument("--verbose", action="store_true",
+                   help="also Ray's own log lines and Ray Data's progress bars")
     return p
 
 

@@ -122,8 +122,68 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> BackfillConfig:
         raise ConfigError(f"{source}: {_one_line(exc)}") from None
 
 
+# Classifier params that name files; relative values resolve against the config's folder.
+FILE_PARAMS = ("labels_file", "prompt_file")
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None or _is_uri(value):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _resolve_model(base: Path, model: Any) -> Any:
+    """A ``model`` that is a folder next to the config, or is written as a path, becomes an
+    absolute path; anything else stays a hub id (``org/name``)."""
+    if not isinstance(model, str) or not model or model.startswith("packaged:"):
+        return model
+    local = base / Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or local.is_dir():
+        return _resolve(base, model)
+    return model
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Every path in the config relative to ``base`` (the config file's folder), so a job
+    reads and writes the same places from any working directory (``ray job submit`` runs
+    it inside an uploaded copy of the project)."""
+    raw = dict(raw)
+    for key in ("data_dir", "output_dir"):
+        if isinstance(raw.get(key), str):
+            raw[key] = _resolve(base, raw[key])
+    raw.setdefault("data_dir", _resolve(base, "data"))
+    posts = dict(raw.get("posts") or {})
+    posts["path"] = _resolve(base, posts.get("path", PostsConfig().path))
+    raw["posts"] = posts
+    integrations = raw.get("integrations")
+    if isinstance(integrations, dict):
+        raw["integrations"] = {name: _resolve_integration(base, block)
+                               for name, block in integrations.items()}
+    return raw
+
+
+def _resolve_integration(base: Path, block: Any) -> Any:
+    if not isinstance(block, dict) or not isinstance(block.get("classifier"), dict):
+        return block
+    clf = dict(block["classifier"])
+    params = dict(clf.get("params") or {})
+    for key in FILE_PARAMS:
+        if isinstance(params.get(key), str):
+            params[key] = _resolve(base, params[key])
+    if "model" in params:
+        params["model"] = _resolve_model(base, params["model"])
+    clf["params"] = params
+    return dict(block, classifier=clf)
+
+
 def load_config(path: str | Path, data_dir: str | None = None) -> BackfillConfig:
-    """Load YAML; ``data_dir`` (or env ``BACKFILL_DATA_DIR``) overrides the file's value."""
+    """Load YAML with its paths resolved against its folder; ``data_dir`` (or env
+    ``BACKFILL_DATA_DIR``), relative to the working directory, overrides the file's value."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass --config PATH")
@@ -133,7 +193,8 @@ def load_config(path: str | Path, data_dir: str | None = None) -> BackfillConfig
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
+    raw = resolve_paths(raw, p.resolve().parent)
     override = data_dir or os.environ.get("BACKFILL_DATA_DIR")
     if override:
-        raw["data_dir"] = override
+        raw["data_dir"] = str(Path(override).expanduser().resolve())
     return parse_config(raw, str(p))

@@ -6,7 +6,6 @@ enqueue transaction, so concurrent enqueues never queue a post twice.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -17,11 +16,10 @@ import pyarrow.dataset as pads
 from jobs.config import BackfillConfig
 from jobs.known_uris import KnownUris, digests
 from jobs.posts_source import PostFiles, iter_posts
+from jobs.progress import Figures, Progress
 from jobs.summary import RunSummary
 from jobs.timing import now_iso, new_run_id
 from queue_store import QueueStore
-
-PROGRESS_EVERY_S = 5.0
 
 
 def parquet_uris(root: Path, batch_rows: int = 100_000):
@@ -52,32 +50,37 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
         seen = KnownUris()  # this run's posts: duplicates in the input are skipped too
         carry: list[pa.Table] = []
         carried = 0
-        last_report = time.monotonic()
-        for batch in iter_posts(files, config.posts.read_batch_rows):
-            summary.rows_read += batch.num_rows
-            uris = batch.column("uri").to_pylist()
-            keys = digests(u or "" for u in uris)
-            has_uri = np.fromiter((bool(u) for u in uris), dtype=bool, count=len(uris))
-            # Posts without a uri are left for validation to reject with a reason.
-            is_done = done.contains(keys) & has_uri
-            is_dup = (seen.contains(keys) | _repeats(keys)) & has_uri
-            fresh = ~(is_done | is_dup)
-            summary.skipped_done += int(is_done.sum())
-            summary.skipped_duplicate += int((is_dup & ~is_done).sum())
-            seen.add(keys[fresh])
-            carry.append(pa.Table.from_batches([batch]).filter(pa.array(fresh)))
-            carried += int(fresh.sum())
-            if carried >= config.queue.batch_size:
-                carried = _flush(store, carry, config.queue.batch_size, summary, final=False)
-            if not quiet and time.monotonic() - last_report >= PROGRESS_EVERY_S:
-                last_report = time.monotonic()
-                print(f"[enqueue {name}] enqueued {summary.enqueued}, skipped done "
-                      f"{summary.skipped_done}, queued {summary.skipped_queued}, invalid "
-                      f"{summary.rejected_invalid}", file=sys.stderr, flush=True)
-        _flush(store, carry, config.queue.batch_size, summary, final=True)
+        shown = Progress(f"enqueue {name}", files.good_rows, lambda: Figures(
+            done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet)
+        with shown:
+            for batch in iter_posts(files, config.posts.read_batch_rows):
+                carried = _add_batch(store, batch, done, seen, carry, carried, config, summary)
+            _flush(store, carry, config.queue.batch_size, summary, final=True)
     finally:
         store.close()
     return summary.finish(config.data_dir, t0, summary.enqueued + summary.rejected_invalid)
+
+
+def _add_batch(store: QueueStore, batch: pa.RecordBatch, done: KnownUris, seen: KnownUris,
+               carry: list[pa.Table], carried: int, config: BackfillConfig,
+               summary: RunSummary) -> int:
+    """Filter one record batch (done, repeated) and enqueue whole queue rows of it."""
+    summary.rows_read += batch.num_rows
+    uris = batch.column("uri").to_pylist()
+    keys = digests(u or "" for u in uris)
+    has_uri = np.fromiter((bool(u) for u in uris), dtype=bool, count=len(uris))
+    # Posts without a uri are left for validation to reject with a reason.
+    is_done = done.contains(keys) & has_uri
+    is_dup = (seen.contains(keys) | _repeats(keys)) & has_uri
+    fresh = ~(is_done | is_dup)
+    summary.skipped_done += int(is_done.sum())
+    summary.skipped_duplicate += int((is_dup & ~is_done).sum())
+    seen.add(keys[fresh])
+    carry.append(pa.Table.from_batches([batch]).filter(pa.array(fresh)))
+    carried += int(fresh.sum())
+    if carried >= config.queue.batch_size:
+        carried = _flush(store, carry, config.queue.batch_size, summary, final=False)
+    return carried
 
 
 def _repeats(keys: np.ndarray) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from actors.queue_datasource import QueueDatasource
 from actors.writer_actor import WriterActor
 from classifiers.registry import ClassifierConfigError
 from jobs.config import BackfillConfig
+from jobs.progress import Figures, Progress
 from jobs.ray_setup import check_gpus, driver_node_strategy, ensure_ray
 from jobs.summary import RunSummary
 from jobs.timing import new_run_id, now_iso
@@ -30,10 +30,11 @@ WRITER_ENV = {"env_vars": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
 
 def run_inference(config: BackfillConfig, integration: str,
-                  max_records_per_run: int | None = None, quiet: bool = False) -> RunSummary:
+                  max_records_per_run: int | None = None, quiet: bool = False,
+                  verbose: bool = False) -> RunSummary:
     """Label every claimable post of one integration; returns (and saves) the run summary."""
     name, integ = config.resolve_integration(integration)
-    ray = ensure_ray(config)
+    ray = ensure_ray(config, verbose)
     check_gpus(ray, name, integ)
     run_id = new_run_id(name)
     summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=now_iso())
@@ -51,17 +52,17 @@ def run_inference(config: BackfillConfig, integration: str,
         config.pipeline.export_every_seconds)
     finished = False
     try:
-        # A pass streams whatever is claimable; another pass runs only for posts this run
-        # re-queued for a retry. Stop when the budget is used, nothing is claimable (no actor
-        # pool is started for an empty queue), or a pass found nothing to claim (another
-        # driver holds the rest). Beyond max_attempts+1 passes, work is the next run's.
-        for _ in range(config.queue.max_attempts + 1):
-            if ray.get(queue.budget_used.remote()) or not ray.get(queue.claimable_posts.remote()):
-                break
-            claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
-            _guarded_pass(ray, config, integ, run_id, queue, writer, quiet)
-            if ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before:
-                break
+        total = ray.get(queue.claimable_posts.remote())
+        if max_records_per_run is not None:
+            total = min(total, max_records_per_run)
+
+        def figures() -> Figures:
+            st = ray.get(queue.get_stats.remote(), timeout=10)
+            return Figures(done=st["labelled"] + st["dead_lettered"], failed=st["failed"],
+                           dead=st["dead_lettered"])
+
+        with Progress(f"inference {name}", total, figures, quiet=quiet):
+            _run_passes(ray, config, integ, run_id, queue, writer, verbose)
         wstats = ray.get(writer.finish.remote())
         qstats = ray.get(queue.stop.remote())
         left = ray.get(queue.queue_status.remote())
@@ -91,6 +92,21 @@ def run_inference(config: BackfillConfig, integration: str,
     return summary.finish(config.data_dir, t0, summary.labelled + summary.failed, out_dir)
 
 
+def _run_passes(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
+                writer: Any, verbose: bool) -> None:
+    """A pass streams whatever is claimable; another pass runs only for posts this run
+    re-queued for a retry. Stop when the budget is used, nothing is claimable (no actor pool
+    is started for an empty queue), or a pass found nothing to claim (another driver holds
+    the rest). Beyond max_attempts+1 passes, work is the next run's."""
+    for _ in range(config.queue.max_attempts + 1):
+        if ray.get(queue.budget_used.remote()) or not ray.get(queue.claimable_posts.remote()):
+            return
+        claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
+        _guarded_pass(ray, config, integ, run_id, queue, writer, verbose)
+        if ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before:
+            return
+
+
 def _release_claims(ray: Any, queue: Any) -> None:
     try:
         ray.get(queue.release_outstanding.remote(), timeout=30)
@@ -99,12 +115,12 @@ def _release_claims(ray: Any, queue: Any) -> None:
 
 
 def _guarded_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
-                  writer: Any, quiet: bool) -> None:
+                  writer: Any, verbose: bool) -> None:
     """``_one_pass``, with a failure turned into its true cause."""
     from ray.exceptions import RayActorError
 
     try:
-        _one_pass(ray, config, integ, run_id, queue, writer, quiet)
+        _one_pass(ray, config, integ, run_id, queue, writer, verbose)
     except Exception as exc:
         fatal = _actor_says(ray, queue, "get_stats")
         if isinstance(fatal, dict) and fatal.get("fatal"):
@@ -137,7 +153,7 @@ def _which_died(ray: Any, queue: Any, writer: Any, exc: BaseException) -> str:
 
 
 def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
-              writer: Any, quiet: bool) -> None:
+              writer: Any, verbose: bool) -> None:
     """Stream every claimable batch through the classifiers into the writer."""
     import ray.data
     from ray.data import ActorPoolStrategy, DataContext
@@ -146,7 +162,7 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
     ctx = DataContext.get_current()
     ctx.execution_no_progress_timeout_s = pipe.no_progress_timeout_s
     ctx.target_max_block_size = pipe.read_block_bytes
-    ctx.enable_progress_bars = not quiet and not os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS")
+    ctx.enable_progress_bars = verbose  # the job's own display is the progress bar
     ds = ray.data.read_datasource(
         QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim),
         override_num_blocks=pipe.read_tasks,

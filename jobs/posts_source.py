@@ -36,6 +36,7 @@ class PostFiles:
     # (file, rows, reason) for readable files whose posts are all rejected
     rejected: list[tuple[str, int, str]] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (file, error)
+    good_rows: int = 0  # rows in the good files, from their footers
 
     def bad_files_message(self) -> str:
         shown = "; ".join(f"{f}: {e}" for f, e in self.bad[:SHOW_BAD_FILES])
@@ -98,6 +99,7 @@ def find_post_files(path: str, start: date | None, end: date | None) -> PostFile
             found.rejected.append((info.path, meta.num_rows, problem))
         else:
             found.good.append(info.path)
+            found.good_rows += meta.num_rows
     return found
 
 

@@ -1,24 +1,77 @@
 """Starting or joining Ray, and the checks that must happen before Ray Data runs."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
 from jobs.config import BackfillConfig, ConfigError, IntegrationConfig
 
 
-def ensure_ray(config: BackfillConfig) -> Any:
-    """Join the running Ray (``ray job submit`` sets RAY_ADDRESS) or start a local one."""
+# ray.init() kwargs that only apply to a Ray the job starts itself.
+START_ONLY = ("num_cpus", "num_gpus", "resources", "labels", "object_store_memory",
+              "_system_config", "include_dashboard", "dashboard_host", "dashboard_port",
+              "_temp_dir")
+# Actors never reach for the network: a model missing from the cache is an error up front.
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def joining_existing_ray(kwargs: dict[str, Any]) -> bool:
+    """Would ``ray.init(**kwargs)`` attach to a running Ray (RAY_ADDRESS, ``ray job
+    submit``, or a ``ray start`` head on this machine) rather than start one?"""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(kwargs.get("address"),
+                                              kwargs.get("_temp_dir")) is not None
+    except Exception:  # noqa: BLE001 - private API moved: decide by the address alone
+        return bool(kwargs.get("address") or os.environ.get("RAY_ADDRESS"))
+
+
+_set_offline: dict[str, str] = {}
+
+
+def prefer_offline() -> dict[str, str]:
+    """HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE=1 unless the user set them; returns what this
+    process set (to hand on to the actors of a cluster it joins)."""
+    for key in OFFLINE_ENV:
+        if key not in os.environ:
+            os.environ[key] = _set_offline[key] = "1"
+    return dict(_set_offline)
+
+
+def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
+    """Join the running Ray or start a local one configured by the ``ray:`` block."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    offline = prefer_offline()
+    if not verbose:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
 
     if not ray.is_initialized():
         kwargs = dict(config.ray)
-        kwargs.setdefault("include_dashboard", False)
-        kwargs.setdefault("log_to_driver", False)
+        kwargs.setdefault("log_to_driver", verbose)
+        kwargs.setdefault("logging_level", logging.INFO if verbose else logging.ERROR)
+        if joining_existing_ray(kwargs):
+            ignored = sorted(k for k in kwargs if k in START_ONLY)
+            for key in ignored:
+                del kwargs[key]
+            if offline:  # a started Ray's workers inherit this process's environment
+                runtime_env = dict(kwargs.get("runtime_env") or {})
+                runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **offline}
+                kwargs["runtime_env"] = runtime_env
+            if ignored:
+                print(f"info: joining a running Ray cluster; the config's ray: keys "
+                      f"{', '.join(ignored)} only apply to a Ray this job starts, so they "
+                      "are ignored", file=sys.stderr)
+        else:
+            kwargs.setdefault("include_dashboard", False)
         ray.init(**kwargs)
+        if not verbose:
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         # Ray's own SIGTERM handler exits at once; ours unwinds like Ctrl-C, so the run
         # hands its claims back first (``ray job stop`` and ``kill`` send SIGTERM).
         if threading.current_thread() is threading.main_thread():

@@ -19,7 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,13 +41,15 @@ def queue_path(data_dir: str | Path, integration: str) -> Path:
 
 class QueueStore(AdminVerbs, ExportBookkeeping):
     def __init__(self, data_dir: str | Path, integration: str,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, readonly: bool = False) -> None:
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, readonly: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.integration = integration
         self.tables = table_names(integration)
         self.path = queue_path(data_dir, integration)
         self.max_attempts = max_attempts
+        self.clock = clock  # lease arithmetic; tests pass a clock they control
         self.conn, self.store_id = connect(self.path, integration, readonly)
         self.identity = file_identity(self.path)
 
@@ -87,7 +89,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
         with self._tx() as c:
             if dedupe:
                 valid = self._only_new(c, valid, result)
-            now = time.time()
+            now = self.clock()
             rows = []
             for start in range(0, valid.num_rows, batch_size):
                 chunk = valid.slice(start, batch_size)
@@ -121,7 +123,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
     def claim(self, max_batches: int = 1, lease_seconds: float = 60,
               owner: str = "") -> list[ClaimedBatch]:
         """Lease up to ``max_batches`` pending rows; undecodable rows go to dead letters."""
-        now = time.time()
+        now = self.clock()
         lease_id = uuid.uuid4().hex
         claimed: list[ClaimedBatch] = []
         t = self.tables["input"]
@@ -152,7 +154,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
         """Push the expiry of each (batch_id, lease_id) still held; returns how many were."""
         if not leases:
             return 0
-        expires = time.time() + lease_seconds
+        expires = self.clock() + lease_seconds
         with self._tx() as c:
             before = c.total_changes
             c.executemany(f"UPDATE {self.tables['input']} SET lease_expires = ? "
@@ -181,7 +183,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
             if out:
                 c.execute(f"INSERT INTO {self.tables['output']} "
                           "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
-                          (batch_id, codec.join_lines(out), len(out), time.time()))
+                          (batch_id, codec.join_lines(out), len(out), self.clock()))
                 c.execute(f"UPDATE {self.tables['ledger']} SET done = 1 WHERE uri IN "
                           "(SELECT value FROM json_each(?))",
                           (codec.dumps([p["uri"] for p in labelled]),))
@@ -217,7 +219,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
     def reap(self) -> ReapResult:
         """Return expired leases to pending (or dead letters once max_attempts is used)."""
         with self._tx() as c:
-            return self._reap(c, time.time())
+            return self._reap(c, self.clock())
 
     # -- internals -------------------------------------------------------------------------
     def _held(self, c: Any, batch_id: int, lease_id: str) -> tuple[list[dict], int] | None:
@@ -276,12 +278,12 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                 "batch_size": len(posts), "actual_batch_size": len(posts)}
         c.execute(f"INSERT INTO {self.tables['input']} "
                   "(payload, metadata, n_posts, attempt, created_at) VALUES (?, ?, ?, ?, ?)",
-                  (codec.dumps(posts), codec.dumps(meta), len(posts), attempt, time.time()))
+                  (codec.dumps(posts), codec.dumps(meta), len(posts), attempt, self.clock()))
         return len(failed), 0
 
     def _bury_posts(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
                     attempt: int) -> None:
-        now = time.time()
+        now = self.clock()
         c.executemany(f"INSERT INTO {self.tables['dead']} (uri, payload, decodable, reason, "
                       "attempt, source_batch_id, created_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
                       [(p["uri"], codec.dumps(p), r, attempt, batch_id, now) for p, r in failed])
@@ -290,7 +292,7 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                          attempt: int) -> None:
         c.execute(f"INSERT INTO {self.tables['dead']} (uri, payload, decodable, reason, attempt, "
                   "source_batch_id, created_at) VALUES (NULL, ?, 0, ?, ?, ?, ?)",
-                  (payload, reason, attempt, batch_id, time.time()))
+                  (payload, reason, attempt, batch_id, self.clock()))
         c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
 
 

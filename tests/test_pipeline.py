@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -119,32 +117,6 @@ def test_gpu_request_without_gpu_fails_fast(ray_session, tmp_path):
         run_inference(pipeline_config(tmp_path, num_gpus=1), NAME)
     assert time.monotonic() - t0 < 10
     assert _status(tmp_path).pending_posts == 10  # nothing claimed
-
-
-def test_driver_sigkilled_mid_run_then_rerun_finishes_exactly_once(ray_session, tmp_path):
-    posts = make_posts(4000)
-    _enqueue(tmp_path, posts)
-    slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.3}})
-    address = ray_session.get_runtime_context().gcs_address
-    proc = subprocess.Popen(driver_command(slow, address, tmp_path / "cfg.json"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:  # kill once some batches are done and others are leased
-        st = _status(tmp_path)
-        if st.output_rows_unexported + st.output_rows_exported >= 500 and st.processing_posts:
-            break
-        assert time.monotonic() < deadline and proc.poll() is None, "driver never got going"
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert _status(tmp_path).pending_posts + _status(tmp_path).processing_posts > 0
-    time.sleep(slow.queue.lease_seconds + 1)  # the dead run's leases expire; no SQL by hand
-    rerun = run_inference(pipeline_config(tmp_path), NAME)
-    assert rerun.claimed > 0
-    uris = output_uris(tmp_path)
-    assert len(uris) == len(set(uris)) == 4000
-    st = _status(tmp_path)
-    assert st.pending_posts == st.processing_posts == st.dead_posts == 0
 
 
 def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 
@@ -13,9 +12,27 @@ from tests.conftest import make_posts
 NAME = "ml_inference_intergroup"
 
 
+class FakeClock:
+    """Lease time the test moves by hand: no lease can expire because the machine is slow."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = QueueStore(tmp_path, NAME, max_attempts=3)
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = QueueStore(tmp_path, NAME, max_attempts=3, clock=clock)
     yield s
     s.close()
 
@@ -56,32 +73,34 @@ def test_invalid_posts_are_counted_with_reasons(store):
     assert set(res.invalid_by_reason) <= set(REASONS)
 
 
-def test_claim_hands_each_batch_once_and_reaps_expired(store):
+def test_claim_hands_each_batch_once_and_reaps_expired(store, clock):
     store.enqueue(make_posts(300), batch_size=100)
-    first = store.claim(2, lease_seconds=0.2, owner="a")
+    first = store.claim(2, lease_seconds=20, owner="a")
     second = store.claim(5, lease_seconds=60, owner="b")
     assert {b.batch_id for b in first}.isdisjoint({b.batch_id for b in second})
     assert store.claim(5) == []
-    time.sleep(0.3)
+    clock.advance(19.9)
+    assert store.claim(5) == []  # not expired yet
+    clock.advance(0.2)
     again = store.claim(5, owner="c")  # the expired leases are reaped inside claim
     assert sorted(b.batch_id for b in again) == sorted(b.batch_id for b in first)
     assert all(b.attempt == 2 for b in again)
 
 
-def test_extend_keeps_lease_alive(store):
+def test_extend_keeps_lease_alive(store, clock):
     store.enqueue(make_posts(10))
-    [b] = store.claim(1, lease_seconds=0.3)
+    [b] = store.claim(1, lease_seconds=30)
     for _ in range(3):
-        time.sleep(0.15)
-        assert store.extend([(b.batch_id, b.lease_id)], lease_seconds=0.3) == 1
+        clock.advance(20)  # 60 s in all: twice the lease, kept alive by the heartbeat
+        assert store.extend([(b.batch_id, b.lease_id)], lease_seconds=30) == 1
     assert store.claim(1) == []
     assert _ack_all(store, b).accepted
 
 
-def test_complete_is_fenced_by_lease(store):
+def test_complete_is_fenced_by_lease(store, clock):
     store.enqueue(make_posts(10))
-    [b] = store.claim(1, lease_seconds=0.1)
-    time.sleep(0.2)
+    [b] = store.claim(1, lease_seconds=10)
+    clock.advance(11)
     [b2] = store.claim(1)
     assert b2.batch_id == b.batch_id and b2.lease_id != b.lease_id
     stale = _ack_all(store, b, label=0)
@@ -134,11 +153,11 @@ def test_fail_returns_batch_then_buries_it(store):
     assert store.status().dead_posts == 4 and store.status().pending_posts == 0
 
 
-def test_reap_buries_batches_that_keep_losing_their_worker(store):
+def test_reap_buries_batches_that_keep_losing_their_worker(store, clock):
     store.enqueue(make_posts(4))
     for _ in range(3):
-        store.claim(1, lease_seconds=0.01)
-        time.sleep(0.03)
+        store.claim(1, lease_seconds=10)
+        clock.advance(11)
     res = store.reap()
     assert res.dead_lettered_batches == 1
     assert "lease expired on attempt 3" in store.dead_letters()[0].reason

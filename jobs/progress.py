@@ -1,0 +1,86 @@
+"""Live progress for a stage: a bar on a terminal, a plain line every 10 s otherwise.
+
+The figures come from a ``poll()`` callable (the QueueActor's counters during inference, the
+enqueue loop's own counts during enqueue), read on a background thread so the stage itself
+never waits for the display.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Callable, TextIO
+
+from pydantic import BaseModel
+
+PLAIN_EVERY_S = 10.0
+BAR_EVERY_S = 0.5
+
+
+class Figures(BaseModel):
+    done: int = 0
+    failed: int = 0
+    dead: int = 0
+
+
+class Progress:
+    def __init__(self, label: str, total: int | None, poll: Callable[[], Figures],
+                 quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.poll = poll
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._stop = threading.Event()
+        self._bar = None
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "Progress":
+        if not self.quiet:
+            if self.tty:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=self.total, desc=self.label, unit="post",
+                                 file=self.stream, dynamic_ncols=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.quiet:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._show(final=True)
+        if self._bar is not None:
+            self._bar.close()
+
+    def _loop(self) -> None:
+        every = BAR_EVERY_S if self.tty else PLAIN_EVERY_S
+        while not self._stop.wait(every):
+            self._show(final=False)
+
+    def _show(self, final: bool) -> None:
+        try:
+            fig = self.poll()
+        except Exception:  # noqa: BLE001 - a display never fails the stage
+            return
+        if self._bar is not None:
+            self._bar.n = fig.done
+            self._bar.set_postfix(failed=fig.failed, dead=fig.dead, refresh=False)
+            self._bar.refresh()
+            return
+        if final and not fig.done:
+            return
+        print(self.line(fig), file=self.stream, flush=True)
+
+    def line(self, fig: Figures) -> str:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        rate = fig.done / elapsed
+        of = f"/{self.total}" if self.total else ""
+        eta = ""
+        if self.total and rate > 0 and fig.done < self.total:
+            eta = f", ETA {int((self.total - fig.done) / rate)} s"
+        return (f"[{self.label}] {fig.done}{of} posts, {rate:,.0f} posts/s{eta}, "
+                f"failed {fig.failed}, dead-lettered {fig.dead}")
