@@ -51,7 +51,8 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
         carry: list[pa.Table] = []
         carried = 0
         shown = Progress(f"enqueue {name}", files.good_rows, lambda: Figures(
-            done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet)
+            done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet,
+            failed_name="invalid", show_dead=False)
         with shown:
             for batch in iter_posts(files, config.posts.read_batch_rows):
                 carried = _add_batch(store, batch, done, seen, carry, carried, config, summary)

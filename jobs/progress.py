@@ -25,8 +25,11 @@ class Figures(BaseModel):
 
 class Progress:
     def __init__(self, label: str, total: int | None, poll: Callable[[], Figures],
-                 quiet: bool = False, stream: TextIO | None = None) -> None:
+                 quiet: bool = False, stream: TextIO | None = None,
+                 failed_name: str = "failed", show_dead: bool = True) -> None:
         self.label = label
+        self.failed_name = failed_name
+        self.show_dead = show_dead
         self.total = total
         self.poll = poll
         self.stream = stream or sys.stderr
@@ -68,7 +71,10 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.n = fig.done
-            self._bar.set_postfix(failed=fig.failed, dead=fig.dead, refresh=False)
+            extra = {self.failed_name: fig.failed}
+            if self.show_dead:
+                extra["dead"] = fig.dead
+            self._bar.set_postfix(extra, refresh=False)
             self._bar.refresh()
             return
         if final and not fig.done:
@@ -82,5 +88,6 @@ class Progress:
         eta = ""
         if self.total and rate > 0 and fig.done < self.total:
             eta = f", ETA {int((self.total - fig.done) / rate)} s"
+        dead = f", dead-lettered {fig.dead}" if self.show_dead else ""
         return (f"[{self.label}] {fig.done}{of} posts, {rate:,.0f} posts/s{eta}, "
-                f"failed {fig.failed}, dead-lettered {fig.dead}")
+                f"{self.failed_name} {fig.failed}{dead}")

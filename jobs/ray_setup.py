@@ -1,12 +1,13 @@
 """Starting or joining Ray, and the checks that must happen before Ray Data runs."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from jobs.config import BackfillConfig, ConfigError, IntegrationConfig
 
@@ -49,6 +50,9 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
     offline = prefer_offline()
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        # Ray's C++ core prints error-level notes on stderr in normal runs (e.g. about
+        # actor constructor arguments); real failures still reach us as exceptions.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
     if not ray.is_initialized():
@@ -69,7 +73,8 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
                       "are ignored", file=sys.stderr)
         else:
             kwargs.setdefault("include_dashboard", False)
-        ray.init(**kwargs)
+        with contextlib.nullcontext() if verbose else _stderr_silenced():
+            ray.init(**kwargs)
         if not verbose:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         # Ray's own SIGTERM handler exits at once; ours unwinds like Ctrl-C, so the run
@@ -77,6 +82,21 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     return ray
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Ray's C++ logging announces its level on stderr when it starts; a normal run shows
+    only our own lines (a failure to start still raises, with its message)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def interrupt_on_sigterm(signum: int, frame: object) -> None:

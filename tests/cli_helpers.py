@@ -7,6 +7,8 @@ import yaml
 
 from jobs.make_demo_data import write_demo
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def write_config(tmp_path: Path, classifier: dict, posts: Path | None = None,
                  **integ) -> Path:

@@ -132,3 +132,79 @@ def test_skip_bad_files_enqueues_the_rest_and_counts_them(tmp_path, capsys):
     assert summary["enqueued"] > 150
     assert summary["rows_read"] == sum(summary[k] for k in (
         "enqueued", "skipped_done", "skipped_queued", "skipped_duplicate", "rejected_invalid"))
+
+
+def _nothing_created(root):
+    assert not root.exists() or not any(root.iterdir()), list(root.rglob("*"))
+
+
+def test_shipped_ime_config_fails_in_preflight_with_nothing_created(tmp_path, capsys):
+    from tests.cli_helpers import ROOT
+
+    data = tmp_path / "data"
+    line = _err(capsys, ["--config", str(ROOT / "configs" / "ime.yaml"), "--data-dir",
+                         str(data), "-r", "posts", "--add-to-queue", "-i", "i",
+                         "--run-integrations"])
+    assert "'models/ime' is neither a local folder nor in the Hugging Face cache" in line
+    assert "huggingface-cli download" in line
+    assert not data.exists()
+
+
+def test_typo_in_hub_id_fails_in_preflight(tmp_path, capsys):
+    write_posts(tmp_path, 20)
+    cfg = write_config(tmp_path, {"type": "hf_sequence_classification",
+                                  "params": {"model": "distilbert/distilbert-base-uncasd"}})
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                         "--run-integrations"])
+    assert "distilbert-base-uncasd" in line and "Hugging Face cache" in line
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("params,needle", [
+    ({"precision": "fp8"}, "precision must be one of"),
+    ({"quantize": "int4"}, "quantize must be null or 'int8'"),
+    ({"max_length": 0}, "max_length must be a whole number"),
+])
+def test_bad_runtime_params_fail_in_preflight(tmp_path, capsys, params, needle):
+    from tests.cli_helpers import ROOT
+
+    labels = str(ROOT / "configs" / "labels" / "intergroup.yaml")
+    cfg = write_config(tmp_path, {"type": "embedding_prototypes",
+                                  "params": {"labels_file": labels, **params}})
+    assert needle in _err(capsys, ["--config", str(cfg), "-i", "g", "--run-integrations"])
+    assert not (tmp_path / "data").exists()
+
+
+def test_output_dir_that_cannot_be_a_folder(tmp_path, capsys):
+    write_posts(tmp_path, 20)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should go")
+    cfg = write_config(tmp_path, PLUGIN)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["output_dir"] = str(blocker / "out")
+    cfg.write_text(yaml.safe_dump(raw))
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                         "--run-integrations"])
+    assert "output folder" in line and "is a file, not a folder" in line
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.ray
+def test_gpu_asked_on_cpu_machine_fails_before_enqueue(ray_session, tmp_path, capsys):
+    if ray_session.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has a GPU")
+    write_posts(tmp_path, 20)
+    cfg = write_config(tmp_path, PLUGIN, num_gpus=1)
+    line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                         "--run-integrations", "--quiet"])
+    assert "num_gpus=1" in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_admin_verbs_on_a_data_dir_without_a_queue_create_nothing(tmp_path, capsys):
+    cfg = write_config(tmp_path, PLUGIN)
+    assert main(["--config", str(cfg), "--queue-status", "--show-dead", "3",
+                 "--reap-stale"]) == 0
+    out = capsys.readouterr().out
+    assert "no queue at" in out and "nothing enqueued" in out
+    assert not (tmp_path / "data").exists()

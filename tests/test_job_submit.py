@@ -10,13 +10,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-import yaml
 
-from tests.cli_helpers import write_posts
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +44,23 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise TimeoutError(url)
 
 
-def test_ray_job_submit_demo_backfill(tmp_path):
-    posts = write_posts(tmp_path, 300, days=2)
-    data = tmp_path / "data"
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(data), "posts": {"path": str(posts)},
-        "queue": {"batch_size": 100},
-        "integrations": {"ml_inference_intergroup": {
-            "code": "g", "num_cpus": 0.5, "batch_size": 100,
-            "classifier": {"type": "tests.plugins:KeywordClassifier"}}}}))
+def _parquet_uris(data: Path) -> list[str]:
+    return pads.dataset(data / "ml_inference_intergroup", partitioning="hive").to_table(
+        columns=["uri"]).column("uri").to_pylist()
+
+
+def test_demo_config_runs_locally_and_as_a_job_on_a_running_head(tmp_path):
+    """The shipped demo config, copied with its relative paths into another folder, run
+    while a `ray start --head` is up: once as a plain local command (it joins the head, so
+    its ray: block is ignored) and once through `ray job submit --working-dir .` (the job
+    runs in an uploaded copy of the project). Both write where the config says."""
+    from jobs.make_demo_data import write_demo
+
+    project = tmp_path / "study"
+    shutil.copytree(ROOT / "configs", project / "configs")
+    write_demo(project / "demo_data" / "posts", 300, 2, date(2024, 10, 1))
+    config = project / "configs" / "demo.yaml"
+    data = project / "data"  # demo.yaml says ../data
     gcs, dash, agent, grpc, client, metrics, rte = _free_ports(7)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")  # the job's `python`
@@ -71,6 +77,20 @@ def test_ray_job_submit_demo_backfill(tmp_path):
     try:
         address = f"http://127.0.0.1:{dash}"
         _wait_http(f"{address}/api/version", head)
+        from ray._private.services import get_node_ip_address
+
+        local = subprocess.run(
+            [sys.executable, "-m", "jobs.backfill", "--config", str(config), "-r", "posts",
+             "--add-to-queue", "-i", "g", "--run-integrations", "--write-cache", "all"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=400,
+            env=dict(env, RAY_ADDRESS=f"{get_node_ip_address()}:{gcs}",
+                     PYTHONPATH=str(ROOT)))
+        assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+        assert "joining a running Ray cluster" in local.stderr
+        assert "num_cpus" in local.stderr and "object_store_memory" in local.stderr
+        first = _parquet_uris(data)
+        assert len(first) == len(set(first)) > 250
+        shutil.rmtree(data)  # the same work again, this time as a submitted job
         runtime_env = ('{"excludes": [".venv", ".git", "data", "demo_data", "*.egg-info"],'
                        ' "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}')
         job = subprocess.run(
@@ -82,9 +102,9 @@ def test_ray_job_submit_demo_backfill(tmp_path):
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
-        uris = pads.dataset(data / "ml_inference_intergroup", partitioning="hive").to_table(
-            columns=["uri"]).column("uri").to_pylist()
-        assert len(uris) == len(set(uris)) > 250
+        uris = _parquet_uris(data)
+        assert sorted(uris) == sorted(first)
+        assert not (ROOT / "configs" / "data").exists()
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops its cluster on exit
         try:
