@@ -43,11 +43,12 @@ def run_inference(config: BackfillConfig, integration: str,
     data_dir = str(Path(config.data_dir).resolve())
     # Leases name this driver process: if it dies, a rerun on this host reclaims them at once.
     holder = LeaseHolder.this_process(run_id).encode()
-    queue = ray.remote(QueueActor).options(**pinned).remote(
+    queue = ray.remote(QueueActor).options(**pinned, name=f"backfill-queue-{run_id}").remote(
         data_dir, name, config.queue.max_attempts, config.queue.lease_seconds, holder,
         max_records_per_run)
     out_dir = str((config.output_root / name).resolve())
-    writer = ray.remote(WriterActor).options(**pinned, runtime_env=WRITER_ENV).remote(
+    writer = ray.remote(WriterActor).options(**pinned, runtime_env=WRITER_ENV,
+                                             name=f"backfill-writer-{run_id}").remote(
         queue, data_dir, name, out_dir, config.pipeline.export_rows,
         config.pipeline.export_every_seconds)
     finished = False

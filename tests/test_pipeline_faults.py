@@ -162,3 +162,39 @@ def test_same_full_command_twice_at_once_writes_each_post_once(ray_session, tmp_
     assert len(uris) == len(set(uris)) and set(uris) == enqueued
     assert 2900 < len(uris) < 3000  # the demo data's few invalid and repeated posts left out
     print(f"\ntwo full commands at once: rows {len(uris)}, distinct {len(set(uris))}")
+
+
+@pytest.mark.parametrize("role,needle", [("queue", "the QueueActor"),
+                                         ("writer", "the WriterActor")])
+def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
+    import threading
+
+    from jobs.inference import PipelineActorDied
+
+    _enqueue(tmp_path, make_posts(3000), batch_size=250)
+    cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.5}},
+                          batch_size=250)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            run_inference(cfg, NAME)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not _status(tmp_path).processing_posts:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.1)
+    [name] = [a for a in ray_session.util.list_named_actors()
+              if a.startswith(f"backfill-{role}-")]
+    ray_session.kill(ray_session.get_actor(name))
+    thread.join(timeout=180)
+    [exc] = outcome
+    assert isinstance(exc, PipelineActorDied) and needle in str(exc), repr(exc)
+    # nothing lost: every post is labelled, leased (reclaimable) or pending
+    st = _status(tmp_path)
+    assert st.pending_posts + st.processing_posts + st.output_rows_unexported == 3000
