@@ -115,7 +115,11 @@ def salvage(rows: Iterable[tuple[int, str]], schema: pa.Schema | None
 def write_atomic(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    pq.write_table(table, tmp, compression="zstd")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp file is never left behind
+        raise
     os.replace(tmp, path)
 
 

@@ -37,9 +37,11 @@ def output_table(data_dir: Path):
     return pads.dataset(Path(data_dir) / NAME, partitioning="hive").to_table()
 
 
-def driver_command(config: BackfillConfig, ray_address: str, config_path: Path) -> list[str]:
+def driver_command(config: BackfillConfig, ray_address: str, config_path: Path,
+                   max_records: int | None = None) -> list[str]:
     config_path.write_text(config.model_dump_json())
-    return [sys.executable, "-m", "tests.driver_proc", str(config_path), ray_address]
+    budget = [] if max_records is None else [str(max_records)]
+    return [sys.executable, "-m", "tests.driver_proc", str(config_path), ray_address, *budget]
 
 
 def load_config_json(path: str) -> BackfillConfig:

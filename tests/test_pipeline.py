@@ -120,12 +120,17 @@ def test_gpu_request_without_gpu_fails_fast(ray_session, tmp_path):
 
 
 def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
+    """Two drivers on one queue at the same time. Which driver claims which batch depends on
+    start-up timing (one that starts a second earlier may read every batch ahead), so each
+    driver's budget is half the queue: both then must claim and complete work, and the
+    fencing must still keep every post exactly once."""
     posts = make_posts(4000)
     _enqueue(tmp_path, posts, batch_size=250)
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.05}},
                           num_cpus=0.25)
     address = ray_session.get_runtime_context().gcs_address
-    procs = [subprocess.Popen(driver_command(cfg, address, tmp_path / f"cfg{i}.json"),
+    procs = [subprocess.Popen(driver_command(cfg, address, tmp_path / f"cfg{i}.json",
+                                             max_records=2000),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True) for i in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -135,9 +140,12 @@ def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
     assert len(summaries) == 2
     assert sum(s["labelled"] for s in summaries) == 4000
     assert sum(s["claimed_batches"] for s in summaries) == 16
+    assert [s["claimed_batches"] for s in summaries] == [8, 8]  # both did work
+    assert all(s["labelled"] == 2000 and s["stale_completions"] == 0 for s in summaries)
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 4000
-    assert len(set(output_table(tmp_path).column("run_id").to_pylist())) >= 1
+    by_run = Counter(output_table(tmp_path).column("run_id").to_pylist())
+    assert sorted(by_run.values()) == [2000, 2000]  # each driver's rows carry its run id
 
 
 def test_write_cache_alone_exports_and_clears(ray_session, tmp_path):

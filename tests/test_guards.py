@@ -1,0 +1,122 @@
+"""Tests that each guard one promise a planted bug once slipped past (see issue 15):
+heartbeats that really extend leases, parquet that is never visible half-written, a clear
+that spares rows added after the export, and the writer's final export."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+import queue_store.parquet_export as parquet_export
+from jobs.inference import run_inference, write_cache
+from queue_store import QueueStore, export_output
+from tests.conftest import make_posts
+from tests.pipeline_helpers import NAME, PLUGIN, driver_command, output_uris, pipeline_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _labelled(store: QueueStore, n: int, start: int = 0) -> None:
+    store.enqueue(make_posts(n, start=start, days=2), batch_size=n)
+    [b] = store.claim(1)
+    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+
+
+def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeypatch):
+    store = QueueStore(tmp_path, NAME)
+    _labelled(store, 300)
+    real_write = parquet_export.pq.write_table
+
+    def dies_half_way(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1" + b"\0" * 4096)  # some bytes, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(parquet_export.pq, "write_table", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        export_output(store, tmp_path / "out")
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert files == []  # no partial file at the final path, no temp file left
+    monkeypatch.setattr(parquet_export.pq, "write_table", real_write)
+    assert export_output(store, tmp_path / "out").rows == 300  # the export is retried
+    table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
+    assert sorted(table.column("uri").to_pylist()) == sorted(
+        p["uri"] for p in make_posts(300, days=2))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tmp_path,
+                                                                 monkeypatch):
+    """The CLI's write-cache exports, then clears; a batch completed between the two (by a
+    run still going) must stay in the output queue for the next export."""
+    import jobs.inference as inference
+
+    store = QueueStore(tmp_path, NAME)
+    _labelled(store, 100)
+    real_export = inference.export_output
+
+    def export_then_a_late_batch(*args, **kwargs):
+        stats = real_export(*args, **kwargs)
+        _labelled(QueueStore(tmp_path, NAME), 7, start=1000)  # lands after the export
+        return stats
+
+    monkeypatch.setattr(inference, "export_output", export_then_a_late_batch)
+    summary = write_cache(pipeline_config(tmp_path), NAME, clear_queue=True)
+    assert summary.exported_rows == 100
+    st = store.status()
+    assert st.output_rows_exported == 0 and st.output_rows_unexported == 7
+    monkeypatch.setattr(inference, "export_output", real_export)
+    write_cache(pipeline_config(tmp_path), NAME, clear_queue=True)
+    assert len(output_uris(tmp_path)) == 107
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_final_export_writes_what_no_periodic_export_covered(ray_session, tmp_path):
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(1000), batch_size=250)
+    cfg = pipeline_config(tmp_path, batch_size=250)
+    cfg.pipeline.export_rows = 100_000          # larger than the run
+    cfg.pipeline.export_every_seconds = 3600    # and no timed export either
+    summary = run_inference(cfg, NAME)
+    uris = output_uris(tmp_path)
+    assert len(uris) == len(set(uris)) == 1000 and summary.exported_rows == 1000
+    assert store.status().output_rows_unexported == 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session, tmp_path):
+    """One batch takes ~3x lease_seconds to classify. The run holding it must keep it
+    (heartbeat), so a second run polling meanwhile never claims it and the first run's
+    completion is accepted."""
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(100), batch_size=100)
+    slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 10.0}},
+                           batch_size=100)
+    slow.queue.lease_seconds = 3
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen(driver_command(slow, address, tmp_path / "slow.json"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while not store.status().processing_posts:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    poller = pipeline_config(tmp_path, batch_size=100)
+    poller.queue.lease_seconds = 3
+    polls = []
+    while proc.poll() is None:  # keep trying to take the batch until the first run ends
+        polls.append(run_inference(poller, NAME).claimed)
+        time.sleep(1.0)
+    out, _ = proc.communicate()
+    [line] = [x for x in out.splitlines() if x.startswith("SUMMARY ")]
+    import json
+
+    first = json.loads(line[len("SUMMARY "):])
+    assert len(polls) >= 2 and set(polls) == {0}  # the poller never claimed the batch
+    assert first["labelled"] == 100 and first["stale_completions"] == 0
+    uris = output_uris(tmp_path)
+    assert len(uris) == len(set(uris)) == 100
