@@ -10,6 +10,7 @@ BUILTIN = {
     "hf_sequence_classification": "classifiers.hf_sequence:HFSequenceClassifier",
     "embedding_prototypes": "classifiers.embedding_prototypes:EmbeddingPrototypeClassifier",
     "constant": "classifiers.constant:ConstantClassifier",
+    "llm_prompt": "classifiers.llm_prompt:LLMPromptClassifier",
 }
 
 

@@ -45,3 +45,13 @@ def tiny_models(tmp_path_factory):
     from tests.tiny_models import save_tiny_models
 
     return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """A tiny random-weight Qwen2-style causal LM with a BPE tokenizer and a chat template."""
+    from tests.tiny_llm import save_tiny_llm
+
+    root = tmp_path_factory.mktemp("tiny_llm")
+    return {"chat": save_tiny_llm(root / "chat"),
+            "raw": save_tiny_llm(root / "raw", chat=False)}
