@@ -107,9 +107,11 @@ def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session
         time.sleep(0.1)
     poller = pipeline_config(tmp_path, batch_size=100)
     poller.queue.lease_seconds = 3
-    polls = []
+    polls, leased = [], []
     while proc.poll() is None:  # keep trying to take the batch until the first run ends
-        polls.append(run_inference(poller, NAME).claimed)
+        summary = run_inference(poller, NAME)
+        polls.append(summary.claimed)
+        leased.append(summary.leased_elsewhere)
         time.sleep(1.0)
     out, _ = proc.communicate()
     [line] = [x for x in out.splitlines() if x.startswith("SUMMARY ")]
@@ -117,6 +119,7 @@ def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session
 
     first = json.loads(line[len("SUMMARY "):])
     assert len(polls) >= 2 and set(polls) == {0}  # the poller never claimed the batch
+    assert 100 in leased  # and it said the posts are held by another run
     assert first["labelled"] == 100 and first["stale_completions"] == 0
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 100

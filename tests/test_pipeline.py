@@ -94,6 +94,7 @@ def test_max_records_per_run_claims_whole_batches(ray_session, tmp_path):
     _enqueue(tmp_path, make_posts(3000))  # 6 batches of 500
     summary = run_inference(pipeline_config(tmp_path), NAME, max_records_per_run=1400)
     assert summary.claimed == 1000 and summary.claimed_batches == 2
+    assert summary.pending_left == 2000  # reported after the run
     st = _status(tmp_path)
     assert st.pending_posts == 2000 and st.pending_batches == 4 and st.processing_posts == 0
     rest = run_inference(pipeline_config(tmp_path), NAME)
