@@ -20,7 +20,7 @@ from queue_store import codec
 # Columns the writer and the output layout own; a classifier may not overwrite them.
 RESERVED = frozenset({"uri", "text", "preprocessing_timestamp", "was_successfully_labeled",
                       "reason", "label_timestamp", "classifier", "model", "run_id",
-                      "partition_date"})
+                      "config_hash", "partition_date"})
 
 RESULT_SCHEMA = pa.schema([("batch_id", pa.int64()), ("lease_id", pa.string()),
                            ("batch_posts", pa.int64()), ("uri", pa.string()),
@@ -58,7 +58,7 @@ def block_key(batch: pa.Table) -> str:
 
 class ClassifierStage:
     def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
-                 queue: Any = None) -> None:
+                 queue: Any = None, config_hash: str = "") -> None:
         try:
             self.classifier = build_classifier(classifier_type, params)
         except Exception as exc:
@@ -68,7 +68,8 @@ class ClassifierStage:
                 ray.get(queue.report_fatal.remote(f"{type(exc).__name__}: {exc}"[:1000]))
             raise
         self.journal = QueueJournal(queue) if queue is not None else CrashJournal()
-        self.fixed = {**self.classifier.provenance.columns(), "run_id": run_id}
+        self.fixed = {**self.classifier.provenance.columns(), "config_hash": config_hash,
+                      "run_id": run_id}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows

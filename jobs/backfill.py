@@ -70,7 +70,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         from jobs.enqueue_stage import enqueue_posts
 
         for name in integrations:
-            done(enqueue_posts(config, name, files, quiet=args.quiet))
+            done(enqueue_posts(config, name, files, quiet=args.quiet,
+                               relabel=args.relabel_other_versions))
         if files is not None and not files.good and not files.rejected:
             span = f"between {start or 'the first'} and {end or 'the last'} day"
             print(f"enqueue: no posts under {config.posts.path} {span} (check the date "
@@ -93,6 +94,11 @@ def _closing_lines(summaries: list[RunSummary], budget: int | None) -> int:
     """One line per thing left undone, and the exit code that goes with it."""
     dead = 0
     for s in summaries:
+        if s.stage == "enqueue" and s.skipped_other_version:
+            print(f"{s.integration}: {s.skipped_other_version} post(s) were labelled by another "
+                  f"version of this integration's config (this one is config_hash "
+                  f"{s.config_hash}); add --relabel-other-versions to label them again (the "
+                  "old rows stay, told apart by config_hash)", file=sys.stderr)
         if s.stage != "inference":
             continue
         dead += s.dead_lettered + s.export_dead_lettered

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reap-stale", action="store_true", help="expired leases back to pending")
     p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
     p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
+    p.add_argument("--relabel-other-versions", action="store_true",
+                   help="with --add-to-queue: also enqueue posts labelled by another "
+                        "config_hash (their old rows stay, told apart by config_hash)")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="with --add-to-queue: enqueue around unreadable posts files "
                         "(counted in the summary) instead of stopping")
@@ -98,6 +101,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--add-to-queue needs -r posts")
     if (args.add_to_queue or args.run_integrations) and not args.integration:
         raise ConfigError("name the integration(s) with -i (e.g. -i g)")
+    if args.relabel_other_versions and not args.add_to_queue:
+        raise ConfigError("--relabel-other-versions only goes with --add-to-queue")
     if args.clear_queue and not args.write_cache:
         raise ConfigError("--clear-queue only goes with --write-cache NAME|all")
     if args.json and not args.queue_status:

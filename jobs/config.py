@@ -50,6 +50,13 @@ class ClassifierConfig(Strict):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def config_hash(self) -> str:
+        """Names everything that changes this classifier's labels (classifiers/config_hash)."""
+        from classifiers.config_hash import config_hash
+
+        return config_hash(self.type, self.params)
+
 
 class ActorPoolConfig(Strict):
     min: int = Field(1, ge=1)

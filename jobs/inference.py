@@ -37,7 +37,9 @@ def run_inference(config: BackfillConfig, integration: str,
     ray = ensure_ray(config, verbose)
     check_gpus(ray, name, integ)
     run_id = new_run_id(name)
-    summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=now_iso())
+    summary = RunSummary(run_id=run_id, integration=name, stage="inference", started_at=now_iso(),
+                         config_hash=integ.classifier.config_hash,
+                         resolved_config=config.model_dump(mode="json"))
     t0 = time.monotonic()
     pinned = {"num_cpus": 0, "scheduling_strategy": driver_node_strategy(ray)}
     data_dir = str(Path(config.data_dir).resolve())
@@ -172,7 +174,7 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
         ClassifierStage,
         fn_constructor_kwargs={"classifier_type": integ.classifier.type,
                                "params": integ.classifier.params, "run_id": run_id,
-                               "queue": queue},
+                               "queue": queue, "config_hash": integ.classifier.config_hash},
         compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
         batch_size=integ.batch_size, batch_format="pyarrow",
         num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -18,12 +19,15 @@ class RunSummary(BaseModel):
     duration_s: float = 0.0
     model: str = ""
     classifier: str = ""
+    config_hash: str = ""              # names what produced the labels (see README)
     rows_read: int = 0
     skipped_bad_files: int = 0
     enqueued: int = 0
     skipped_done: int = 0
     skipped_queued: int = 0
     skipped_duplicate: int = 0
+    skipped_other_version: int = 0     # labelled by another config_hash: not relabelled
+    relabelled: int = 0                # other-version posts queued again (--relabel-...)
     rejected_invalid: int = 0
     invalid_by_reason: dict[str, int] = Field(default_factory=dict)
     claimed_batches: int = 0
@@ -45,6 +49,7 @@ class RunSummary(BaseModel):
     posts_per_s: float = 0.0
     output_path: str = ""
     label_distribution: dict[str, int] = Field(default_factory=dict)
+    resolved_config: dict[str, Any] = Field(default_factory=dict)  # paths absolute
 
     def finish(self, data_dir: str | Path, t0: float, processed: int,
                output_path: str = "") -> "RunSummary":
@@ -67,7 +72,8 @@ class RunSummary(BaseModel):
 
     def table(self) -> str:
         """A human-readable table of the non-empty figures."""
-        rows = [(k, v) for k, v in self.model_dump().items() if v not in (0, 0.0, "", {}, None)]
+        rows = [(k, v) for k, v in self.model_dump(exclude={"resolved_config"}).items()
+                if v not in (0, 0.0, "", {}, None)]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
         bar = "-" * max(len(line) for line in lines)

@@ -26,6 +26,8 @@ class EnqueueResult(BaseModel):
     enqueued_batches: int = 0
     skipped_done: int = 0      # already labelled (output queue or exported)
     skipped_queued: int = 0    # already in the input queue or dead letters
+    skipped_other_version: int = 0  # labelled (or queued) for another config_hash
+    relabelled: int = 0        # of the enqueued: other-version posts queued again
     invalid: list[InvalidPost] = Field(default_factory=list)
 
     @property

@@ -83,9 +83,11 @@ def _ddl(t: dict[str, str]) -> list[str]:
         # Every uri ever enqueued for this integration, so "is this post new?" is decided
         # inside the enqueue transaction (concurrent enqueues queue each post once).
         # ``done`` is set when the post's labels reach the output queue.
+        # ``version`` is the config_hash the post was (last) enqueued for.
         f"""CREATE TABLE IF NOT EXISTS {t['ledger']} (
             uri TEXT PRIMARY KEY,
-            done INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
+            done INTEGER NOT NULL DEFAULT 0,
+            version TEXT NOT NULL DEFAULT '') WITHOUT ROWID""",
     ]
 
 

@@ -2,8 +2,8 @@
 
 Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
 
-- ``enqueue(posts, metadata=None, batch_size=1000, dedupe=True)`` — validate; queue the posts
-  whose uri the integration has never seen, in rows of <= batch_size.
+- ``enqueue(posts, metadata=None, batch_size=1000, dedupe=True, version="", relabel=False)``
+  — validate; queue the posts whose uri the integration has not seen for this version.
 - ``claim(max_batches=1, lease_seconds=60, owner="")`` — lease pending rows (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
 - ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output, retries, delete.
@@ -21,16 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from queue_store import codec
 from queue_store.admin import AdminVerbs
+from queue_store.enqueueing import EnqueueVerbs
 from queue_store.export_bookkeeping import ExportBookkeeping
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import ClaimedBatch, CompleteResult, EnqueueResult, InvalidPost, ReapResult
+from queue_store.models import ClaimedBatch, CompleteResult, ReapResult
 from queue_store.schema import QueueFileError, connect, file_identity, table_names
-from queue_store.validation import POST_COLUMNS, as_post_table, split_valid
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -39,7 +37,7 @@ def queue_path(data_dir: str | Path, integration: str) -> Path:
     return Path(data_dir) / "queue" / f"{integration}.db"
 
 
-class QueueStore(AdminVerbs, ExportBookkeeping):
+class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
     def __init__(self, data_dir: str | Path, integration: str,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, readonly: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
@@ -70,54 +68,6 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
-
-    # -- producers -------------------------------------------------------------------------
-    def enqueue(self, posts: Any, metadata: Mapping[str, Any] | None = None,
-                batch_size: int = 1000, dedupe: bool = True) -> EnqueueResult:
-        """Validate posts and queue the valid ones in rows of at most ``batch_size`` posts.
-
-        With ``dedupe`` a post whose uri this integration has seen before is skipped (counted
-        as done or queued); the decision and the insert are one transaction, so concurrent
-        enqueues of the same posts queue each once.
-        """
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        valid, invalid = split_valid(as_post_table(posts))
-        result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in invalid])
-        if not valid.num_rows:
-            return result
-        with self._tx() as c:
-            if dedupe:
-                valid = self._only_new(c, valid, result)
-            now = self.clock()
-            rows = []
-            for start in range(0, valid.num_rows, batch_size):
-                chunk = valid.slice(start, batch_size)
-                meta = dict(metadata or {}, batch_size=batch_size,
-                            actual_batch_size=chunk.num_rows)
-                rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, now))
-            c.executemany(f"INSERT INTO {self.tables['input']} "
-                          "(payload, metadata, n_posts, created_at) VALUES (?, ?, ?, ?)", rows)
-        result.enqueued_posts = valid.num_rows
-        result.enqueued_batches = len(rows)
-        return result
-
-    def _only_new(self, c: Any, valid: pa.Table, result: EnqueueResult) -> pa.Table:
-        """Record the uris in the ledger; keep the posts whose uri was not there yet."""
-        ledger = self.tables["ledger"]
-        uris = valid.column("uri").to_pylist()
-        new = [u for (u,) in c.execute(
-            f"INSERT INTO {ledger} (uri) SELECT value FROM json_each(?) WHERE true "
-            "ON CONFLICT DO NOTHING RETURNING uri", (codec.dumps(uris),)).fetchall()]
-        if len(new) == len(uris):
-            return valid
-        keep = pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string()))
-        seen = valid.filter(pc.invert(keep)).column("uri").to_pylist()
-        done = c.execute(f"SELECT COUNT(*) FROM {ledger} WHERE done = 1 AND uri IN "
-                         "(SELECT value FROM json_each(?))", (codec.dumps(seen),)).fetchone()[0]
-        result.skipped_done += done
-        result.skipped_queued += len(seen) - done
-        return valid.filter(keep)
 
     # -- consumers -------------------------------------------------------------------------
     def claim(self, max_batches: int = 1, lease_seconds: float = 60,
@@ -294,11 +244,6 @@ class QueueStore(AdminVerbs, ExportBookkeeping):
                   "source_batch_id, created_at) VALUES (NULL, ?, 0, ?, ?, ?, ?)",
                   (payload, reason, attempt, batch_id, self.clock()))
         c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
-
-
-def _posts_json(chunk: pa.Table) -> str:
-    cols = [chunk.column(c).to_pylist() for c in POST_COLUMNS]
-    return codec.dumps([dict(zip(POST_COLUMNS, vals)) for vals in zip(*cols)])
 
 
 def _output_row(post: dict, columns: Mapping[str, Any] | str) -> str:
