@@ -50,6 +50,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(admin.requeue_dead(config, _names(config, args.integration)), file=out)
     if args.show_dead:
         print(admin.show_dead(config, _names(config, args.integration), args.show_dead), file=out)
+    if args.evaluate:
+        from jobs.evaluation import evaluate
+
+        names = _names(config, args.integration)
+        if len(names) != 1:
+            raise ConfigError("--evaluate needs one integration: add -i CODE")
+        print(evaluate(config, names[0], args.evaluate, args.gold_column,
+                       args.config_hash).text(), file=out)
+    if args.report:
+        from jobs.report import write_report
+
+        for name in _names(config, [args.report]):
+            print(f"report: {write_report(config, name, args.config_hash)}", file=out)
     integrations = _names(config, args.integration) if args.integration else []
     cache_names = _names(config, [args.write_cache]) if args.write_cache else []
     if not (args.add_to_queue or args.run_integrations or args.write_cache):

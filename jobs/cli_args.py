@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relabel-other-versions", action="store_true",
                    help="with --add-to-queue: also enqueue posts labelled by another "
                         "config_hash (their old rows stay, told apart by config_hash)")
+    p.add_argument("--evaluate", metavar="GOLD",
+                   help="labels of -i INTEGRATION against a gold CSV/parquet (uri + label)")
+    p.add_argument("--gold-column", default="label", help="with --evaluate: the gold label column")
+    p.add_argument("--report", metavar="NAME|all",
+                   help="write <data_dir>/reports/<integration>.html about the labels")
+    p.add_argument("--config-hash", metavar="HASH",
+                   help="with --evaluate/--report: that version of the labels (default: latest)")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="with --add-to-queue: enqueue around unreadable posts files "
                         "(counted in the summary) instead of stopping")
@@ -93,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     stages = args.add_to_queue or args.run_integrations or args.write_cache
-    admin = args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
+    admin = (args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
+             or args.evaluate or args.report)
     if not stages and not admin:
         raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
                           "--write-cache or an admin flag such as --queue-status")
@@ -105,5 +113,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--relabel-other-versions only goes with --add-to-queue")
     if args.clear_queue and not args.write_cache:
         raise ConfigError("--clear-queue only goes with --write-cache NAME|all")
+    if args.config_hash and not (args.evaluate or args.report):
+        raise ConfigError("--config-hash only goes with --evaluate or --report")
     if args.json and not args.queue_status:
         raise ConfigError("--json only goes with --queue-status")

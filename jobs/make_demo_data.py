@@ -82,6 +82,32 @@ def write_demo(out: Path, posts: int, days: int, start: date, seed: int = 7) -> 
     return first
 
 
+def write_gold(posts: Path, out: Path, sample: int | None = None, seed: int = 0) -> int:
+    """A gold file for the demo posts, known from how they were made: a post made from a
+    conflict or cooperation template is ``intergroup``, a personal one ``not_intergroup``.
+    Writes ``uri,label`` CSV (a random ``sample`` of them, or all)."""
+    import csv
+
+    import pyarrow.dataset as pads
+
+    rows = {}
+    for r in pads.dataset(posts, partitioning="hive").to_table(
+            columns=["uri", "text"]).to_pylist():
+        text = (r["text"] or "").strip()
+        if len(text) < 5 or text.lower() in ("null", "none", "nan"):
+            continue
+        rows[r["uri"]] = ("not_intergroup" if any(text.startswith(p) for p in PERSONAL)
+                          else "intergroup")
+    uris = sorted(rows)
+    if sample is not None:
+        uris = sorted(random.Random(seed).sample(uris, min(sample, len(uris))))
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["uri", "label"])
+        writer.writerows((u, rows[u]) for u in uris)
+    return len(uris)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posts", type=int, default=5000)
@@ -89,7 +115,14 @@ def main() -> None:
     ap.add_argument("--start", type=date.fromisoformat, default=date(2024, 10, 1))
     ap.add_argument("--out", type=Path, default=Path("demo_data/posts"))
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--gold", type=Path, metavar="CSV",
+                    help="instead: write a gold file (uri,label) for the posts at --out")
+    ap.add_argument("--gold-sample", type=int, help="with --gold: a random sample of N posts")
     args = ap.parse_args()
+    if args.gold:
+        n = write_gold(args.out, args.gold, args.gold_sample)
+        print(f"wrote {n} gold labels for {args.out} to {args.gold}")
+        return
     n = write_demo(args.out, args.posts, max(args.days, 1), args.start, args.seed)
     print(f"wrote {n} posts over {args.days} day(s) to {args.out}")
 

@@ -49,6 +49,12 @@ class AdminVerbs:
                                  "ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [DeadLetter(id=i, uri=u, reason=r, attempt=a) for i, u, r, a in rows]
 
+    def dead_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
+        """The most frequent dead-letter reasons with their counts."""
+        return [(r, n) for r, n in self.conn.execute(
+            f"SELECT reason, COUNT(*) AS n FROM {self.tables['dead']} GROUP BY reason "
+            "ORDER BY n DESC, reason LIMIT ?", (limit,))]
+
     def requeue_dead(self, batch_size: int = 1000) -> int:
         """Move decodable dead posts back to pending with a fresh attempt count."""
         moved = 0

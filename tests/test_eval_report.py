@@ -1,0 +1,105 @@
+"""--evaluate against a gold file with known metrics; --report as a page a browser opens."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from jobs.backfill import main
+from jobs.config import parse_config
+from jobs.evaluation import evaluate
+from jobs.report import write_report
+from queue_store import QueueStore, export_output
+
+NAME = "ml_inference_intergroup"
+PRED = ["a", "a", "a", "a", "b", "b", "b", "b", "a", "b"]
+GOLD = ["a", "a", "a", "b", "b", "b", "b", "a", "a", "a"]
+
+
+def _labelled_output(tmp_path):
+    """Ten posts labelled by version v2 (newer) and, differently, by v1 (older)."""
+    store = QueueStore(tmp_path, NAME)
+    posts = [{"uri": f"u{i}", "text": f"post number {i} text",
+              "preprocessing_timestamp": f"2024-10-0{1 + i % 3}-10:00:00"} for i in range(10)]
+    for version, stamp, labels in (("v1", "2026-01-01T00:00:00+00:00", ["b"] * 10),
+                                   ("v2", "2026-02-01T00:00:00+00:00", PRED)):
+        store.enqueue(posts, version=version, relabel=True)
+        [b] = store.claim(1)
+        store.complete(b.batch_id, b.lease_id, {
+            p["uri"]: {"was_successfully_labeled": True, "reason": None,
+                       "label_timestamp": stamp, "label": lab,
+                       "prob_a": 0.9 if lab == "a" else 0.2,
+                       "prob_b": 0.1 if lab == "a" else 0.8, "config_hash": version}
+            for p, lab in zip(b.posts, labels)}, {})
+    export_output(store, tmp_path / NAME)
+    gold = tmp_path / "gold.csv"
+    gold.write_text("uri,label\n" + "".join(f"u{i},{g}\n" for i, g in enumerate(GOLD))
+                    + "u10,a\nu11,b\n")  # two gold posts not labelled yet
+    return parse_config({"data_dir": str(tmp_path), "integrations": {NAME: {
+        "code": "g", "classifier": {"type": "constant"}}}}), gold
+
+
+def test_evaluation_metrics_are_exact(tmp_path):
+    config, gold = _labelled_output(tmp_path)
+    ev = evaluate(config, NAME, str(gold))
+    assert ev.config_hash == "v2"  # the latest labels by default
+    assert (ev.gold_posts, ev.evaluated, ev.not_labelled) == (12, 10, 2)
+    assert ev.accuracy == pytest.approx(0.7)
+    assert ev.labels == ["a", "b"] and ev.confusion == [[4, 2], [1, 3]]
+    assert ev.per_label["a"].precision == pytest.approx(0.8)
+    assert ev.per_label["a"].recall == pytest.approx(4 / 6)
+    assert ev.per_label["b"].f1 == pytest.approx(2 * 0.6 * 0.75 / 1.35)
+    assert ev.macro_f1 == pytest.approx((2 * 0.8 * (4 / 6) / (0.8 + 4 / 6)
+                                         + 2 * 0.6 * 0.75 / 1.35) / 2)
+    assert ev.cohen_kappa == pytest.approx(0.4)  # (0.7 - 0.5) / (1 - 0.5)
+    saved = json.loads((tmp_path / "reports" / f"{NAME}-eval-v2.json").read_text())
+    assert saved["accuracy"] == pytest.approx(0.7)
+    assert (tmp_path / "reports" / f"{NAME}-eval-v2.png").read_bytes()[:4] == b"\x89PNG"
+    old = evaluate(config, NAME, str(gold), config_hash="v1")
+    assert old.accuracy == pytest.approx(0.4) and old.config_hash == "v1"
+
+
+def test_cli_prints_the_evaluation(tmp_path, capsys):
+    config, gold = _labelled_output(tmp_path)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config.model_dump(mode="json")))
+    assert main(["--config", str(cfg), "-i", "g", "--evaluate", str(gold)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 0.7000" in out and "Cohen's kappa 0.4000" in out and "coverage 83.3%" in out
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.cells, self._in_td = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self._in_td = tag == "td"
+
+    def handle_data(self, data):
+        if self._in_td:
+            self.cells.append(data.strip())
+
+
+def test_report_opens_and_its_numbers_match_the_parquet(tmp_path):
+    import matplotlib.image as mpimg
+
+    config, _ = _labelled_output(tmp_path)
+    path = write_report(config, NAME)
+    page = _Page()
+    page.feed(path.read_text())
+    assert len(page.images) == 3  # label share per day + two probability histograms
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert mpimg.imread(io.BytesIO(png), format="png").shape[2] in (3, 4)
+    cells = page.cells
+    assert cells[cells.index("labelled (this config_hash)") + 1] == "10"
+    assert cells[cells.index("a") + 1] == "5" and cells[cells.index("b") + 1] == "5"
+    assert sum(1 for c in cells if c.startswith("post number")) == 10  # samples per label
