@@ -8,12 +8,14 @@ the run with the original error instead of a generic actor death.
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
 from classifiers.crash_isolation import BlockState, CrashJournal, classify_guarded
+from classifiers.protocol import FatalClassifierError
 from classifiers.registry import build_classifier
 from queue_store import codec
 
@@ -58,24 +60,43 @@ def block_key(batch: pa.Table) -> str:
 
 class ClassifierStage:
     def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
-                 queue: Any = None, config_hash: str = "") -> None:
+                 queue: Any = None, config_hash: str = "",
+                 secrets: dict[str, str] | None = None) -> None:
+        for name, value in (secrets or {}).items():  # e.g. an API key, never logged
+            os.environ.setdefault(name, value)
+        self.queue = queue
         try:
             self.classifier = build_classifier(classifier_type, params)
         except Exception as exc:
-            if queue is not None:
-                import ray
-
-                ray.get(queue.report_fatal.remote(f"{type(exc).__name__}: {exc}"[:1000]))
+            self._fatal(f"classifier {classifier_type!r} could not be built: "
+                        f"{type(exc).__name__}: {exc}")
             raise
         self.journal = QueueJournal(queue) if queue is not None else CrashJournal()
         self.fixed = {**self.classifier.provenance.columns(), "config_hash": config_hash,
                       "run_id": run_id}
 
+    def _fatal(self, message: str) -> None:
+        """Tell the driver the true cause before the dataset is aborted."""
+        if self.queue is not None:
+            import ray
+
+            ray.get(self.queue.report_fatal.remote(message[:1000]))
+
+    def _report_usage(self) -> None:
+        usage = getattr(self.classifier, "usage", None)
+        if self.queue is not None and callable(usage):
+            counts = usage()
+            if counts:
+                self.queue.add_usage.remote(counts)  # not awaited: counters only
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         try:
-            outcomes = classify_guarded(self.classifier, batch.column("text").to_pylist(),
-                                        block_key(batch), self.journal) if n else []
+            try:
+                outcomes = classify_guarded(self.classifier, batch.column("text").to_pylist(),
+                                            block_key(batch), self.journal) if n else []
+            finally:
+                self._report_usage()
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             ok, reasons, cols, labels = [], [], [], []
             for out in outcomes:
@@ -90,6 +111,9 @@ class ClassifierStage:
                 cols.append(codec.dumps({"was_successfully_labeled": True, "reason": None,
                                          "label_timestamp": stamp, **out.labels, **self.fixed})
                             if out.ok else None)
+        except FatalClassifierError as exc:  # fail no post: stop the run, claims handed back
+            self._fatal(str(exc))
+            raise
         except Exception as exc:  # noqa: BLE001 - last line of defence: fail the rows, not the run
             reason = f"stage error: {type(exc).__name__}: {exc}"[:500]
             ok, reasons, cols, labels = [False] * n, [reason] * n, [None] * n, [None] * n

@@ -27,6 +27,7 @@ class QueueActor:
                       "reaped_dead_holder_batches": 0}
         self.journal = CrashJournal()  # outlives the classifier processes (crash_isolation)
         self.fatal: str | None = None
+        self.usage: dict[str, int] = {}  # hosted-model requests and tokens, from the stages
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -75,6 +76,10 @@ class QueueActor:
     def report_fatal(self, message: str) -> None:
         """A classifier could not be built: stop handing out work (the driver reports it)."""
         self.fatal = self.fatal or message
+
+    def add_usage(self, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            self.usage[key] = self.usage.get(key, 0) + int(value)
 
     def release_outstanding(self) -> int:
         """Fenced: every lease this run still holds back to pending (attempt not spent), so a
@@ -129,7 +134,7 @@ class QueueActor:
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:
         return dict(self.stats, in_flight_batches=len(self.outstanding), fatal=self.fatal,
-                    process_deaths=self.journal.deaths)
+                    process_deaths=self.journal.deaths, usage=dict(self.usage))
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()

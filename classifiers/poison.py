@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Sequence
 
+from classifiers.protocol import FatalClassifierError, PostFailure
+
 MAX_REASON_CHARS = 500
 
 
@@ -34,12 +36,15 @@ def _plain(value: Any, column: str) -> Any:
     return value
 
 
-def checked(outputs: Any, n_inputs: int) -> list[dict[str, Any]]:
+def checked(outputs: Any, n_inputs: int) -> list[dict[str, Any] | PostFailure]:
     if not isinstance(outputs, (list, tuple)) or len(outputs) != n_inputs:
         got = len(outputs) if isinstance(outputs, (list, tuple)) else type(outputs).__name__
         raise BadOutput(f"classifier returned {got} results for {n_inputs} inputs")
-    rows = []
+    rows: list[dict[str, Any] | PostFailure] = []
     for out in outputs:
+        if isinstance(out, PostFailure):
+            rows.append(out)
+            continue
         if not isinstance(out, dict):
             raise BadOutput(f"classifier returned {type(out).__name__}, not a dict")
         rows.append({str(k): _plain(v, str(k)) for k, v in out.items()})
@@ -57,6 +62,8 @@ def classify_isolating(classifier: Any, texts: Sequence[str]) -> list[Outcome]:
     def run(idx: list[int]) -> None:
         try:
             rows = checked(classifier.classify([texts[i] for i in idx]), len(idx))
+        except FatalClassifierError:
+            raise  # nothing can succeed: the run stops, no post is failed
         except Exception as exc:  # noqa: BLE001 - any model error is a per-post failure
             if len(idx) == 1:
                 outcomes[idx[0]] = Outcome(None, _reason(exc))
@@ -66,7 +73,8 @@ def classify_isolating(classifier: Any, texts: Sequence[str]) -> list[Outcome]:
             run(idx[mid:])
             return
         for i, row in zip(idx, rows):
-            outcomes[i] = Outcome(row, None)
+            outcomes[i] = (Outcome(None, row.reason[:MAX_REASON_CHARS])
+                           if isinstance(row, PostFailure) else Outcome(row, None))
 
     if texts:
         run(list(range(len(texts))))

@@ -77,10 +77,11 @@ def _split_on_text(template: str) -> tuple[str, str, str]:
 def load_prompt(prompt_file: str | None = None, template: str | None = None,
                 choices: Mapping[Any, str] | None = None,
                 system: str | None = None) -> PromptSpec:
-    """The prompt from ``prompt_file`` or from inline params; ``choices`` given beside a
-    prompt file replace the file's (e.g. answers with a leading space for a raw model)."""
-    if prompt_file and (template or system):
-        raise ValueError("give either prompt_file or template/system, not both")
+    """The prompt from ``prompt_file`` or from inline params; ``choices`` or ``system`` given
+    beside a prompt file replace the file's (e.g. answers with a leading space for a raw
+    model, or a system message asking a hosted model for JSON)."""
+    if prompt_file and template:
+        raise ValueError("give either prompt_file or template, not both")
     if prompt_file:
         path = Path(prompt_file)
         if not path.is_file():
@@ -95,7 +96,8 @@ def load_prompt(prompt_file: str | None = None, template: str | None = None,
         extra = sorted(set(raw) - {"template", "choices", "system", "description"})
         if extra:
             raise ValueError(f"prompt_file {prompt_file}: unknown key(s) {extra}")
-        template, system = raw.get("template"), raw.get("system")
+        template = raw.get("template")
+        system = system or raw.get("system")
         choices = choices or raw.get("choices")
     if not isinstance(template, str) or not template.strip():
         raise ValueError("a prompt needs a template (text with one {text} slot)")

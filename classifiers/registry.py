@@ -11,6 +11,9 @@ BUILTIN = {
     "embedding_prototypes": "classifiers.embedding_prototypes:EmbeddingPrototypeClassifier",
     "constant": "classifiers.constant:ConstantClassifier",
     "llm_prompt": "classifiers.llm_prompt:LLMPromptClassifier",
+    "openai_chat": "classifiers.openai_chat:OpenAIChatClassifier",
+    "perspective_api": "classifiers.perspective_api:PerspectiveClassifier",
+    "vader": "classifiers.vader:VaderClassifier",
 }
 
 

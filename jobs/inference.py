@@ -1,6 +1,7 @@
 """Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,12 @@ def run_inference(config: BackfillConfig, integration: str,
     for key in ("labelled", "failed", "retried", "dead_lettered", "stale_completions"):
         setattr(summary, key, qstats[key])
     summary.process_deaths = qstats["process_deaths"]
+    summary.usage = qstats["usage"]
+    params = integ.classifier.params
+    cost = (summary.usage.get("prompt_tokens", 0) * params.get("cost_per_1k_prompt_tokens", 0)
+            + summary.usage.get("completion_tokens", 0)
+            * params.get("cost_per_1k_completion_tokens", 0)) / 1000
+    summary.estimated_cost = round(cost, 6)
     summary.reaped_dead_holder_batches = qstats["reaped_dead_holder_batches"]
     summary.export_dead_lettered = qstats["export_dead_lettered"]
     summary.pending_left = left["pending_posts"]
@@ -110,6 +117,13 @@ def _run_passes(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue
             return
 
 
+def _secrets(params: dict[str, Any]) -> dict[str, str]:
+    """The API key a hosted-model classifier names by variable, handed to its actors in
+    memory (never in logs, summaries or the config)."""
+    name = params.get("api_key_env")
+    return {name: os.environ[name]} if isinstance(name, str) and name in os.environ else {}
+
+
 def _release_claims(ray: Any, queue: Any) -> None:
     try:
         ray.get(queue.release_outstanding.remote(), timeout=30)
@@ -127,9 +141,7 @@ def _guarded_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, que
     except Exception as exc:
         fatal = _actor_says(ray, queue, "get_stats")
         if isinstance(fatal, dict) and fatal.get("fatal"):
-            raise ClassifierConfigError(
-                f"classifier {integ.classifier.type!r} could not be built: "
-                f"{fatal['fatal']}") from None
+            raise ClassifierConfigError(fatal["fatal"]) from None
         if isinstance(exc, RayActorError) or isinstance(fatal, BaseException):
             raise PipelineActorDied(_which_died(ray, queue, writer, exc)) from None
         raise
@@ -174,7 +186,8 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
         ClassifierStage,
         fn_constructor_kwargs={"classifier_type": integ.classifier.type,
                                "params": integ.classifier.params, "run_id": run_id,
-                               "queue": queue, "config_hash": integ.classifier.config_hash},
+                               "queue": queue, "config_hash": integ.classifier.config_hash,
+                               "secrets": _secrets(integ.classifier.params)},
         compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
         batch_size=integ.batch_size, batch_format="pyarrow",
         num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)

@@ -40,6 +40,8 @@ class RunSummary(BaseModel):
     process_deaths: int = 0            # classifier processes killed by a post (isolated)
     reaped_dead_holder_batches: int = 0  # claims of a dead run taken back at start
     export_dead_lettered: int = 0      # output rows that could not be exported
+    usage: dict[str, int] = Field(default_factory=dict)  # hosted models: requests, tokens
+    estimated_cost: float = 0.0        # from cost_per_1k_*_tokens, when given
     pending_left: int = 0              # still pending after this run (budget, another run)
     leased_elsewhere: int = 0          # held by another (live or remote) run
     leases_expire_in_s: float = 0.0

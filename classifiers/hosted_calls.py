@@ -1,0 +1,202 @@
+"""Calling a hosted model from a (synchronous) classifier: concurrency, budgets, retries.
+
+Each hosted classifier owns one ``HostedCaller``: an asyncio loop on a background thread with
+one ``aiohttp`` session, so ``classify`` (called synchronously by the pipeline's actor) runs up
+to ``max_concurrency`` requests at once without touching any other event loop. Budgets are
+leaky buckets (``aiolimiter``) sized so that no burst exceeds them: requests per minute or per
+second, and tokens per minute (estimated before the request). Retries (``tenacity``):
+exponential backoff with jitter, or the server's ``Retry-After``, on 429, 5xx, timeouts and
+connection errors, up to ``max_retries``; any other 4xx fails that post only; 401/403 raise
+``FatalClassifierError`` — the run stops, no post is failed.
+
+Error texts never hold the request URL (a Perspective key travels in it) or any header.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from typing import Any, Awaitable, Callable, Sequence
+from urllib.parse import urlparse
+
+from classifiers.protocol import FatalClassifierError
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestFailed(Exception):
+    """This request will not succeed (a 4xx, or retries used up): its post fails."""
+
+
+def api_key(env_name: str, what: str) -> str:
+    """The key from the environment; a missing one is a config error naming the variable."""
+    value = os.environ.get(env_name, "")
+    if not value:
+        raise ValueError(f"{what} needs an API key in the environment variable {env_name}; "
+                         f"export {env_name}=... (the key never goes in the config)")
+    return value
+
+
+def check_url(url: str, name: str = "base_url") -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"{name} {url!r} is not an http(s) URL")
+    return url.rstrip("/")
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+class HostedCaller:
+    def __init__(self, max_concurrency: int = 16, requests_per_minute: float | None = None,
+                 requests_per_second: float | None = None,
+                 tokens_per_minute: float | None = None, max_retries: int = 5,
+                 timeout_s: float = 30.0, key_env: str = "the API key variable") -> None:
+        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0")
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.key_env = key_env
+        self.stats = {"requests_ok": 0, "requests_retried": 0, "requests_failed": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0}
+        self._reported = dict(self.stats)
+        self._lock = threading.Lock()
+        self._rates = (requests_per_minute, requests_per_second, tokens_per_minute)
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._setup = self._submit(self._open())
+
+    async def _open(self) -> None:
+        import aiohttp
+        from aiolimiter import AsyncLimiter
+
+        rpm, rps, tpm = self._rates
+        # One request per interval: a bucket of one never bursts above the budget.
+        per_request = 60.0 / rpm if rpm else (1.0 / rps if rps else None)
+        self._requests = AsyncLimiter(1, per_request) if per_request else None
+        self._tokens = AsyncLimiter(tpm / 60.0, 1.0) if tpm else None
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+
+    def _submit(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def map(self, fn: Callable[[Any], Awaitable[Any]], items: Sequence[Any]) -> list[Any]:
+        """Run ``fn`` on every item concurrently; exceptions come back in the item's place
+        (a ``FatalClassifierError`` is raised instead)."""
+        import aiohttp
+
+        async def all_of() -> list[Any]:
+            # One session per call: pooled connections within it, nothing left open after.
+            connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+            async with aiohttp.ClientSession(timeout=self._timeout,
+                                             connector=connector) as self._session:
+                return await asyncio.gather(*(fn(x) for x in items), return_exceptions=True)
+
+        results = self._submit(all_of())
+        for r in results:
+            if isinstance(r, FatalClassifierError):
+                raise r
+        return results
+
+    async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str],
+                        tokens: int = 0, what: str = "request") -> dict[str, Any]:
+        """POST with budgets and retries; the decoded JSON body of a 2xx answer."""
+        from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
+                              wait_exponential_jitter)
+
+        backoff = wait_exponential_jitter(max=30.0, jitter=0.5)  # 1, 2, 4 ... s + jitter
+
+        def wait(state: Any) -> float:
+            exc = state.outcome.exception()
+            hinted = getattr(exc, "retry_after", None)
+            return hinted if hinted is not None else backoff(state)
+
+        try:
+            async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(RetryableError), wait=wait,
+                    stop=stop_after_attempt(self.max_retries + 1), reraise=True):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self._count("requests_retried")
+                    return await self._post_once(url, payload, headers, tokens, what)
+        except RetryableError as exc:
+            self._count("requests_failed")
+            raise RequestFailed(f"{what} failed after {self.max_retries} retries: {exc}") \
+                from None
+        except RequestFailed:
+            self._count("requests_failed")
+            raise
+        raise AssertionError("unreachable")
+
+    async def _post_once(self, url: str, payload: dict[str, Any], headers: dict[str, str],
+                         tokens: int, what: str) -> dict[str, Any]:
+        import aiohttp
+
+        async with self._slots:
+            if self._tokens is not None and tokens:
+                await self._tokens.acquire(min(float(tokens), self._tokens.max_rate))
+            if self._requests is not None:
+                await self._requests.acquire()
+            try:
+                async with self._session.post(url, json=payload, headers=headers) as resp:
+                    body = await resp.text()
+                    status = resp.status
+                    hint = _retry_after(resp.headers.get("Retry-After"))
+            except asyncio.TimeoutError:
+                raise RetryableError(f"{what} timed out after {self.timeout_s:g} s") from None
+            except aiohttp.ClientError as exc:
+                raise RetryableError(f"{what}: connection error ({type(exc).__name__})") \
+                    from None
+        if status in (401, 403):
+            raise FatalClassifierError(
+                f"the hosted model refused the API key (HTTP {status}); check the environment "
+                f"variable {self.key_env} (and that the key may use this model)")
+        if status in RETRY_STATUS:
+            raise RetryableError(f"{what}: HTTP {status}", hint)
+        if status >= 400:
+            raise RequestFailed(f"{what}: HTTP {status}: {body[:200]}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RequestFailed(f"{what}: the answer is not JSON: {body[:200]!r}") from None
+        self._count("requests_ok")
+        return data
+
+    def close(self) -> None:
+        """Stop the loop's thread (also done when the classifier goes away)."""
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def add_tokens(self, prompt: int, completion: int) -> None:
+        self._count("prompt_tokens", prompt)
+        self._count("completion_tokens", completion)
+
+    def usage(self) -> dict[str, int]:
+        """Counters since the last call."""
+        with self._lock:
+            delta = {k: v - self._reported[k] for k, v in self.stats.items()}
+            self._reported = dict(self.stats)
+        return {k: v for k, v in delta.items() if v}

@@ -1,0 +1,131 @@
+"""A real HTTP server on 127.0.0.1 (aiohttp, in a thread) that plays a hosted model.
+
+``/v1/chat/completions`` (OpenAI-compatible) and ``/v1alpha1/comments:analyze`` (Perspective)
+answer by markers in the post text, so a test scripts failures per post:
+``RATE429`` (429 with Retry-After once), ``ERR500`` (500 twice), ``SLOW`` (slower than the
+client's timeout once), ``BADJSON`` (malformed answer, always), ``OUTOFSET`` (a label outside
+the choices, always). ``unauthorized=True`` answers 401 to everything. Every request's time
+is recorded so a test can check the rate the server saw.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+
+KEY = "sk-test-SECRET-0123456789abcdef"
+
+
+class FakeHosted:
+    def __init__(self, latency_s: float = 0.0, slow_s: float = 3.0,
+                 unauthorized: bool = False) -> None:
+        self.latency_s = latency_s
+        self.slow_s = slow_s
+        self.unauthorized = unauthorized
+        self.seen: Counter = Counter()
+        self.times: list[float] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "FakeHosted":
+        self._thread.start()
+        assert self._ready.wait(30), "fake server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def perspective_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1alpha1"
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1alpha1/comments:analyze", self._analyze)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    async def _scripted(self, text: str):
+        """A failure response for this request, or None to answer normally."""
+        from aiohttp import web
+
+        self.times.append(time.monotonic())
+        self.seen[text] += 1
+        n = self.seen[text]
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if self.unauthorized:
+            return web.json_response({"error": {"message": "invalid key"}}, status=401)
+        if "RATE429" in text and n == 1:
+            return web.json_response({"error": "slow down"}, status=429,
+                                     headers={"Retry-After": "1"})
+        if "ERR500" in text and n <= 2:
+            return web.json_response({"error": "boom"}, status=500)
+        if "SLOW" in text and n == 1:
+            await asyncio.sleep(self.slow_s)
+        return None
+
+    async def _chat(self, request):
+        from aiohttp import web
+
+        if request.headers.get("Authorization") != f"Bearer {KEY}":
+            return web.json_response({"error": "bad key"}, status=401)
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        failed = await self._scripted(text)
+        if failed is not None:
+            return failed
+        if "BADJSON" in text:
+            answer = "label: one, I think"
+        elif "OUTOFSET" in text:
+            answer = json.dumps({"label": 7})
+        elif "fields" in body.get("metadata", {}) or "sociopolitical" in text.lower():
+            post = text.split("Post:")[-1]
+            answer = json.dumps({"is_sociopolitical": int("vote" in post),
+                                 "political_ideology_label": "left" if "vote" in post
+                                 else "unclear"})
+        else:  # the post is what follows "Post:" in the prompt
+            answer = json.dumps({"label": int("group" in text.split("Post:")[-1])})
+        return web.json_response({
+            "id": "x", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": 3}})
+
+    async def _analyze(self, request):
+        from aiohttp import web
+
+        if request.query.get("key") != KEY:
+            return web.json_response({"error": "bad key"}, status=403)
+        body = await request.json()
+        text = body["comment"]["text"]
+        failed = await self._scripted(text)
+        if failed is not None:
+            return failed
+        if "BADJSON" in text:
+            return web.Response(text="{not json", content_type="application/json")
+        score = (len(text) % 10) / 10
+        return web.json_response({"attributeScores": {
+            a: {"summaryScore": {"value": score, "type": "PROBABILITY"}}
+            for a in body["requestedAttributes"]}, "languages": body["languages"]})
