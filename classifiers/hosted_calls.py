@@ -14,11 +14,13 @@ Error texts never hold the request URL (a Perspective key travels in it) or any 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import random
 import threading
 from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import urlparse
+
+import orjson
 
 from classifiers.protocol import FatalClassifierError
 
@@ -114,9 +116,29 @@ class HostedCaller:
     async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str],
                         tokens: int = 0, what: str = "request") -> dict[str, Any]:
         """POST with budgets and retries; the decoded JSON body of a 2xx answer."""
+        body = orjson.dumps(payload)
+        headers = {**headers, "Content-Type": "application/json"}
+        try:  # the common case costs one attempt and no retry machinery
+            return await self._post_once(url, body, headers, tokens, what)
+        except RetryableError as first:
+            self._count("requests_retried")
+            retry_after = first.retry_after
+        except RequestFailed:
+            self._count("requests_failed")
+            raise
+        if self.max_retries == 0:
+            self._count("requests_failed")
+            raise RequestFailed(f"{what} failed and max_retries is 0")
+        return await self._retry(url, body, headers, tokens, what, retry_after)
+
+    async def _retry(self, url: str, body: bytes, headers: dict[str, str], tokens: int,
+                     what: str, retry_after: float | None) -> dict[str, Any]:
         from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
                               wait_exponential_jitter)
 
+        # First retry: the server's Retry-After, or a short jittered pause; then tenacity's
+        # exponential backoff with jitter (or Retry-After) between the further ones.
+        await asyncio.sleep(retry_after if retry_after is not None else random.uniform(0.5, 1.0))
         backoff = wait_exponential_jitter(max=30.0, jitter=0.5)  # 1, 2, 4 ... s + jitter
 
         def wait(state: Any) -> float:
@@ -127,11 +149,11 @@ class HostedCaller:
         try:
             async for attempt in AsyncRetrying(
                     retry=retry_if_exception_type(RetryableError), wait=wait,
-                    stop=stop_after_attempt(self.max_retries + 1), reraise=True):
+                    stop=stop_after_attempt(self.max_retries), reraise=True):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self._count("requests_retried")
-                    return await self._post_once(url, payload, headers, tokens, what)
+                    return await self._post_once(url, body, headers, tokens, what)
         except RetryableError as exc:
             self._count("requests_failed")
             raise RequestFailed(f"{what} failed after {self.max_retries} retries: {exc}") \
@@ -141,7 +163,7 @@ class HostedCaller:
             raise
         raise AssertionError("unreachable")
 
-    async def _post_once(self, url: str, payload: dict[str, Any], headers: dict[str, str],
+    async def _post_once(self, url: str, body: bytes, headers: dict[str, str],
                          tokens: int, what: str) -> dict[str, Any]:
         import aiohttp
 
@@ -151,8 +173,8 @@ class HostedCaller:
             if self._requests is not None:
                 await self._requests.acquire()
             try:
-                async with self._session.post(url, json=payload, headers=headers) as resp:
-                    body = await resp.text()
+                async with self._session.post(url, data=body, headers=headers) as resp:
+                    answer = await resp.read()
                     status = resp.status
                     hint = _retry_after(resp.headers.get("Retry-After"))
             except asyncio.TimeoutError:
@@ -167,11 +189,13 @@ class HostedCaller:
         if status in RETRY_STATUS:
             raise RetryableError(f"{what}: HTTP {status}", hint)
         if status >= 400:
-            raise RequestFailed(f"{what}: HTTP {status}: {body[:200]}")
+            raise RequestFailed(f"{what}: HTTP {status}: "
+                                f"{answer[:200].decode(errors='replace')}")
         try:
-            data = json.loads(body)
-        except ValueError:
-            raise RequestFailed(f"{what}: the answer is not JSON: {body[:200]!r}") from None
+            data = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            raise RequestFailed(f"{what}: the answer is not JSON: "
+                                f"{answer[:200].decode(errors='replace')!r}") from None
         self._count("requests_ok")
         return data
 

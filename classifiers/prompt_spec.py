@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 
 class PromptSpec(BaseModel):
@@ -28,22 +28,23 @@ class PromptSpec(BaseModel):
     template: str
     choices: dict[Any, str]
     system: str | None = None
+    _parts: tuple[str, str] = PrivateAttr()
+
+    def model_post_init(self, __context: Any) -> None:
+        head, _, tail = _split_on_text(self.template)  # once: render runs per post
+        self._parts = (_unescape(head), _unescape(tail))
 
     @property
     def prefix(self) -> str:
         """The template before ``{text}`` (shared by every post), braces unescaped."""
-        return _unescape(self._parts()[0])
+        return self._parts[0]
 
     @property
     def suffix(self) -> str:
-        return _unescape(self._parts()[1])
+        return self._parts[1]
 
     def render(self, text: str) -> str:
-        return self.prefix + text + self.suffix
-
-    def _parts(self) -> tuple[str, str]:
-        head, _, tail = _split_on_text(self.template)
-        return head, tail
+        return self._parts[0] + text + self._parts[1]
 
 
 def _unescape(part: str) -> str:

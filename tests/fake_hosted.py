@@ -129,3 +129,11 @@ class FakeHosted:
         return web.json_response({"attributeScores": {
             a: {"summaryScore": {"value": score, "type": "PROBABILITY"}}
             for a in body["requestedAttributes"]}, "languages": body["languages"]})
+
+
+if __name__ == "__main__":  # a server in its own process (benchmarks): prints its port
+    import sys
+
+    with FakeHosted(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as srv:
+        print(srv.port, flush=True)
+        sys.stdin.read()  # until the parent closes our stdin
