@@ -24,7 +24,7 @@ class QueueActor:
         self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
                       "retried": 0, "dead_lettered": 0, "stale_completions": 0,
                       "heartbeats": 0, "export_dead_lettered": 0,
-                      "reaped_dead_holder_batches": 0}
+                      "reaped_dead_holder_batches": 0, "undecodable_rows": 0}
         self.journal = CrashJournal()  # outlives the classifier processes (crash_isolation)
         self.fatal: str | None = None
         self.usage: dict[str, int] = {}  # hosted-model requests and tokens, from the stages
@@ -41,15 +41,24 @@ class QueueActor:
         list means nothing is claimable now (stop)."""
         if self.budget_used() or self.fatal:
             return []
-        batches = self.store.claim(max_batches, self.lease_seconds, self.owner)
+        batches = self.store.claim(max_batches, self.lease_seconds, self.owner, decode=False)
         if self.max_records is not None:
             batches = self._trim_to_budget(batches)
         with self._lock:
             for b in batches:
                 self.outstanding[b.batch_id] = b.lease_id
         self.stats["claimed_batches"] += len(batches)
-        self.stats["claimed_posts"] += sum(len(b.posts) for b in batches)
+        self.stats["claimed_posts"] += sum(b.n_posts for b in batches)
         return [(b.batch_id, b.lease_id, b.payload) for b in batches]
+
+    def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
+        """A read task could not decode a claimed row: dead letters (fenced by the lease)."""
+        with self._lock:
+            if self.outstanding.get(batch_id) == lease_id:
+                del self.outstanding[batch_id]
+        buried = self.store.bury_undecodable(batch_id, lease_id, reason)
+        self.stats["undecodable_rows"] += int(buried)
+        return buried
 
     def budget_used(self) -> bool:
         return self.max_records is not None and self.stats["claimed_posts"] >= self.max_records
@@ -92,11 +101,11 @@ class QueueActor:
         """Whole batches only, never past max_records (a first batch above it still runs)."""
         kept, total = [], self.stats["claimed_posts"]
         for b in batches:
-            if total > 0 and total + len(b.posts) > self.max_records:
+            if total > 0 and total + b.n_posts > self.max_records:
                 self.store.release(b.batch_id, b.lease_id)
                 continue
             kept.append(b)
-            total += len(b.posts)
+            total += b.n_posts
         if len(kept) < len(batches):
             self.max_records = total  # budget used up: later calls report done
         return kept

@@ -24,11 +24,20 @@ BATCH_SCHEMA = pa.schema([("uri", pa.string()), ("text", pa.string()),
                           ("batch_posts", pa.int64())])
 
 
-def batches_to_table(batches: list[tuple[int, str, str]]) -> pa.Table:
-    """``(batch_id, lease_id, posts JSON)`` claims → one row per post."""
+def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> pa.Table:
+    """``(batch_id, lease_id, posts JSON)`` claims → one row per post. The queue actor hands
+    payloads on undecoded: this is where each post is decoded, once; a row that cannot be
+    decoded goes to dead letters through one fenced call."""
     uris, texts, ids, leases, sizes = [], [], [], [], []
     for batch_id, lease_id, payload in batches:
-        posts = codec.loads_posts(payload)  # the queue decoded it once already: it is sound
+        try:
+            posts = codec.loads_posts(payload)
+        except codec.PayloadError as exc:
+            if queue is not None:
+                import ray
+
+                ray.get(queue.bury_undecodable.remote(batch_id, lease_id, str(exc)))
+            continue
         n = len(posts)
         uris.extend(p["uri"] for p in posts)
         texts.extend(p["text"] for p in posts)
@@ -42,7 +51,7 @@ def pull_from_queue(queue: Any, batches_per_claim: int) -> Iterator[pa.Table]:
     import ray
 
     while batches := ray.get(queue.next_batches.remote(batches_per_claim)):
-        yield batches_to_table(batches)
+        yield batches_to_table(batches, queue)
 
 
 class QueueDatasource(Datasource):

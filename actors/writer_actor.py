@@ -80,7 +80,13 @@ class WriterActor:
         self.provenance: dict[str, str] = {}
         self.label_counts: dict[str, int] = {}
 
-    def consume(self, table: pa.Table) -> None:
+    def consume(self, table: pa.Table, span: tuple[int, int] | None = None) -> None:
+        """One result block (resolved from its object ref by Ray, in this process); ``span``
+        is the part of it that belongs to this delivery."""
+        if span is not None:
+            table = table.slice(span[0], span[1] - span[0])
+        if not table.num_rows:
+            return
         self._tally(table)
         cols = {name: table.column(name).to_pylist()
                 for name in ("batch_id", "lease_id", "batch_posts", "uri", "ok", "reason",

@@ -191,12 +191,16 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
         compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
         batch_size=integ.batch_size, batch_format="pyarrow",
         num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)
+    # Result blocks go to the writer by reference: the writer's process fetches them from
+    # the object store, the driver never deserialises (or even holds) a result row.
     in_flight: list[Any] = []
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        in_flight.append(writer.consume.remote(block))
-        if len(in_flight) >= pipe.writer_max_in_flight:
-            done, in_flight = ray.wait(in_flight, num_returns=1)
-            ray.get(done)
+    for bundle in ds.iter_internal_ref_bundles():
+        for entry, part in zip(bundle.blocks, bundle.slices):
+            span = None if part is None else (part.start_offset, part.end_offset)
+            in_flight.append(writer.consume.remote(entry.ref, span))
+            if len(in_flight) >= pipe.writer_max_in_flight:
+                done, in_flight = ray.wait(in_flight, num_returns=1)
+                ray.get(done)
     ray.get(in_flight)
 
 

@@ -47,6 +47,7 @@ class ClaimedBatch(BaseModel):
     posts: list[dict[str, Any]]
     metadata: dict[str, Any]
     payload: str = Field("", repr=False)  # the posts as stored (JSON), to forward undecoded
+    n_posts: int = 0
 
 
 class CompleteResult(BaseModel):

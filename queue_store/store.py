@@ -70,9 +70,14 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
         self.conn.execute("COMMIT")
 
     # -- consumers -------------------------------------------------------------------------
-    def claim(self, max_batches: int = 1, lease_seconds: float = 60,
-              owner: str = "") -> list[ClaimedBatch]:
-        """Lease up to ``max_batches`` pending rows; undecodable rows go to dead letters."""
+    def claim(self, max_batches: int = 1, lease_seconds: float = 60, owner: str = "",
+              decode: bool = True) -> list[ClaimedBatch]:
+        """Lease up to ``max_batches`` pending rows; undecodable rows go to dead letters.
+
+        ``decode=False`` hands out the stored payload and ``n_posts`` undecoded (``posts`` is
+        empty): the pipeline decodes in its read tasks, off the serial queue actor, and buries
+        a row it cannot decode with ``bury_undecodable``.
+        """
         now = self.clock()
         lease_id = uuid.uuid4().hex
         claimed: list[ClaimedBatch] = []
@@ -83,9 +88,14 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                 f"UPDATE {t} SET status = 'processing', lease_id = ?, lease_owner = ?, "
                 "lease_expires = ?, attempt = attempt + 1 "
                 f"WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' ORDER BY id LIMIT ?) "
-                "RETURNING id, payload, metadata, attempt",
+                "RETURNING id, payload, metadata, attempt, n_posts",
                 (lease_id, owner, now + lease_seconds, max_batches)).fetchall()
-            for batch_id, payload, metadata, attempt in sorted(rows):
+            for batch_id, payload, metadata, attempt, n_posts in sorted(rows):
+                if not decode:
+                    claimed.append(ClaimedBatch.model_construct(
+                        batch_id=batch_id, lease_id=lease_id, attempt=attempt, posts=[],
+                        metadata={}, payload=payload, n_posts=n_posts))
+                    continue
                 try:
                     posts = codec.loads_posts(payload)
                     meta = codec.loads(metadata)
@@ -97,8 +107,19 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                 # Shapes were checked while decoding: skip pydantic's per-post re-validation.
                 claimed.append(ClaimedBatch.model_construct(
                     batch_id=batch_id, lease_id=lease_id, attempt=attempt, posts=posts,
-                    metadata=meta, payload=payload))
+                    metadata=meta, payload=payload, n_posts=len(posts)))
         return claimed
+
+    def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
+        """Fenced: a claimed row whose payload cannot be decoded goes to dead letters."""
+        t = self.tables["input"]
+        with self._tx() as c:
+            row = c.execute(f"SELECT payload, attempt FROM {t} WHERE id = ? AND lease_id = ? "
+                            "AND status = 'processing'", (batch_id, lease_id)).fetchone()
+            if row is None:
+                return False
+            self._dead_letter_raw(c, batch_id, row[0], reason, row[1])
+        return True
 
     def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float = 60) -> int:
         """Push the expiry of each (batch_id, lease_id) still held; returns how many were."""

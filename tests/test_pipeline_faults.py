@@ -198,3 +198,18 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
     # nothing lost: every post is labelled, leased (reclaimable) or pending
     st = _status(tmp_path)
     assert st.pending_posts + st.processing_posts + st.output_rows_unexported == 3000
+
+
+def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(ray_session, tmp_path):
+    """The queue actor hands payloads on undecoded; the read task that cannot decode one
+    buries it (fenced) and the rest of the run goes on."""
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(1000), batch_size=250)
+    t = store.tables["input"]
+    [(bad_id,)] = store.conn.execute(f"SELECT id FROM {t} ORDER BY id LIMIT 1 OFFSET 2")
+    store.conn.execute(f"UPDATE {t} SET payload = ? WHERE id = ?", ('[{"uri": "x", "te', bad_id))
+    summary = run_inference(pipeline_config(tmp_path, batch_size=250), NAME)
+    uris = output_uris(tmp_path)
+    assert len(uris) == len(set(uris)) == 750 and summary.labelled == 750
+    st = _status(tmp_path)
+    assert st.dead_undecodable_rows == 1 and st.pending_posts == st.processing_posts == 0
