@@ -2,8 +2,8 @@
 
 No exception may escape ``__call__`` (it would abort the whole dataset): posts that fail are
 isolated by bisection and come out as failure rows carrying their reason; posts that kill the
-process are found through the QueueActor's journal (``classifiers/crash_isolation.py``).
-A classifier that cannot be built at all is reported to the QueueActor, so the driver stops
+process are found through the StageMonitor's journal (``classifiers/crash_isolation.py``).
+A classifier that cannot be built at all is reported to the StageMonitor, so the driver stops
 the run with the original error instead of a generic actor death.
 """
 from __future__ import annotations
@@ -30,25 +30,25 @@ RESULT_SCHEMA = pa.schema([("batch_id", pa.int64()), ("lease_id", pa.string()),
                            ("columns_json", pa.string()), ("label", pa.string())])
 
 
-class QueueJournal:
-    """The crash journal kept by the QueueActor: begin/set_active are awaited (they must
+class MonitorJournal:
+    """The crash journal kept by the StageMonitor: begin/set_active are awaited (they must
     be recorded before the posts run), end is not."""
 
-    def __init__(self, queue: Any) -> None:
-        self.queue = queue
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
 
     def begin(self, key: str, n_posts: int) -> BlockState | None:
         import ray
 
-        return ray.get(self.queue.journal_begin.remote(key, n_posts))
+        return ray.get(self.monitor.journal_begin.remote(key, n_posts))
 
     def set_active(self, key: str, posts: list[int]) -> None:
         import ray
 
-        ray.get(self.queue.journal_set_active.remote(key, posts))
+        ray.get(self.monitor.journal_set_active.remote(key, posts))
 
     def end(self, key: str) -> None:
-        self.queue.journal_end.remote(key)
+        self.monitor.journal_end.remote(key)
 
 
 def block_key(batch: pa.Table) -> str:
@@ -60,34 +60,34 @@ def block_key(batch: pa.Table) -> str:
 
 class ClassifierStage:
     def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
-                 queue: Any = None, config_hash: str = "",
+                 monitor: Any = None, config_hash: str = "",
                  secrets: dict[str, str] | None = None) -> None:
         for name, value in (secrets or {}).items():  # e.g. an API key, never logged
             os.environ.setdefault(name, value)
-        self.queue = queue
+        self.monitor = monitor
         try:
             self.classifier = build_classifier(classifier_type, params)
         except Exception as exc:
             self._fatal(f"classifier {classifier_type!r} could not be built: "
                         f"{type(exc).__name__}: {exc}")
             raise
-        self.journal = QueueJournal(queue) if queue is not None else CrashJournal()
+        self.journal = MonitorJournal(monitor) if monitor is not None else CrashJournal()
         self.fixed = {**self.classifier.provenance.columns(), "config_hash": config_hash,
                       "run_id": run_id}
 
     def _fatal(self, message: str) -> None:
         """Tell the driver the true cause before the dataset is aborted."""
-        if self.queue is not None:
+        if self.monitor is not None:
             import ray
 
-            ray.get(self.queue.report_fatal.remote(message[:1000]))
+            ray.get(self.monitor.report_fatal.remote(message[:1000]))
 
     def _report_usage(self) -> None:
         usage = getattr(self.classifier, "usage", None)
-        if self.queue is not None and callable(usage):
+        if self.monitor is not None and callable(usage):
             counts = usage()
             if counts:
-                self.queue.add_usage.remote(counts)  # not awaited: counters only
+                self.monitor.add_usage.remote(counts)  # not awaited: counters only
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from classifiers.crash_isolation import BlockState, CrashJournal
 from queue_store import QueueStore
 
 
@@ -25,9 +24,6 @@ class QueueActor:
                       "retried": 0, "dead_lettered": 0, "stale_completions": 0,
                       "heartbeats": 0, "export_dead_lettered": 0,
                       "reaped_dead_holder_batches": 0, "undecodable_rows": 0}
-        self.journal = CrashJournal()  # outlives the classifier processes (crash_isolation)
-        self.fatal: str | None = None
-        self.usage: dict[str, int] = {}  # hosted-model requests and tokens, from the stages
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -39,7 +35,7 @@ class QueueActor:
         """Claim for a read task: ``(batch_id, lease_id, posts JSON)`` per batch, the posts
         forwarded as stored (decoding is the read task's job, off this serial actor). An empty
         list means nothing is claimable now (stop)."""
-        if self.budget_used() or self.fatal:
+        if self.budget_used():
             return []
         batches = self.store.claim(max_batches, self.lease_seconds, self.owner, decode=False)
         if self.max_records is not None:
@@ -71,24 +67,6 @@ class QueueActor:
 
     def queue_status(self) -> dict[str, Any]:
         return self.store.status().model_dump()
-
-    # -- the classifier stage's journal and fatal errors ------------------------------------
-    def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
-        return self.journal.begin(key, n_posts)
-
-    def journal_set_active(self, key: str, posts: list[int]) -> None:
-        self.journal.set_active(key, posts)
-
-    def journal_end(self, key: str) -> None:
-        self.journal.end(key)
-
-    def report_fatal(self, message: str) -> None:
-        """A classifier could not be built: stop handing out work (the driver reports it)."""
-        self.fatal = self.fatal or message
-
-    def add_usage(self, counts: dict[str, int]) -> None:
-        for key, value in counts.items():
-            self.usage[key] = self.usage.get(key, 0) + int(value)
 
     def release_outstanding(self) -> int:
         """Fenced: every lease this run still holds back to pending (attempt not spent), so a
@@ -142,8 +120,7 @@ class QueueActor:
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:
-        return dict(self.stats, in_flight_batches=len(self.outstanding), fatal=self.fatal,
-                    process_deaths=self.journal.deaths, usage=dict(self.usage))
+        return dict(self.stats, in_flight_batches=len(self.outstanding))
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()

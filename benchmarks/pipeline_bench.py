@@ -33,6 +33,7 @@ from rss_sampler import RssSampler  # noqa: E402
 
 from jobs.config import parse_config  # noqa: E402
 from jobs.enqueue_stage import enqueue_posts  # noqa: E402
+from jobs.posts_source import find_post_files  # noqa: E402
 from jobs.inference import run_inference  # noqa: E402
 
 NAME = "ml_inference_intergroup"
@@ -61,7 +62,7 @@ def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int) -> dic
     data = Path(tempfile.mkdtemp(dir=root))
     cfg = _config(data, posts, classifier, batch_size)
     t0 = time.perf_counter()
-    enq = enqueue_posts(cfg, NAME, quiet=True)
+    enq = enqueue_posts(cfg, NAME, find_post_files(str(posts), None, None), quiet=True)
     t1 = time.perf_counter()
     run = run_inference(cfg, NAME, quiet=True)
     t2 = time.perf_counter()

@@ -37,9 +37,11 @@ class PipelineConfig(Strict):
     read_tasks: int = Field(2, ge=1)
     read_task_num_cpus: float = Field(0.25, ge=0)
     batches_per_claim: int = Field(1, ge=1)
-    # Small blocks: a claim is handed on (and its results come back) batch by batch, so
-    # leases stay short-lived and progress moves; 1 MiB held ~5,000 posts per map task.
-    read_block_bytes: int = Field(64 << 10, ge=1024)
+    # Ray Data's block size: smaller blocks hand claims on (and bring results back) sooner,
+    # so progress moves and leases are held shortly; larger ones cost less per post.
+    # Measured (constant classifier, 50k posts): 64 KiB 2.0k, 256 KiB 5.3k, 512 KiB 8.4k,
+    # 1 MiB 7.9k posts/s. A model-bound run can take smaller blocks at no cost.
+    read_block_bytes: int = Field(512 << 10, ge=1024)
     writer_max_in_flight: int = Field(8, ge=1)
     export_rows: int = Field(50_000, ge=1)
     export_every_seconds: float = Field(60, gt=0)

@@ -9,6 +9,7 @@ from typing import Any
 from actors.classifier_stage import ClassifierStage
 from actors.queue_actor import QueueActor
 from actors.queue_datasource import QueueDatasource
+from actors.stage_monitor import StageMonitor
 from actors.writer_actor import WriterActor
 from classifiers.registry import ClassifierConfigError
 from jobs.config import BackfillConfig
@@ -49,6 +50,8 @@ def run_inference(config: BackfillConfig, integration: str,
     queue = ray.remote(QueueActor).options(**pinned, name=f"backfill-queue-{run_id}").remote(
         data_dir, name, config.queue.max_attempts, config.queue.lease_seconds, holder,
         max_records_per_run)
+    monitor = ray.remote(StageMonitor).options(**pinned,
+                                               name=f"backfill-monitor-{run_id}").remote()
     out_dir = str((config.output_root / name).resolve())
     writer = ray.remote(WriterActor).options(**pinned, runtime_env=WRITER_ENV,
                                              name=f"backfill-writer-{run_id}").remote(
@@ -66,22 +69,23 @@ def run_inference(config: BackfillConfig, integration: str,
                            dead=st["dead_lettered"])
 
         with Progress(f"inference {name}", total, figures, quiet=quiet):
-            _run_passes(ray, config, integ, run_id, queue, writer, verbose)
+            _run_passes(ray, config, integ, run_id, (queue, monitor), writer, verbose)
         wstats = ray.get(writer.finish.remote())
         qstats = ray.get(queue.stop.remote())
+        mstats = ray.get(monitor.get_stats.remote())
         left = ray.get(queue.queue_status.remote())
         finished = True
     finally:
         if not finished:  # failed or interrupted: hand this run's claims back (fenced)
             _release_claims(ray, queue)
-        for actor in (writer, queue):
+        for actor in (writer, queue, monitor):
             ray.kill(actor)
     summary.claimed_batches = qstats["claimed_batches"]
     summary.claimed = qstats["claimed_posts"]
     for key in ("labelled", "failed", "retried", "dead_lettered", "stale_completions"):
         setattr(summary, key, qstats[key])
-    summary.process_deaths = qstats["process_deaths"]
-    summary.usage = qstats["usage"]
+    summary.process_deaths = mstats["process_deaths"]
+    summary.usage = mstats["usage"]
     params = integ.classifier.params
     cost = (summary.usage.get("prompt_tokens", 0) * params.get("cost_per_1k_prompt_tokens", 0)
             + summary.usage.get("completion_tokens", 0)
@@ -102,17 +106,18 @@ def run_inference(config: BackfillConfig, integration: str,
     return summary.finish(config.data_dir, t0, summary.labelled + summary.failed, out_dir)
 
 
-def _run_passes(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
-                writer: Any, verbose: bool) -> None:
+def _run_passes(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
+                actors: tuple[Any, Any], writer: Any, verbose: bool) -> None:
     """A pass streams whatever is claimable; another pass runs only for posts this run
     re-queued for a retry. Stop when the budget is used, nothing is claimable (no actor pool
     is started for an empty queue), or a pass found nothing to claim (another driver holds
     the rest). Beyond max_attempts+1 passes, work is the next run's."""
+    queue = actors[0]
     for _ in range(config.queue.max_attempts + 1):
         if ray.get(queue.budget_used.remote()) or not ray.get(queue.claimable_posts.remote()):
             return
         claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
-        _guarded_pass(ray, config, integ, run_id, queue, writer, verbose)
+        _guarded_pass(ray, config, integ, run_id, actors, writer, verbose)
         if ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before:
             return
 
@@ -131,19 +136,26 @@ def _release_claims(ray: Any, queue: Any) -> None:
         pass  # its leases then name this (soon dead) process: a rerun reclaims them at once
 
 
-def _guarded_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
-                  writer: Any, verbose: bool) -> None:
+def _guarded_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
+                  actors: tuple[Any, Any], writer: Any, verbose: bool) -> None:
     """``_one_pass``, with a failure turned into its true cause."""
     from ray.exceptions import RayActorError
 
+    queue, monitor = actors
     try:
-        _one_pass(ray, config, integ, run_id, queue, writer, verbose)
+        _one_pass(ray, config, integ, run_id, actors, writer, verbose)
     except Exception as exc:
-        fatal = _actor_says(ray, queue, "get_stats")
-        if isinstance(fatal, dict) and fatal.get("fatal"):
-            raise ClassifierConfigError(fatal["fatal"]) from None
-        if isinstance(exc, RayActorError) or isinstance(fatal, BaseException):
-            raise PipelineActorDied(_which_died(ray, queue, writer, exc)) from None
+        stats = _actor_says(ray, monitor, "get_stats")
+        if isinstance(stats, dict) and stats.get("fatal"):
+            raise ClassifierConfigError(stats["fatal"]) from None
+        dead = _which_died(ray, {"QueueActor (claims and leases)": queue,
+                                 "WriterActor (completions and parquet)": writer,
+                                 "StageMonitor (crash journal)": monitor}, exc)
+        if dead:
+            raise PipelineActorDied(dead) from None
+        if isinstance(exc, RayActorError):
+            raise PipelineActorDied(f"a classifier actor died and could not be replaced: "
+                                    f"{_cause(exc)}") from None
         raise
 
 
@@ -155,24 +167,28 @@ def _actor_says(ray: Any, actor: Any, method: str) -> Any:
         return exc
 
 
-def _which_died(ray: Any, queue: Any, writer: Any, exc: BaseException) -> str:
-    cause = str(exc).strip().splitlines()
-    detail = next((line.strip() for line in cause if "cause" in line.lower()
-                   or "died" in line.lower()), cause[0] if cause else type(exc).__name__)
-    for label, actor, method in (("QueueActor (claims and leases)", queue, "get_stats"),
-                                 ("WriterActor (completions and parquet)", writer,
-                                  "get_stats")):
-        if isinstance(_actor_says(ray, actor, method), BaseException):
-            return f"the {label} died: {detail[:300]}"
-    return f"a classifier actor died and could not be replaced: {detail[:300]}"
+def _cause(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    found = next((line.strip() for line in lines if "cause" in line.lower()
+                  or "died" in line.lower()), lines[0] if lines else type(exc).__name__)
+    return found[:300]
 
 
-def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: Any,
-              writer: Any, verbose: bool) -> None:
+def _which_died(ray: Any, actors: dict[str, Any], exc: BaseException) -> str | None:
+    """Which of the pipeline's own actors is gone (they answer get_stats while alive)."""
+    for label, actor in actors.items():
+        if isinstance(_actor_says(ray, actor, "get_stats"), BaseException):
+            return f"the {label} died: {_cause(exc)}"
+    return None
+
+
+def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
+              actors: tuple[Any, Any], writer: Any, verbose: bool) -> None:
     """Stream every claimable batch through the classifiers into the writer."""
     import ray.data
     from ray.data import ActorPoolStrategy, DataContext
 
+    queue, monitor = actors
     pipe = config.pipeline
     ctx = DataContext.get_current()
     ctx.execution_no_progress_timeout_s = pipe.no_progress_timeout_s
@@ -186,7 +202,7 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str, queue: 
         ClassifierStage,
         fn_constructor_kwargs={"classifier_type": integ.classifier.type,
                                "params": integ.classifier.params, "run_id": run_id,
-                               "queue": queue, "config_hash": integ.classifier.config_hash,
+                               "monitor": monitor, "config_hash": integ.classifier.config_hash,
                                "secrets": _secrets(integ.classifier.params)},
         compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
         batch_size=integ.batch_size, batch_format="pyarrow",

@@ -1,0 +1,40 @@
+"""StageMonitor: what the classifier stage reports while it works, kept outside its processes.
+
+The crash journal (which posts a classifier process was running when it died, see
+``classifiers/crash_isolation.py``), a fatal error (a classifier that cannot be built, a
+rejected API key) and hosted-model usage counters. It is its own small actor, not the
+QueueActor: a classifier announces every block here before running it, and must never wait
+behind the queue's SQLite work.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from classifiers.crash_isolation import BlockState, CrashJournal
+
+
+class StageMonitor:
+    def __init__(self) -> None:
+        self.journal = CrashJournal()
+        self.fatal: str | None = None
+        self.usage: dict[str, int] = {}
+
+    def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
+        return self.journal.begin(key, n_posts)
+
+    def journal_set_active(self, key: str, posts: list[int]) -> None:
+        self.journal.set_active(key, posts)
+
+    def journal_end(self, key: str) -> None:
+        self.journal.end(key)
+
+    def report_fatal(self, message: str) -> None:
+        self.fatal = self.fatal or message
+
+    def add_usage(self, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            self.usage[key] = self.usage.get(key, 0) + int(value)
+
+    def get_stats(self) -> dict[str, Any]:
+        return {"fatal": self.fatal, "process_deaths": self.journal.deaths,
+                "usage": dict(self.usage)}
