@@ -1,4 +1,14 @@
-"""Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet."""
+"""Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet.
+
+The flow of one batch: the QueueActor claims it (lease id, lease holder = this driver
+process) and hands its stored JSON on undecoded; a Ray Data read task decodes it once into
+an Arrow block; a classifier actor (announcing the block to the StageMonitor's crash journal
+first) labels it; the driver passes the result block's object reference — never the rows —
+to the WriterActor, which groups rows per batch and sends one fenced ``complete`` per batch to
+the QueueActor (the lease check and the writes are one SQLite transaction), then exports the
+output queue to parquet. Failed posts go back to the queue for a further pass; the run
+ends when nothing claimable is left, the budget is used, or another driver holds the rest.
+"""
 from __future__ import annotations
 
 import os

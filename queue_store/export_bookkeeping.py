@@ -58,16 +58,7 @@ class ExportBookkeeping:
     def export_payloads(self, export_id: int) -> Iterator[str]:
         """The rows of one planned export: one encoded output-queue row (a completed batch,
         a JSON array of row objects, one per line) at a time."""
-        last = 0
-        while True:
-            page = self.conn.execute(f"SELECT id, payload FROM {self.tables['output']} "
-                                     "WHERE export_id = ? AND id > ? ORDER BY id LIMIT 64",
-                                     (export_id, last)).fetchall()
-            if not page:
-                return
-            for _, payload in page:
-                yield payload
-            last = page[-1][0]
+        return (payload for _, payload in self.export_rows(export_id))
 
     def export_rows(self, export_id: int) -> Iterator[tuple[int, str]]:
         """Like ``export_payloads``, with each output row's id (to bury single lines)."""

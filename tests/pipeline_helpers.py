@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from jobs.config import BackfillConfig, parse_config
+from queue_store import QueueStore
 
 NAME = "ml_inference_intergroup"
 PLUGIN = "tests.plugins:KeywordClassifier"
@@ -23,6 +24,22 @@ def pipeline_config(data_dir: Path, classifier: dict | None = None, **integ: Any
                                 "classifier": classifier or {"type": PLUGIN}, **integ}},
     }
     return parse_config(raw)
+
+
+def enqueue(data_dir: Path, posts: list[dict], batch_size: int = 500) -> Any:
+    store = QueueStore(data_dir, NAME)
+    try:
+        return store.enqueue(posts, batch_size=batch_size)
+    finally:
+        store.close()
+
+
+def queue_status(data_dir: Path) -> Any:
+    store = QueueStore(data_dir, NAME)
+    try:
+        return store.status()
+    finally:
+        store.close()
 
 
 def output_uris(data_dir: Path) -> list[str]:

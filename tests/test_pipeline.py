@@ -14,26 +14,18 @@ from jobs.config import ConfigError
 from jobs.inference import run_inference, write_cache
 from queue_store import QueueStore
 from tests.conftest import make_posts
-from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, output_table, output_uris,
-                                    pipeline_config)
+from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_table,
+                                    output_uris, pipeline_config, queue_status)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _enqueue(data_dir, posts, batch_size=500):
-    store = QueueStore(data_dir, NAME)
-    res = store.enqueue(posts, batch_size=batch_size)
-    store.close()
-    return res
+    return enqueue(data_dir, posts, batch_size)
 
 
-def _status(data_dir):
-    store = QueueStore(data_dir, NAME)
-    try:
-        return store.status()
-    finally:
-        store.close()
+_status = queue_status
 
 
 def test_end_to_end_tiny_model_each_post_once(ray_session, tmp_path, tiny_models):

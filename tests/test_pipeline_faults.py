@@ -17,26 +17,18 @@ from jobs.inference import run_inference
 from queue_store import QueueStore
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
-from tests.pipeline_helpers import NAME, PLUGIN, driver_command, output_uris, pipeline_config
+from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_uris,
+                                    pipeline_config, queue_status)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _enqueue(data_dir, posts, batch_size=1000):
-    store = QueueStore(data_dir, NAME)
-    try:
-        return store.enqueue(posts, batch_size=batch_size)
-    finally:
-        store.close()
+    return enqueue(data_dir, posts, batch_size)
 
 
-def _status(data_dir):
-    store = QueueStore(data_dir, NAME)
-    try:
-        return store.status()
-    finally:
-        store.close()
+_status = queue_status
 
 
 def _default_config(data_dir, classifier):
