@@ -1,10 +1,8 @@
-"""QueueActor: hands out an integration's claims during a run, and keeps them alive.
+"""QueueActor: the only writer of an integration's queue during a run.
 
 Claims are serialised because a (non-concurrent) actor runs one method at a time. A heartbeat
 thread extends every lease this actor handed out, through its own SQLite connection, so a live
-run's claims never expire while a dead run's expire within ``lease_seconds`` (or at once, when
-the run's driver process is provably gone). Completions are the WriterActor's, on its own
-connection, fenced by the lease.
+run's claims never expire while a dead run's expire within ``lease_seconds``.
 """
 from __future__ import annotations
 
@@ -22,7 +20,9 @@ class QueueActor:
         self.owner = owner
         self.max_records = max_records
         self.outstanding: dict[int, str] = {}
-        self.stats = {"claimed_batches": 0, "claimed_posts": 0, "heartbeats": 0,
+        self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
+                      "retried": 0, "dead_lettered": 0, "stale_completions": 0,
+                      "heartbeats": 0, "export_dead_lettered": 0,
                       "reaped_dead_holder_batches": 0, "undecodable_rows": 0}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,13 +88,35 @@ class QueueActor:
             self.max_records = total  # budget used up: later calls report done
         return kept
 
-    # -- leases the writer has completed -----------------------------------------------------
-    def forget(self, leases: list[tuple[int, str]]) -> None:
-        """Batches the WriterActor completed: stop heartbeating them."""
+    # -- write side ------------------------------------------------------------------------
+    def complete(self, batch_id: int, lease_id: str, successes: dict[str, dict],
+                 failures: dict[str, str]) -> dict[str, Any]:
+        result = self.store.complete(batch_id, lease_id, successes, failures)
         with self._lock:
-            for batch_id, lease_id in leases:
-                if self.outstanding.get(batch_id) == lease_id:
-                    del self.outstanding[batch_id]
+            if self.outstanding.get(batch_id) == lease_id:
+                del self.outstanding[batch_id]
+        if not result.accepted:
+            self.stats["stale_completions"] += 1
+        else:
+            self.stats["labelled"] += result.labelled
+            self.stats["failed"] += len(failures)
+            self.stats["retried"] += result.retried
+            self.stats["dead_lettered"] += result.dead_lettered
+        return result.model_dump()
+
+    # -- export (the writer asks; the queue file is only written here) -----------------------
+    def plan_export(self, max_rows: int) -> Any:
+        return self.store.plan_export(max_rows)
+
+    def mark_exported(self, export_id: int) -> None:
+        self.store.mark_exported(export_id)
+
+    def save_export_schema(self, schema: Any) -> None:
+        self.store.save_export_schema(schema)
+
+    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
+        self.stats["export_dead_lettered"] += len(bad)
+        return self.store.bury_export_lines(bad)
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:

@@ -1,42 +1,82 @@
 """WriterActor: turns the result stream into fenced completions and parquet files.
 
-Rows are grouped per (batch, lease); once every post of a batch has a result, the writer
-completes it itself, on its own read-write connection to the queue file: ``complete`` checks
-the lease and writes the output rows, retries and the removal in one ``BEGIN IMMEDIATE``
-transaction, so a stale lease's results are discarded whoever holds the connection (the
-fencing, not a single writer process, gives exactly-once). No QueueActor call per batch: the
-QueueActor is told, in one unawaited call per block, which leases it need no longer
-heartbeat. The output queue is exported to parquet, on the same connection, every
+Rows are grouped per (batch, lease); once every post of a batch has a result, one fenced
+``complete`` goes to the QueueActor. The output queue is exported to parquet every
 ``export_rows`` completed rows or ``export_every_seconds``, and at the end.
 """
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from queue_store import QueueStore, codec, export_output
+from queue_store.models import ExportPlan
+
+
+MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
+
+
+class QueueActorExportSource:
+    """``export_output``'s source: bookkeeping writes go through the QueueActor (the queue's
+    only writer); the rows are read here over a read-only connection, so they are never
+    pickled across processes."""
+
+    def __init__(self, queue: Any, reader: QueueStore) -> None:
+        self.queue = queue
+        self.reader = reader
+
+    def plan_export(self, max_rows: int) -> ExportPlan | None:
+        import ray
+
+        return ray.get(self.queue.plan_export.remote(max_rows))
+
+    def export_payloads(self, export_id: int) -> Iterator[str]:
+        return self.reader.export_payloads(export_id)
+
+    def export_rows(self, export_id: int) -> Iterator[tuple[int, str]]:
+        return self.reader.export_rows(export_id)
+
+    def export_schema(self) -> pa.Schema | None:
+        return self.reader.export_schema()
+
+    def save_export_schema(self, schema: pa.Schema) -> None:
+        import ray
+
+        ray.get(self.queue.save_export_schema.remote(schema))
+
+    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
+        import ray
+
+        return ray.get(self.queue.bury_export_lines.remote(bad))
+
+    def mark_exported(self, export_id: int) -> None:
+        import ray
+
+        ray.get(self.queue.mark_exported.remote(export_id))
 
 
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
-                 export_rows: int, export_every_seconds: float, max_attempts: int) -> None:
+                 export_rows: int, export_every_seconds: float) -> None:
         import ray
 
         self.queue = queue
-        ray.get(queue.get_stats.remote())  # the QueueActor has created the queue file
-        self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
+        # The QueueActor creates the queue file; a read-only connection cannot, so wait for it.
+        ray.get(queue.get_stats.remote())
+        self.source = QueueActorExportSource(queue, QueueStore(data_dir, integration,
+                                                               readonly=True))
         self.out_dir = out_dir
         self.export_rows = export_rows
         self.export_every_seconds = export_every_seconds
         self.open: dict[tuple[int, str], dict[str, Any]] = {}
+        self.completing: list[Any] = []
         self.unexported_rows = 0
         self.last_export = time.monotonic()
         self.stats = {"result_rows": 0, "completed_batches": 0, "stale_batches": 0,
-                      "labelled": 0, "failed": 0, "retried": 0, "dead_lettered": 0,
-                      "export_dead_lettered": 0, "exported_rows": 0, "parquet_files": 0}
+                      "exported_rows": 0, "parquet_files": 0}
         self.provenance: dict[str, str] = {}
         self.label_counts: dict[str, int] = {}
 
@@ -66,21 +106,26 @@ class WriterActor:
                 ready.append(key)
         for key in ready:
             group = self.open.pop(key)
-            result = self.store.complete(key[0], key[1], group["succ"], group["fail"])
-            if not result.accepted:  # the lease was lost (expired, reclaimed): discarded
-                self.stats["stale_batches"] += 1
-                continue
-            self.stats["completed_batches"] += 1
-            self.stats["labelled"] += result.labelled
-            self.stats["failed"] += len(group["fail"])
-            self.stats["retried"] += result.retried
-            self.stats["dead_lettered"] += result.dead_lettered
-            self.unexported_rows += result.labelled
-        if ready:
-            self.queue.forget.remote(ready)  # no longer heartbeated; not awaited
+            # Not awaited here: the QueueActor runs this caller's calls in order, and
+            # _settle() collects the answers before any export or the end of the run.
+            self.completing.append(self.queue.complete.remote(key[0], key[1], group["succ"],
+                                                              group["fail"]))
+            self.unexported_rows += len(group["succ"])
+        if len(self.completing) >= MAX_UNSETTLED:
+            self._settle()
         if (self.unexported_rows >= self.export_rows
                 or time.monotonic() - self.last_export >= self.export_every_seconds):
             self._export()
+
+    def _settle(self) -> None:
+        import ray
+
+        pending, self.completing = self.completing, []
+        for res in ray.get(pending):
+            if res["accepted"]:
+                self.stats["completed_batches"] += 1
+            else:
+                self.stats["stale_batches"] += 1
 
     def _tally(self, table: pa.Table) -> None:
         """Label distribution and provenance of the successful rows (counted as they arrive;
@@ -98,10 +143,10 @@ class WriterActor:
                 self.label_counts[key] = self.label_counts.get(key, 0) + item["counts"]
 
     def _export(self) -> None:
-        stats = export_output(self.store, self.out_dir, self.export_rows)
+        self._settle()
+        stats = export_output(self.source, self.out_dir, self.export_rows)
         self.stats["exported_rows"] += stats.rows
         self.stats["parquet_files"] += stats.files
-        self.stats["export_dead_lettered"] += stats.dead_lettered
         self.unexported_rows = 0
         self.last_export = time.monotonic()
 

@@ -4,9 +4,9 @@ The flow of one batch: the QueueActor claims it (lease id, lease holder = this d
 process) and hands its stored JSON on undecoded; a Ray Data read task decodes it once into
 an Arrow block; a classifier actor (announcing the block to the StageMonitor's crash journal
 first) labels it; the driver passes the result block's object reference — never the rows —
-to the WriterActor, which groups rows per batch and completes each batch itself on its own
-connection to the queue file (the lease check and the writes are one SQLite transaction:
-a stale lease's results are discarded), then exports the output queue to parquet. Failed posts go back to the queue for a further pass; the run
+to the WriterActor, which groups rows per batch and sends one fenced ``complete`` per batch to
+the QueueActor (the lease check and the writes are one SQLite transaction), then exports the
+output queue to parquet. Failed posts go back to the queue for a further pass; the run
 ends when nothing claimable is left, the budget is used, or another driver holds the rest.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_inference(config: BackfillConfig, integration: str,
     writer = ray.remote(WriterActor).options(**pinned, runtime_env=WRITER_ENV,
                                              name=f"backfill-writer-{run_id}").remote(
         queue, data_dir, name, out_dir, config.pipeline.export_rows,
-        config.pipeline.export_every_seconds, config.queue.max_attempts)
+        config.pipeline.export_every_seconds)
     finished = False
     try:
         total = ray.get(queue.claimable_posts.remote())
@@ -74,7 +74,7 @@ def run_inference(config: BackfillConfig, integration: str,
             total = min(total, max_records_per_run)
 
         def figures() -> Figures:
-            st = ray.get(writer.get_stats.remote(), timeout=10)
+            st = ray.get(queue.get_stats.remote(), timeout=10)
             return Figures(done=st["labelled"] + st["dead_lettered"], failed=st["failed"],
                            dead=st["dead_lettered"])
 
@@ -92,9 +92,8 @@ def run_inference(config: BackfillConfig, integration: str,
             ray.kill(actor)
     summary.claimed_batches = qstats["claimed_batches"]
     summary.claimed = qstats["claimed_posts"]
-    for key in ("labelled", "failed", "retried", "dead_lettered", "export_dead_lettered"):
-        setattr(summary, key, wstats[key])
-    summary.stale_completions = wstats["stale_batches"]
+    for key in ("labelled", "failed", "retried", "dead_lettered", "stale_completions"):
+        setattr(summary, key, qstats[key])
     summary.process_deaths = mstats["process_deaths"]
     summary.usage = mstats["usage"]
     params = integ.classifier.params
@@ -103,6 +102,7 @@ def run_inference(config: BackfillConfig, integration: str,
             * params.get("cost_per_1k_completion_tokens", 0)) / 1000
     summary.estimated_cost = round(cost, 6)
     summary.reaped_dead_holder_batches = qstats["reaped_dead_holder_batches"]
+    summary.export_dead_lettered = qstats["export_dead_lettered"]
     summary.pending_left = left["pending_posts"]
     summary.leased_elsewhere = left["processing_posts"]
     if left["next_lease_expiry"]:
