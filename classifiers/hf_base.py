@@ -49,9 +49,8 @@ class HFTextModel:
         quantize = params.get("quantize")
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be null or 'int8', got {quantize!r}")
-        for key in ("max_length", "mini_batch_size"):
-            if key in params and (not isinstance(params[key], int) or params[key] < 1):
-                raise ValueError(f"{key} must be a whole number >= 1, got {params[key]!r}")
+        torch_runtime.check_sizes(**{k: params[k] for k in ("max_length", "mini_batch_size")
+                                     if k in params})
 
     def _run(self, texts: Sequence[str],
              forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import orjson
 
-from classifiers.protocol import FatalClassifierError
+from classifiers.protocol import FatalClassifierError, PostFailure
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -64,13 +64,15 @@ class HostedCaller:
     def __init__(self, max_concurrency: int = 16, requests_per_minute: float | None = None,
                  requests_per_second: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 5,
-                 timeout_s: float = 30.0, key_env: str = "the API key variable") -> None:
+                 timeout_s: float = 30.0, key_env: str = "the API key variable",
+                 secret: str = "") -> None:
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0")
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.key_env = key_env
+        self.secret = secret  # scrubbed from every failure reason
         self.stats = {"requests_ok": 0, "requests_retried": 0, "requests_failed": 0,
                       "prompt_tokens": 0, "completion_tokens": 0}
         self._reported = dict(self.stats)
@@ -112,6 +114,21 @@ class HostedCaller:
             if isinstance(r, FatalClassifierError):
                 raise r
         return results
+
+    def map_posts(self, fn: Callable[[str], Awaitable[Any]], texts: Sequence[str]
+                  ) -> list[dict[str, Any] | PostFailure]:
+        """``map`` for classifiers: each post's label columns, or a ``PostFailure`` whose
+        reason never holds the key."""
+        out: list[dict[str, Any] | PostFailure] = []
+        for r in self.map(fn, texts):
+            if isinstance(r, (dict, PostFailure)):
+                out.append(r)
+                continue
+            reason = str(r) if isinstance(r, RequestFailed) else f"{type(r).__name__}: {r}"
+            if self.secret:
+                reason = reason.replace(self.secret, "***")
+            out.append(PostFailure(reason=reason[:500]))
+        return out
 
     async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str],
                         tokens: int = 0, what: str = "request") -> dict[str, Any]:

@@ -88,7 +88,8 @@ class LLMPromptClassifier:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        _check_sizes(max_post_tokens, mini_batch_size)
+        torch_runtime.check_sizes(max_post_tokens=max_post_tokens,
+                                  mini_batch_size=mini_batch_size)
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.spec = load_prompt(prompt_file, template, choices, system)
@@ -127,7 +128,8 @@ class LLMPromptClassifier:
                            params.get("choices"), params.get("system"))
         if not params.get("model"):
             raise ValueError("llm_prompt needs model: a local folder or a hub id in the cache")
-        _check_sizes(params.get("max_post_tokens", 256), params.get("mini_batch_size", 32))
+        torch_runtime.check_sizes(max_post_tokens=params.get("max_post_tokens", 256),
+                                  mini_batch_size=params.get("mini_batch_size", 32))
         device = torch_runtime.pick_device(str(params.get("device", "auto")))
         torch_runtime.autocast_dtype(device, str(params.get("precision", "auto")))
         check_model_available(params["model"])
@@ -221,10 +223,3 @@ class LLMPromptClassifier:
             layer.keys = layer.keys.expand(n, -1, -1, -1)
             layer.values = layer.values.expand(n, -1, -1, -1)
         return cache
-
-
-def _check_sizes(max_post_tokens: Any, mini_batch_size: Any) -> None:
-    for name, value in (("max_post_tokens", max_post_tokens),
-                        ("mini_batch_size", mini_batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")

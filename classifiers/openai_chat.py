@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from classifiers.hosted_calls import HostedCaller, RequestFailed, api_key, check_url
+from classifiers.hosted_calls import HostedCaller, api_key, check_url
 from classifiers.prompt_spec import PromptSpec, load_prompt
 from classifiers.protocol import PostFailure, Provenance
 
@@ -35,7 +35,8 @@ class OpenAIChatClassifier:
         self.spec = self.check(prompt_file, template, choices, system, fields, base_url, model)
         self.url = check_url(base_url) + "/chat/completions"
         self.model = model
-        self._headers = {"Authorization": f"Bearer {api_key(api_key_env, 'openai_chat')}"}
+        key = api_key(api_key_env, "openai_chat")
+        self._headers = {"Authorization": f"Bearer {key}"}
         self.fields = {k: list(v) for k, v in (fields or {}).items()}
         self.json_mode = json_mode
         self.options: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
@@ -44,7 +45,7 @@ class OpenAIChatClassifier:
         if json_mode:
             self.options["response_format"] = {"type": "json_object"}
         self.caller = HostedCaller(max_concurrency, requests_per_minute, None,
-                                   tokens_per_minute, max_retries, timeout_s, api_key_env)
+                                   tokens_per_minute, max_retries, timeout_s, api_key_env, key)
         # An answer may be a choice's text or (in JSON) its label value.
         self.by_answer = {str(label).strip().lower(): label for label in self.spec.choices}
         self.by_answer.update({str(text).strip().lower(): label
@@ -72,9 +73,7 @@ class OpenAIChatClassifier:
         api_key(params.get("api_key_env", "OPENAI_API_KEY"), "openai_chat")
 
     def classify(self, texts: list[str]) -> list[dict[str, Any] | PostFailure]:
-        results = self.caller.map(self._one, texts)
-        return [r if isinstance(r, (dict, PostFailure)) else PostFailure(reason=_reason(r))
-                for r in results]
+        return self.caller.map_posts(self._one, texts)
 
     def usage(self) -> dict[str, int]:
         return self.caller.usage()
@@ -124,9 +123,3 @@ class OpenAIChatClassifier:
             return PostFailure(reason=f"answer is not one of the choices "
                                       f"{list(self.spec.choices.values())}: {shown!r}")
         return {"label": self.by_answer[key]}
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, RequestFailed):
-        return str(exc)[:500]
-    return f"{type(exc).__name__}: {exc}"[:500]

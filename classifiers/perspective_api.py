@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from classifiers.hosted_calls import HostedCaller, RequestFailed, api_key, check_url
+from classifiers.hosted_calls import HostedCaller, api_key, check_url
 from classifiers.protocol import PostFailure, Provenance
 
 # The attributes the original tool requested: toxicity and the bridging/civility ones.
@@ -37,7 +37,7 @@ class PerspectiveClassifier:
         self.url = f"{check_url(base_url)}/comments:analyze?key={key}"
         self.languages = list(languages)
         self.caller = HostedCaller(max_concurrency, None, requests_per_second, None,
-                                   max_retries, timeout_s, api_key_env)
+                                   max_retries, timeout_s, api_key_env, key)
         self.provenance = Provenance(classifier=self.classifier_name, model="comments:analyze")
 
     @staticmethod
@@ -54,10 +54,7 @@ class PerspectiveClassifier:
         api_key(params.get("api_key_env", "PERSPECTIVE_API_KEY"), "perspective_api")
 
     def classify(self, texts: list[str]) -> list[dict[str, Any] | PostFailure]:
-        results = self.caller.map(self._one, texts)
-        return [r if isinstance(r, (dict, PostFailure)) else PostFailure(
-            reason=str(r)[:500] if isinstance(r, RequestFailed) else f"{type(r).__name__}")
-            for r in results]
+        return self.caller.map_posts(self._one, texts)
 
     def usage(self) -> dict[str, int]:
         return self.caller.usage()

@@ -11,6 +11,13 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def check_sizes(**sizes: Any) -> None:
+    """Batch and length params must be whole numbers >= 1."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """``auto``: CUDA when present, else CPU. An explicit ``cuda`` without a GPU is an error."""
     if device == "auto":

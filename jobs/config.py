@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,10 @@ class ClassifierConfig(Strict):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @property
+    @cached_property
     def config_hash(self) -> str:
-        """Names everything that changes this classifier's labels (classifiers/config_hash)."""
+        """Names everything that changes this classifier's labels (classifiers/config_hash);
+        computed once, so every stage of a command labels under the same hash."""
         from classifiers.config_hash import config_hash
 
         return config_hash(self.type, self.params)

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.config import ConfigError
-from queue_store.validation import POST_COLUMNS
+from queue_store.validation import POST_COLUMNS, is_text_type
 
 READ_SCHEMA = pa.schema([(c, pa.string()) for c in POST_COLUMNS])
 _DAY = re.compile(r"(?:^|/)partition_date=([^/]+)/")
@@ -63,9 +63,7 @@ def _column_problem(schema: pa.Schema) -> str | None:
     for name in POST_COLUMNS:
         if name not in schema.names:
             return f"missing column {name}"
-        typ = schema.field(name).type
-        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)
-                or pa.types.is_null(typ)):
+        if not is_text_type(schema.field(name).type):
             return f"{'timestamp' if name == 'preprocessing_timestamp' else name} is not a string"
     return None
 

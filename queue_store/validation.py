@@ -54,7 +54,8 @@ def as_post_table(posts: Any) -> pa.Table:
     return pa.table({c: _as_string(table.column(c)) for c in POST_COLUMNS})
 
 
-def _is_text(typ: pa.DataType) -> bool:
+def is_text_type(typ: pa.DataType) -> bool:
+    """A column type that holds text (or nothing at all)."""
     return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)
 
 
@@ -85,12 +86,12 @@ def reason_codes(table: pa.Table) -> pa.Array | None:
     """Index into ``REASONS`` per post (null for a valid post), or None when all are valid."""
     n = len(table)
     uri, text, ts = (table.column(c) for c in POST_COLUMNS)
-    uri_typed, text_typed = _is_text(uri.type), _is_text(text.type)
+    uri_typed, text_typed = is_text_type(uri.type), is_text_type(text.type)
     # A column of another type fails every row with its own reason; the other checks then
     # run on an empty stand-in.
     uri = uri if uri_typed else pa.chunked_array([pa.nulls(n, pa.string())])
     text = text if text_typed else pa.chunked_array([pa.nulls(n, pa.string())])
-    ts = ts if _is_text(ts.type) else pa.chunked_array([pa.nulls(n, pa.string())])
+    ts = ts if is_text_type(ts.type) else pa.chunked_array([pa.nulls(n, pa.string())])
     stripped = pc.utf8_trim_whitespace(pc.fill_null(text, ""))
     n_chars = pc.utf8_length(stripped)
     ts_text = pc.fill_null(ts, "")
@@ -137,7 +138,7 @@ def split_valid(table: pa.Table) -> tuple[pa.Table, list[tuple[str | None, str]]
     bad = pc.is_valid(codes)
     rejected = table.filter(bad)
     rejected_codes = codes.filter(bad).to_pylist()
-    uris = (rejected.column("uri").to_pylist() if _is_text(rejected.column("uri").type)
+    uris = (rejected.column("uri").to_pylist() if is_text_type(rejected.column("uri").type)
             else [None] * rejected.num_rows)
     invalid = [(u, REASONS[c]) for u, c in zip(uris, rejected_codes)]
     return table.filter(pc.invert(bad)), invalid
