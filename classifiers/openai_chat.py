@@ -61,9 +61,7 @@ class OpenAIChatClassifier:
         if fields is not None and (not isinstance(fields, Mapping) or not fields or not all(
                 isinstance(v, (list, tuple)) and v for v in fields.values())):
             raise ValueError("fields must map each answer field to its allowed values")
-        if fields and not choices and not prompt_file:
-            choices = {"-": "-", "--": "--"}  # JSON fields carry the labels; no choices needed
-        return load_prompt(prompt_file, template, choices, system)
+        return load_prompt(prompt_file, template, choices, system, need_choices=not fields)
 
     @classmethod
     def preflight(cls, params: dict[str, Any]) -> None:

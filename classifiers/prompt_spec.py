@@ -77,7 +77,7 @@ def _split_on_text(template: str) -> tuple[str, str, str]:
 
 def load_prompt(prompt_file: str | None = None, template: str | None = None,
                 choices: Mapping[Any, str] | None = None,
-                system: str | None = None) -> PromptSpec:
+                system: str | None = None, need_choices: bool = True) -> PromptSpec:
     """The prompt from ``prompt_file`` or from inline params; ``choices`` or ``system`` given
     beside a prompt file replace the file's (e.g. answers with a leading space for a raw
     model, or a system message asking a hosted model for JSON)."""
@@ -103,7 +103,9 @@ def load_prompt(prompt_file: str | None = None, template: str | None = None,
     if not isinstance(template, str) or not template.strip():
         raise ValueError("a prompt needs a template (text with one {text} slot)")
     _split_on_text(template)
-    if not isinstance(choices, Mapping) or len(choices) < 2:
+    if not need_choices and not choices:  # the answer's JSON fields carry the labels
+        choices = {}
+    elif not isinstance(choices, Mapping) or len(choices) < 2:
         raise ValueError("a prompt needs at least two choices: {label value: answer text}")
     for label, answer in choices.items():
         if not isinstance(answer, str) or not answer:
