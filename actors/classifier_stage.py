@@ -9,6 +9,7 @@ the run with the original error instead of a generic actor death.
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,17 +18,13 @@ import pyarrow as pa
 from classifiers.crash_isolation import BlockState, CrashJournal, classify_guarded
 from classifiers.protocol import FatalClassifierError
 from classifiers.registry import build_classifier
-from queue_store import codec
+from queue_store.typed_rows import POST_FIELDS, typed_columns
 
 # Columns the writer and the output layout own; a classifier may not overwrite them.
-RESERVED = frozenset({"uri", "text", "preprocessing_timestamp", "was_successfully_labeled",
-                      "reason", "label_timestamp", "classifier", "model", "run_id",
-                      "config_hash", "partition_date"})
-
-RESULT_SCHEMA = pa.schema([("batch_id", pa.int64()), ("lease_id", pa.string()),
-                           ("batch_posts", pa.int64()), ("uri", pa.string()),
-                           ("ok", pa.bool_()), ("reason", pa.string()),
-                           ("columns_json", pa.string()), ("label", pa.string())])
+CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a result row answers
+RESERVED = frozenset({*CONTROL, *POST_FIELDS, "was_successfully_labeled", "reason",
+                      "label_timestamp", "classifier", "model", "run_id", "config_hash",
+                      "partition_date"})
 
 
 class MonitorJournal:
@@ -58,20 +55,44 @@ def block_key(batch: pa.Table) -> str:
             f"{uri[0]}:{uri[-1]}:{batch.num_rows}")
 
 
+class TimedClassifier:
+    """The classifier, with the process CPU time its ``classify`` calls take summed up (to
+    tell the stage's own per-post cost apart from the model's)."""
+
+    def __init__(self, classifier: Any) -> None:
+        self.inner = classifier
+        self.cpu_s = 0.0
+
+    def classify(self, texts: list[str]) -> Any:
+        start = time.process_time()
+        try:
+            return self.inner.classify(texts)
+        finally:
+            self.cpu_s += time.process_time() - start
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class ClassifierStage:
     def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
                  monitor: Any = None, config_hash: str = "",
-                 secrets: dict[str, str] | None = None) -> None:
+                 secrets: dict[str, str] | None = None, batch_size: int = 256) -> None:
         for name, value in (secrets or {}).items():  # e.g. an API key, never logged
             os.environ.setdefault(name, value)
         self.monitor = monitor
+        self.batch_size = batch_size  # Ray Data hands whole blocks: split them here
         try:
             self.classifier = build_classifier(classifier_type, params)
         except Exception as exc:
             self._fatal(f"classifier {classifier_type!r} could not be built: "
                         f"{type(exc).__name__}: {exc}")
             raise
+        self.classifier = TimedClassifier(self.classifier)
         self.journal = MonitorJournal(monitor) if monitor is not None else CrashJournal()
+        self.actor_key = f"{os.getpid()}-{id(self)}"
+        self.posts = 0
+        self.cpu_start = time.process_time()  # the model is loaded: count from here
         self.fixed = {**self.classifier.provenance.columns(), "config_hash": config_hash,
                       "run_id": run_id}
 
@@ -90,35 +111,52 @@ class ClassifierStage:
                 self.monitor.add_usage.remote(counts)  # not awaited: counters only
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """One result row per post: the claim it answers, the post's fields, whether it was
+        labelled (else ``reason``), and the classifier's outputs as typed Arrow columns."""
         n = batch.num_rows
+        names: list[str] = []
+        arrays: list[pa.Array] = []
         try:
             try:
-                outcomes = classify_guarded(self.classifier, batch.column("text").to_pylist(),
-                                            block_key(batch), self.journal) if n else []
+                texts = batch.column("text").to_pylist()
+                outcomes = []
+                for start in range(0, n, self.batch_size):  # classify calls of batch_size
+                    part = batch.slice(start, self.batch_size)
+                    outcomes += classify_guarded(self.classifier,
+                                                 texts[start:start + self.batch_size],
+                                                 block_key(part), self.journal)
             finally:
                 self._report_usage()
-            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            ok, reasons, cols, labels = [], [], [], []
+            labels: list[dict[str, Any] | None] = []
+            reasons: list[str | None] = []
             for out in outcomes:
                 clash = RESERVED.intersection(out.labels) if out.ok else None
                 if clash:
                     out = out._replace(labels=None, reason=f"classifier output uses reserved "
                                                            f"column(s) {sorted(clash)}")
-                ok.append(out.ok)
-                reasons.append(out.reason)
-                label = out.labels.get("label") if out.ok else None
-                labels.append(None if label is None else str(label))
-                cols.append(codec.dumps({"was_successfully_labeled": True, "reason": None,
-                                         "label_timestamp": stamp, **out.labels, **self.fixed})
-                            if out.ok else None)
+                labels.append(out.labels if out.ok else None)
+                reasons.append(None if out.ok else out.reason or "failed")
+            names, arrays, misfits = typed_columns(labels)
+            for i, why in misfits.items():
+                reasons[i] = why
         except FatalClassifierError as exc:  # fail no post: stop the run, claims handed back
             self._fatal(str(exc))
             raise
         except Exception as exc:  # noqa: BLE001 - last line of defence: fail the rows, not the run
-            reason = f"stage error: {type(exc).__name__}: {exc}"[:500]
-            ok, reasons, cols, labels = [False] * n, [reason] * n, [None] * n, [None] * n
-        return pa.table([batch.column("batch_id"), batch.column("lease_id"),
-                         batch.column("batch_posts"), batch.column("uri"),
-                         pa.array(ok, pa.bool_()), pa.array(reasons, pa.string()),
-                         pa.array(cols, pa.string()), pa.array(labels, pa.string())],
-                        schema=RESULT_SCHEMA)
+            reasons = [f"stage error: {type(exc).__name__}: {exc}"[:500]] * n
+            names, arrays = [], []
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        ok = pa.array([r is None for r in reasons], pa.bool_())
+        columns = {name: batch.column(name) for name in (*CONTROL, *POST_FIELDS)}
+        columns["was_successfully_labeled"] = ok
+        columns["reason"] = pa.array(reasons, pa.string())
+        columns["label_timestamp"] = pa.array([stamp] * n, pa.string())
+        columns.update(zip(names, arrays))
+        for name, value in self.fixed.items():
+            columns[name] = pa.array([value] * n, pa.string())
+        table = pa.table(columns)
+        self.posts += n
+        if self.monitor is not None:  # not awaited: figures only
+            outside = time.process_time() - self.cpu_start - self.classifier.cpu_s
+            self.monitor.report_stage_cpu.remote(self.actor_key, self.posts, outside)
+        return table

@@ -14,11 +14,13 @@ from queue_store import QueueStore
 
 class QueueActor:
     def __init__(self, data_dir: str, integration: str, max_attempts: int,
-                 lease_seconds: float, owner: str, max_records: int | None = None) -> None:
+                 lease_seconds: float, owner: str, max_records: int | None = None,
+                 feeding: bool = False) -> None:
         self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
         self.lease_seconds = lease_seconds
         self.owner = owner
         self.max_records = max_records
+        self.feeding = feeding  # the same command's enqueue is still running
         self.outstanding: dict[int, str] = {}
         self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
                       "retried": 0, "dead_lettered": 0, "stale_completions": 0,
@@ -46,6 +48,23 @@ class QueueActor:
         self.stats["claimed_batches"] += len(batches)
         self.stats["claimed_posts"] += sum(b.n_posts for b in batches)
         return [(b.batch_id, b.lease_id, b.payload) for b in batches]
+
+    def work_state(self) -> str:
+        """For a read task before its first claim: ``claim`` (something is pending),
+        ``wait`` (enqueue still running, or batches of this run in flight, whose failures
+        may come back as retries) or ``done``."""
+        if self.feeding:
+            return "wait"
+        if self.budget_used():
+            return "done"
+        if self.store.has_pending():
+            return "claim"
+        with self._lock:
+            return "wait" if self.outstanding else "done"
+
+    def close_feed(self) -> None:
+        """The enqueue running alongside has ended: read tasks may claim."""
+        self.feeding = False
 
     def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
         """A read task could not decode a claimed row: dead letters (fenced by the lease)."""
@@ -89,9 +108,10 @@ class QueueActor:
         return kept
 
     # -- write side ------------------------------------------------------------------------
-    def complete(self, batch_id: int, lease_id: str, successes: dict[str, dict],
-                 failures: dict[str, str]) -> dict[str, Any]:
-        result = self.store.complete(batch_id, lease_id, successes, failures)
+    def complete(self, batch_id: int, lease_id: str, labelled: Any,
+                 failed: list[tuple[dict, str]]) -> dict[str, Any]:
+        """Fenced ack of one batch: its typed output rows and its failed posts."""
+        result = self.store.complete_rows(batch_id, lease_id, labelled, failed)
         with self._lock:
             if self.outstanding.get(batch_id) == lease_id:
                 del self.outstanding[batch_id]
@@ -99,7 +119,7 @@ class QueueActor:
             self.stats["stale_completions"] += 1
         else:
             self.stats["labelled"] += result.labelled
-            self.stats["failed"] += len(failures)
+            self.stats["failed"] += len(failed)
             self.stats["retried"] += result.retried
             self.stats["dead_lettered"] += result.dead_lettered
         return result.model_dump()
@@ -111,8 +131,8 @@ class QueueActor:
     def mark_exported(self, export_id: int) -> None:
         self.store.mark_exported(export_id)
 
-    def save_export_schema(self, schema: Any) -> None:
-        self.store.save_export_schema(schema)
+    def save_export_schema(self, schema: Any) -> Any:
+        return self.store.save_export_schema(schema)
 
     def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
         self.stats["export_dead_lettered"] += len(bad)

@@ -5,12 +5,18 @@ classifiers consume (streaming backpressure) instead of leasing the whole queue 
 job sets a small ``target_max_block_size`` so a read task hands on what it claimed after a
 few batches rather than buffering a 128 MiB block of leases.
 
-A read task stops as soon as nothing is claimable. It never waits for in-flight batches: Ray
-Data holds a read task's last partial block until the task ends, so waiting there would hold
-the very results being waited for. Retries of failed posts run in a further pass instead.
+A read task stops as soon as nothing is claimable, once it has claimed anything: Ray Data
+holds a read task's last partial block until the task ends, so waiting there would hold the
+very results being waited for. Retries of failed posts are claimed by later *waves* of read
+tasks instead (at most ``read_tasks`` run at once, so a wave starts as earlier tasks end):
+a task that has not yet claimed holds nothing, so it may wait until a retry is claimable or
+nothing is in flight. Retries thus run in the same pass, on the same classifier actors,
+without a new actor pool or a model reload.
 """
 from __future__ import annotations
 
+import functools
+import time
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -20,6 +26,7 @@ from ray.data.datasource import Datasource, ReadTask
 from queue_store import codec
 
 BATCH_SCHEMA = pa.schema([("uri", pa.string()), ("text", pa.string()),
+                          ("preprocessing_timestamp", pa.string()),
                           ("batch_id", pa.int64()), ("lease_id", pa.string()),
                           ("batch_posts", pa.int64())])
 
@@ -28,7 +35,7 @@ def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> 
     """``(batch_id, lease_id, posts JSON)`` claims → one row per post. The queue actor hands
     payloads on undecoded: this is where each post is decoded, once; a row that cannot be
     decoded goes to dead letters through one fenced call."""
-    uris, texts, ids, leases, sizes = [], [], [], [], []
+    uris, texts, stamps, ids, leases, sizes = [], [], [], [], [], []
     for batch_id, lease_id, payload in batches:
         try:
             posts = codec.loads_posts(payload)
@@ -41,24 +48,36 @@ def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> 
         n = len(posts)
         uris.extend(p["uri"] for p in posts)
         texts.extend(p["text"] for p in posts)
+        stamps.extend(p.get("preprocessing_timestamp") for p in posts)
         ids.extend([batch_id] * n)
         leases.extend([lease_id] * n)
         sizes.extend([n] * n)
-    return pa.table([uris, texts, ids, leases, sizes], schema=BATCH_SCHEMA)
+    return pa.table([uris, texts, stamps, ids, leases, sizes], schema=BATCH_SCHEMA)
+
+
+POLL_SECONDS = 0.2
 
 
 def pull_from_queue(queue: Any, batches_per_claim: int) -> Iterator[pa.Table]:
     import ray
 
+    # Before its first claim a task holds nothing, so it may wait: for the enqueue running
+    # alongside, or (a later wave) for retries of batches in flight, or for the end.
+    while (state := ray.get(queue.work_state.remote())) == "wait":
+        time.sleep(POLL_SECONDS)
+    if state == "done":
+        return
     while batches := ray.get(queue.next_batches.remote(batches_per_claim)):
         yield batches_to_table(batches, queue)
 
 
 class QueueDatasource(Datasource):
-    def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int = 1) -> None:
+    def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int = 1,
+                 waves: int = 1) -> None:
         self.queue = queue
         self.read_tasks = read_tasks
         self.batches_per_claim = batches_per_claim
+        self.waves = waves
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -67,5 +86,5 @@ class QueueDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         queue, per_claim = self.queue, self.batches_per_claim
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(lambda: pull_from_queue(queue, per_claim), meta, schema=BATCH_SCHEMA)
-                for _ in range(self.read_tasks)]
+        return [ReadTask(functools.partial(pull_from_queue, queue, per_claim), meta,
+                         schema=BATCH_SCHEMA) for _ in range(self.read_tasks * self.waves)]

@@ -18,6 +18,7 @@ class StageMonitor:
         self.journal = CrashJournal()
         self.fatal: str | None = None
         self.usage: dict[str, int] = {}
+        self.stage_cpu: dict[str, tuple[int, float]] = {}
 
     def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
         return self.journal.begin(key, n_posts)
@@ -35,6 +36,14 @@ class StageMonitor:
         for key, value in counts.items():
             self.usage[key] = self.usage.get(key, 0) + int(value)
 
+    def report_stage_cpu(self, actor: str, posts: int, outside_classify_s: float) -> None:
+        """A classifier actor's running totals: posts, and process CPU seconds spent outside
+        ``classify`` since its model was loaded."""
+        self.stage_cpu[actor] = (posts, outside_classify_s)
+
     def get_stats(self) -> dict[str, Any]:
+        posts = sum(p for p, _ in self.stage_cpu.values())
+        cpu = sum(s for _, s in self.stage_cpu.values())
         return {"fatal": self.fatal, "process_deaths": self.journal.deaths,
-                "usage": dict(self.usage)}
+                "usage": dict(self.usage),
+                "stage_us_per_post": round(cpu / posts * 1e6, 2) if posts else None}

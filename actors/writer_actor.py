@@ -9,11 +9,37 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from queue_store import QueueStore, codec, export_output
+from actors.classifier_stage import CONTROL
+from queue_store import QueueStore, export_output
+from queue_store.export_types import merge_schema
 from queue_store.models import ExportPlan
+from queue_store.typed_rows import POST_FIELDS, fit_rows, post_of
+
+
+def claim_runs(table: pa.Table) -> Iterator[tuple[tuple[int, str], int, pa.Table]]:
+    """``((batch_id, lease_id), batch_posts, rows)`` for each run of rows answering one claim
+    (a block holds whole batches in order, and a batch may continue in the next block)."""
+    ids = table.column("batch_id").to_numpy()
+    leases = pc.dictionary_encode(table.column("lease_id")).combine_chunks().indices.to_numpy()
+    cuts = np.flatnonzero((ids[1:] != ids[:-1]) | (leases[1:] != leases[:-1])) + 1
+    bounds = [0, *cuts.tolist(), table.num_rows]
+    for start, end in zip(bounds, bounds[1:]):
+        first = table.slice(start, 1)
+        key = (first.column("batch_id")[0].as_py(), first.column("lease_id")[0].as_py())
+        yield key, first.column("batch_posts")[0].as_py(), table.slice(start, end - start)
+
+
+def distinct_posts(rows: pa.Table) -> pa.Table:
+    """``rows`` with each uri once (its first row)."""
+    uris = rows.column("uri")
+    if pc.count_distinct(uris).as_py() == rows.num_rows:
+        return rows
+    first = pc.index_in(pc.unique(uris), value_set=uris)  # first position of each uri
+    return rows.take(np.sort(first.to_numpy()))
 
 
 MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
@@ -33,19 +59,19 @@ class QueueActorExportSource:
 
         return ray.get(self.queue.plan_export.remote(max_rows))
 
-    def export_payloads(self, export_id: int) -> Iterator[str]:
+    def export_payloads(self, export_id: int) -> Iterator[str | bytes]:
         return self.reader.export_payloads(export_id)
 
-    def export_rows(self, export_id: int) -> Iterator[tuple[int, str]]:
+    def export_rows(self, export_id: int) -> Iterator[tuple[int, str | bytes]]:
         return self.reader.export_rows(export_id)
 
     def export_schema(self) -> pa.Schema | None:
         return self.reader.export_schema()
 
-    def save_export_schema(self, schema: pa.Schema) -> None:
+    def save_export_schema(self, schema: pa.Schema) -> pa.Schema:
         import ray
 
-        ray.get(self.queue.save_export_schema.remote(schema))
+        return ray.get(self.queue.save_export_schema.remote(schema))
 
     def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
         import ray
@@ -75,9 +101,11 @@ class WriterActor:
         self.completing: list[Any] = []
         self.unexported_rows = 0
         self.last_export = time.monotonic()
+        self.schema = self.source.export_schema()  # an export may have fixed open columns
         self.stats = {"result_rows": 0, "completed_batches": 0, "stale_batches": 0,
                       "exported_rows": 0, "parquet_files": 0}
         self.provenance: dict[str, str] = {}
+        self.schema = self.source.export_schema()
         self.label_counts: dict[str, int] = {}
 
     def consume(self, table: pa.Table, span: tuple[int, int] | None = None) -> None:
@@ -88,34 +116,48 @@ class WriterActor:
         if not table.num_rows:
             return
         self._tally(table)
-        cols = {name: table.column(name).to_pylist()
-                for name in ("batch_id", "lease_id", "batch_posts", "uri", "ok", "reason",
-                             "columns_json")}
         self.stats["result_rows"] += table.num_rows
-        ready = []
-        for i in range(table.num_rows):
-            key = (cols["batch_id"][i], cols["lease_id"][i])
-            group = self.open.setdefault(key, {"expected": cols["batch_posts"][i],
-                                               "succ": {}, "fail": {}})
-            uri = cols["uri"][i]
-            if cols["ok"][i]:  # forwarded still encoded: the queue merges it as text
-                group["succ"][uri] = cols["columns_json"][i]
-            else:
-                group["fail"][uri] = cols["reason"][i]
-            if len(group["succ"]) + len(group["fail"]) == group["expected"]:
-                ready.append(key)
-        for key in ready:
-            group = self.open.pop(key)
+        for key, expected, part in claim_runs(table):
+            group = self.open.setdefault(key, {"expected": expected, "parts": [], "rows": 0})
+            group["parts"].append(part)
+            group["rows"] += part.num_rows
+            if group["rows"] < expected:
+                continue
+            rows = distinct_posts(pa.concat_tables(group["parts"]))
+            if rows.num_rows < expected:  # a post delivered twice counts once
+                group["parts"], group["rows"] = [rows], rows.num_rows
+                continue
+            del self.open[key]
+            labelled, failed = self._split(rows)
             # Not awaited here: the QueueActor runs this caller's calls in order, and
             # _settle() collects the answers before any export or the end of the run.
-            self.completing.append(self.queue.complete.remote(key[0], key[1], group["succ"],
-                                                              group["fail"]))
-            self.unexported_rows += len(group["succ"])
+            self.completing.append(self.queue.complete.remote(key[0], key[1], labelled, failed))
+            self.unexported_rows += 0 if labelled is None else labelled.num_rows
         if len(self.completing) >= MAX_UNSETTLED:
             self._settle()
         if (self.unexported_rows >= self.export_rows
                 or time.monotonic() - self.last_export >= self.export_every_seconds):
             self._export()
+
+    def _split(self, rows: pa.Table) -> tuple[pa.Table | None, list[tuple[dict, str]]]:
+        """A completed batch's labelled rows, fitted to the integration's column types, and
+        ``(post, reason)`` for its failed posts (a value that does not fit fails its post)."""
+        ok = rows.column("was_successfully_labeled")
+        failed = [(post_of(r), r["reason"]) for r in
+                  rows.filter(pc.invert(ok)).select([*POST_FIELDS, "reason"]).to_pylist()]
+        done = rows.filter(ok).drop_columns(list(CONTROL))
+        if not done.num_rows:
+            return None, failed
+        wanted = merge_schema(self.schema, done.schema)
+        if wanted != self.schema:  # new or newly typed columns: fixed in the queue file
+            import ray
+
+            self.schema = ray.get(self.queue.save_export_schema.remote(wanted))
+        fitted, misfits = fit_rows(done, self.schema)
+        if misfits:
+            posts = done.select(list(POST_FIELDS)).to_pylist()
+            failed.extend((post_of(posts[i]), why) for i, why in misfits.items())
+        return (fitted if fitted.num_rows else None), failed
 
     def _settle(self) -> None:
         import ray
@@ -130,16 +172,20 @@ class WriterActor:
     def _tally(self, table: pa.Table) -> None:
         """Label distribution and provenance of the successful rows (counted as they arrive;
         a stale batch's rows, rare, are counted too)."""
-        ok = table.filter(table.column("ok"))
+        ok = table.filter(table.column("was_successfully_labeled"))
         if not ok.num_rows:
             return
         if not self.provenance:
-            first = codec.loads(ok.column("columns_json")[0].as_py())
-            self.provenance = {"classifier": first.get("classifier", ""),
-                               "model": first.get("model", "")}
-        for item in pc.value_counts(ok.column("label")).to_pylist():
+            self.provenance = {k: ok.column(k)[0].as_py() or "" for k in ("classifier", "model")}
+        if "label" not in ok.column_names:
+            return
+        try:
+            counts = pc.value_counts(ok.column("label")).to_pylist()
+        except pa.ArrowNotImplementedError:  # e.g. a list-valued label: no distribution
+            return
+        for item in counts:
             if item["values"] is not None:
-                key = item["values"]
+                key = str(item["values"])
                 self.label_counts[key] = self.label_counts.get(key, 0) + item["counts"]
 
     def _export(self) -> None:
@@ -149,6 +195,7 @@ class WriterActor:
         self.stats["parquet_files"] += stats.files
         self.unexported_rows = 0
         self.last_export = time.monotonic()
+        self.schema = self.source.export_schema()  # an export may have fixed open columns
 
     def get_stats(self) -> dict[str, Any]:
         return dict(self.stats, open_batches=len(self.open))

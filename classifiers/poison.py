@@ -27,12 +27,18 @@ class BadOutput(Exception):
 
 
 def _plain(value: Any, column: str) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        value = value.item()
+    """A value Arrow can type: a finite scalar, or a list / str-keyed dict of such values."""
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy / torch values, arrays
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         raise BadOutput(f"non-finite value {value!r} in column {column!r}")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, column) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, column) for k, v in value.items()}
     if value is not None and not isinstance(value, (str, int, float, bool)):
-        raise BadOutput(f"column {column!r} holds {type(value).__name__}, not a scalar")
+        raise BadOutput(f"column {column!r} holds {type(value).__name__}, not a value Arrow "
+                        "can store (scalar, list or dict)")
     return value
 
 

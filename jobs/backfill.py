@@ -6,11 +6,12 @@ written); 3 finished, but posts were dead-lettered in this run; 1 an unexpected 
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import traceback
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from classifiers.registry import ClassifierConfigError
 from jobs import admin
@@ -79,28 +80,36 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"\n{summary.stage}: {summary.integration}", file=out)
         print(summary.table(), file=out, flush=True)
 
-    if args.add_to_queue:
-        from jobs.enqueue_stage import enqueue_posts
+    for name in integrations:
+        enqueue = functools.partial(_enqueue, config, name, files, args, done)
+        if args.run_integrations:
+            from jobs.inference import run_inference
 
-        for name in integrations:
-            done(enqueue_posts(config, name, files, quiet=args.quiet,
-                               relabel=args.relabel_other_versions))
-        if files is not None and not files.good and not files.rejected:
-            span = f"between {start or 'the first'} and {end or 'the last'} day"
-            print(f"enqueue: no posts under {config.posts.path} {span} (check the date "
-                  "range and posts.path)", file=sys.stderr)
-    if args.run_integrations:
-        from jobs.inference import run_inference
-
-        for name in integrations:
+            # One command doing both: the pipeline starts (and loads the model) while the
+            # enqueue runs, instead of after it.
             done(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
-                               verbose=args.verbose))
+                               verbose=args.verbose,
+                               feed=enqueue if args.add_to_queue else None))
+        elif args.add_to_queue:
+            enqueue()
+    if args.add_to_queue and files is not None and not files.good and not files.rejected:
+        span = f"between {start or 'the first'} and {end or 'the last'} day"
+        print(f"enqueue: no posts under {config.posts.path} {span} (check the date "
+              "range and posts.path)", file=sys.stderr)
     if args.write_cache:
         from jobs.inference import write_cache
 
         for name in cache_names:
             done(write_cache(config, name, clear_queue=args.clear_queue))
     return _closing_lines(summaries, args.max_records_per_run)
+
+
+def _enqueue(config: Any, name: str, files: Any, args: Any,
+             done: Callable[[RunSummary], None]) -> None:
+    from jobs.enqueue_stage import enqueue_posts
+
+    done(enqueue_posts(config, name, files, quiet=args.quiet,
+                       relabel=args.relabel_other_versions))
 
 
 def _closing_lines(summaries: list[RunSummary], budget: int | None) -> int:

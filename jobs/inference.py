@@ -6,33 +6,33 @@ an Arrow block; a classifier actor (announcing the block to the StageMonitor's c
 first) labels it; the driver passes the result block's object reference — never the rows —
 to the WriterActor, which groups rows per batch and sends one fenced ``complete`` per batch to
 the QueueActor (the lease check and the writes are one SQLite transaction), then exports the
-output queue to parquet. Failed posts go back to the queue for a further pass; the run
-ends when nothing claimable is left, the budget is used, or another driver holds the rest.
+output queue to parquet. Failed posts go back to the queue as retry batches, which later
+waves of read tasks claim in the same pass (same classifier actors, no model reload); the
+run ends when nothing claimable is left, the budget is used, or another driver holds the
+rest.
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from actors.classifier_stage import ClassifierStage
 from actors.queue_actor import QueueActor
 from actors.queue_datasource import QueueDatasource
 from actors.stage_monitor import StageMonitor
 from actors.writer_actor import WriterActor
-from classifiers.registry import ClassifierConfigError
 from jobs.config import BackfillConfig
+from jobs.pipeline_errors import PipelineActorDied, true_cause
 from jobs.progress import Figures, Progress
 from jobs.ray_setup import check_gpus, driver_node_strategy, ensure_ray
 from jobs.summary import RunSummary
 from jobs.timing import new_run_id, now_iso
 from queue_store import QueueStore, export_output
 from queue_store.lease_holder import LeaseHolder
-
-
-class PipelineActorDied(RuntimeError):
-    """The queue or writer actor (or every classifier actor) died; says which and why."""
 
 
 # The writer frees a large buffer per export; glibc's adaptive mmap threshold would then
@@ -43,8 +43,12 @@ WRITER_ENV = {"env_vars": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
 def run_inference(config: BackfillConfig, integration: str,
                   max_records_per_run: int | None = None, quiet: bool = False,
-                  verbose: bool = False) -> RunSummary:
-    """Label every claimable post of one integration; returns (and saves) the run summary."""
+                  verbose: bool = False, feed: Callable[[], Any] | None = None) -> RunSummary:
+    """Label every claimable post of one integration; returns (and saves) the run summary.
+
+    ``feed`` (the same command's enqueue stage) runs here while the pipeline starts in the
+    background, so classifier actors start and load their model meanwhile; read tasks claim
+    nothing until it has returned."""
     name, integ = config.resolve_integration(integration)
     ray = ensure_ray(config, verbose)
     check_gpus(ray, name, integ)
@@ -59,7 +63,7 @@ def run_inference(config: BackfillConfig, integration: str,
     holder = LeaseHolder.this_process(run_id).encode()
     queue = ray.remote(QueueActor).options(**pinned, name=f"backfill-queue-{run_id}").remote(
         data_dir, name, config.queue.max_attempts, config.queue.lease_seconds, holder,
-        max_records_per_run)
+        max_records_per_run, feeding=feed is not None)
     monitor = ray.remote(StageMonitor).options(**pinned,
                                                name=f"backfill-monitor-{run_id}").remote()
     out_dir = str((config.output_root / name).resolve())
@@ -68,7 +72,16 @@ def run_inference(config: BackfillConfig, integration: str,
         queue, data_dir, name, out_dir, config.pipeline.export_rows,
         config.pipeline.export_every_seconds)
     finished = False
+    passes = functools.partial(_run_passes, ray, config, integ, run_id, (queue, monitor),
+                               writer, verbose)
     try:
+        background = None
+        if feed is not None:
+            background = Background(functools.partial(passes, first_pass_always=True))
+            try:
+                feed()
+            finally:
+                ray.get(queue.close_feed.remote())
         total = ray.get(queue.claimable_posts.remote())
         if max_records_per_run is not None:
             total = min(total, max_records_per_run)
@@ -79,7 +92,7 @@ def run_inference(config: BackfillConfig, integration: str,
                            dead=st["dead_lettered"])
 
         with Progress(f"inference {name}", total, figures, quiet=quiet):
-            _run_passes(ray, config, integ, run_id, (queue, monitor), writer, verbose)
+            background.join() if background is not None else passes()
         wstats = ray.get(writer.finish.remote())
         qstats = ray.get(queue.stop.remote())
         mstats = ray.get(monitor.get_stats.remote())
@@ -95,6 +108,7 @@ def run_inference(config: BackfillConfig, integration: str,
     for key in ("labelled", "failed", "retried", "dead_lettered", "stale_completions"):
         setattr(summary, key, qstats[key])
     summary.process_deaths = mstats["process_deaths"]
+    summary.stage_us_per_post = mstats["stage_us_per_post"]
     summary.usage = mstats["usage"]
     params = integ.classifier.params
     cost = (summary.usage.get("prompt_tokens", 0) * params.get("cost_per_1k_prompt_tokens", 0)
@@ -116,18 +130,49 @@ def run_inference(config: BackfillConfig, integration: str,
     return summary.finish(config.data_dir, t0, summary.labelled + summary.failed, out_dir)
 
 
+class Background:
+    """Runs ``fn`` on a daemon thread; ``join`` waits and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self.error = exc
+
+    def join(self) -> None:
+        while self.thread.is_alive():
+            self.thread.join(timeout=0.5)  # short waits: Ctrl-C stays responsive
+        if self.error is not None:
+            raise self.error
+
+
 def _run_passes(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
-                actors: tuple[Any, Any], writer: Any, verbose: bool) -> None:
-    """A pass streams whatever is claimable; another pass runs only for posts this run
-    re-queued for a retry. Stop when the budget is used, nothing is claimable (no actor pool
+                actors: tuple[Any, Any], writer: Any, verbose: bool,
+                first_pass_always: bool = False) -> None:
+    """A pass streams whatever is claimable, retries included (see QueueDatasource);
+    another pass runs only for what a pass left claimable (e.g. a retry queued after its
+    last read wave ended). Stop when the budget is used, nothing is claimable (no actor pool
     is started for an empty queue), or a pass found nothing to claim (another driver holds
     the rest). Beyond max_attempts+1 passes, work is the next run's."""
-    queue = actors[0]
-    for _ in range(config.queue.max_attempts + 1):
-        if ray.get(queue.budget_used.remote()) or not ray.get(queue.claimable_posts.remote()):
+    queue, monitor = actors
+    for attempt in range(config.queue.max_attempts + 1):
+        if not (first_pass_always and attempt == 0) and (
+                ray.get(queue.budget_used.remote())
+                or not ray.get(queue.claimable_posts.remote())):
             return
         claimed_before = ray.get(queue.get_stats.remote())["claimed_batches"]
-        _guarded_pass(ray, config, integ, run_id, actors, writer, verbose)
+        try:
+            _one_pass(ray, config, integ, run_id, actors, writer, verbose)
+        except Exception as exc:
+            cause = true_cause(ray, exc, queue, writer, monitor)
+            if cause is exc:
+                raise
+            raise cause from None
         if ray.get(queue.get_stats.remote())["claimed_batches"] == claimed_before:
             return
 
@@ -146,52 +191,6 @@ def _release_claims(ray: Any, queue: Any) -> None:
         pass  # its leases then name this (soon dead) process: a rerun reclaims them at once
 
 
-def _guarded_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
-                  actors: tuple[Any, Any], writer: Any, verbose: bool) -> None:
-    """``_one_pass``, with a failure turned into its true cause."""
-    from ray.exceptions import RayActorError
-
-    queue, monitor = actors
-    try:
-        _one_pass(ray, config, integ, run_id, actors, writer, verbose)
-    except Exception as exc:
-        stats = _actor_says(ray, monitor, "get_stats")
-        if isinstance(stats, dict) and stats.get("fatal"):
-            raise ClassifierConfigError(stats["fatal"]) from None
-        dead = _which_died(ray, {"QueueActor (claims and leases)": queue,
-                                 "WriterActor (completions and parquet)": writer,
-                                 "StageMonitor (crash journal)": monitor}, exc)
-        if dead:
-            raise PipelineActorDied(dead) from None
-        if isinstance(exc, RayActorError):
-            raise PipelineActorDied(f"a classifier actor died and could not be replaced: "
-                                    f"{_cause(exc)}") from None
-        raise
-
-
-def _actor_says(ray: Any, actor: Any, method: str) -> Any:
-    """The actor's answer, or the exception that shows it is gone."""
-    try:
-        return ray.get(getattr(actor, method).remote(), timeout=30)
-    except Exception as exc:  # noqa: BLE001 - an answer either way
-        return exc
-
-
-def _cause(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    found = next((line.strip() for line in lines if "cause" in line.lower()
-                  or "died" in line.lower()), lines[0] if lines else type(exc).__name__)
-    return found[:300]
-
-
-def _which_died(ray: Any, actors: dict[str, Any], exc: BaseException) -> str | None:
-    """Which of the pipeline's own actors is gone (they answer get_stats while alive)."""
-    for label, actor in actors.items():
-        if isinstance(_actor_says(ray, actor, "get_stats"), BaseException):
-            return f"the {label} died: {_cause(exc)}"
-    return None
-
-
 def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
               actors: tuple[Any, Any], writer: Any, verbose: bool) -> None:
     """Stream every claimable batch through the classifiers into the writer."""
@@ -204,18 +203,25 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
     ctx.execution_no_progress_timeout_s = pipe.no_progress_timeout_s
     ctx.target_max_block_size = pipe.read_block_bytes
     ctx.enable_progress_bars = verbose  # the job's own display is the progress bar
+    # Whole blocks to the classifier actors (the stage splits them into batch_size calls):
+    # with a batch_size here Ray Data would hold a block smaller than it until the read
+    # ends, and a later read wave waiting for in-flight retries would wait for ever.
+    # map_batches refuses batch_size=None with GPUs, so its unvalidated twin is used.
+    map_whole_blocks = getattr(ray.data.Dataset, "map_batches_internal", None)
+    waves = config.queue.max_attempts if map_whole_blocks else 1
     ds = ray.data.read_datasource(
-        QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim),
-        override_num_blocks=pipe.read_tasks,
+        QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim, waves=waves),
+        override_num_blocks=pipe.read_tasks, concurrency=pipe.read_tasks,
         num_cpus=pipe.read_task_num_cpus)
-    ds = ds.map_batches(
-        ClassifierStage,
-        fn_constructor_kwargs={"classifier_type": integ.classifier.type,
-                               "params": integ.classifier.params, "run_id": run_id,
-                               "monitor": monitor, "config_hash": integ.classifier.config_hash,
-                               "secrets": _secrets(integ.classifier.params)},
+    stage_kwargs = {"classifier_type": integ.classifier.type, "params": integ.classifier.params,
+                    "run_id": run_id, "monitor": monitor,
+                    "config_hash": integ.classifier.config_hash, "batch_size": integ.batch_size,
+                    "secrets": _secrets(integ.classifier.params)}
+    map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
+    ds = map_batches(
+        ClassifierStage, fn_constructor_kwargs=stage_kwargs,
         compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
-        batch_size=integ.batch_size, batch_format="pyarrow",
+        batch_size=None if map_whole_blocks else integ.batch_size, batch_format="pyarrow",
         num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)
     # Result blocks go to the writer by reference: the writer's process fetches them from
     # the object store, the driver never deserialises (or even holds) a result row.

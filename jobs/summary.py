@@ -38,6 +38,7 @@ class RunSummary(BaseModel):
     dead_lettered: int = 0
     stale_completions: int = 0
     process_deaths: int = 0            # classifier processes killed by a post (isolated)
+    stage_us_per_post: float | None = None  # classifier actors' CPU per post outside classify
     reaped_dead_holder_batches: int = 0  # claims of a dead run taken back at start
     export_dead_lettered: int = 0      # output rows that could not be exported
     usage: dict[str, int] = Field(default_factory=dict)  # hosted models: requests, tokens

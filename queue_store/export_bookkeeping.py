@@ -14,7 +14,9 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from queue_store import codec
+from queue_store.export_types import merge_schema
 from queue_store.models import ExportPlan
+from queue_store.typed_rows import from_ipc, post_of, to_ipc
 
 
 class ExportBookkeeping:
@@ -88,7 +90,7 @@ class ExportBookkeeping:
                 if found is None:
                     continue
                 batch_id, payload = found
-                items = codec.ndjson_body(payload).split("\n")
+                items = row_items(payload)
                 for i, reason in lines.items():
                     post = _post_fields(items[i])
                     c.execute(f"INSERT INTO {t['dead']} (uri, payload, decodable, reason, "
@@ -99,10 +101,10 @@ class ExportBookkeeping:
                     if post:
                         c.execute(f"UPDATE {t['ledger']} SET done = 0 WHERE uri = ?",
                                   (post["uri"],))
-                keep = [x for i, x in enumerate(items) if i not in lines]
+                keep = [i for i in range(len(items)) if i not in lines]
                 if keep:
                     c.execute(f"UPDATE {t['output']} SET payload = ?, n_rows = ? WHERE id = ?",
-                              (codec.join_lines(keep), len(keep), row_id))
+                              (keep_items(payload, items, keep), len(keep), row_id))
                 else:
                     c.execute(f"DELETE FROM {t['output']} WHERE id = ?", (row_id,))
         return len(bad)
@@ -110,13 +112,17 @@ class ExportBookkeeping:
     def export_schema(self) -> pa.Schema | None:
         """The output's column types, fixed by the first export (every file keeps them)."""
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'export_schema'").fetchone()
-        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(row[0]))) if row else None
+        return _schema_of(row[0]) if row else None
 
-    def save_export_schema(self, schema: pa.Schema) -> None:
-        value = base64.b64encode(schema.serialize().to_pybytes()).decode()
+    def save_export_schema(self, schema: pa.Schema) -> pa.Schema:
+        """Fix the output's column types: merged into what is stored (the first to give a
+        column a type wins, concurrent runs included); returns the stored result."""
         with self._tx() as c:  # type: ignore[attr-defined]
+            row = c.execute("SELECT value FROM meta WHERE key = 'export_schema'").fetchone()
+            merged = merge_schema(_schema_of(row[0]) if row else None, schema)
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('export_schema', ?)",
-                      (value,))
+                      (base64.b64encode(merged.serialize().to_pybytes()).decode(),))
+        return merged
 
     def mark_exported(self, export_id: int) -> None:
         with self._tx() as c:  # type: ignore[attr-defined]
@@ -131,12 +137,33 @@ class ExportBookkeeping:
                              f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
 
 
-def _post_fields(line: str) -> dict | None:
-    """The post a buried output line came from (so it can be requeued), if it decodes."""
+def _schema_of(value: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(value)))
+
+
+def row_items(payload: str | bytes) -> list[Any]:
+    """An output-queue row's items: JSON lines (text rows) or 1-row tables (Arrow rows)."""
+    if isinstance(payload, str):
+        return codec.ndjson_body(payload).split("\n") if len(payload) > 2 else []
+    table = from_ipc(payload)
+    return [table.slice(i, 1) for i in range(table.num_rows)]
+
+
+def keep_items(payload: str | bytes, items: list[Any], keep: list[int]) -> str | bytes:
+    """The row's payload with only the items at ``keep``, in its own format."""
+    if isinstance(payload, str):
+        return codec.join_lines([items[i] for i in keep])
+    return to_ipc(from_ipc(payload).take(pa.array(keep, pa.int64())))
+
+
+def _post_fields(item: Any) -> dict | None:
+    """The post a buried output item came from (so it can be requeued), if it decodes."""
+    if isinstance(item, pa.Table):
+        return post_of(item.to_pylist()[0])
     try:
-        row = codec.loads(line)
+        row = codec.loads(item)
     except codec.PayloadError:
         return None
     if not isinstance(row, dict) or not isinstance(row.get("uri"), str):
         return None
-    return {k: row.get(k) for k in ("uri", "text", "preprocessing_timestamp")}
+    return post_of(row)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,19 +18,22 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from queue_store import codec
-from queue_store.export_types import EXPORT_ERRORS, conform, strings_for_nulls
+from queue_store.export_bookkeeping import row_items
+from queue_store.export_types import (EXPORT_ERRORS, concat_conformed, conform,
+                                      strings_for_nulls)
 from queue_store.models import ExportPlan
+from queue_store.typed_rows import from_ipc
 
 DEFAULT_EXPORT_ROWS = 50_000
 
 
 class ExportSource(Protocol):
     def plan_export(self, max_rows: int = ...) -> ExportPlan | None: ...
-    def export_payloads(self, export_id: int) -> Iterable[str]: ...
-    def export_rows(self, export_id: int) -> Iterable[tuple[int, str]]: ...
+    def export_payloads(self, export_id: int) -> Iterable[str | bytes]: ...
+    def export_rows(self, export_id: int) -> Iterable[tuple[int, str | bytes]]: ...
     def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int: ...
     def export_schema(self) -> pa.Schema | None: ...
-    def save_export_schema(self, schema: pa.Schema) -> None: ...
+    def save_export_schema(self, schema: pa.Schema) -> pa.Schema: ...
     def mark_exported(self, export_id: int) -> None: ...
 
 
@@ -52,8 +55,26 @@ def _read_ndjson(body: io.BytesIO, as_text: list[str]) -> pa.Table:
                                           unexpected_field_behavior="infer"))
 
 
-def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
-    """Parse output-queue rows with Arrow's C++ JSON reader (no Python object per row)."""
+def payloads_to_table(payloads: Iterable[str | bytes]) -> pa.Table:
+    """Output-queue rows as one table: Arrow rows (IPC streams, the pipeline's) read as they
+    are; text rows (JSON, from ``complete``) parsed by Arrow's C++ JSON reader."""
+    parts: list[pa.Table] = []
+    texts: list[str] = []
+    for payload in payloads:
+        if isinstance(payload, str):
+            texts.append(payload)
+            continue
+        if texts:
+            parts.append(json_rows_to_table(texts))
+            texts = []
+        parts.append(from_ipc(payload))
+    if texts:
+        parts.append(json_rows_to_table(texts))
+    return concat_conformed([p for p in parts if p.num_rows])
+
+
+def json_rows_to_table(payloads: Iterable[str]) -> pa.Table:
+    """Parse JSON output-queue rows with Arrow's C++ JSON reader (no Python object per row)."""
     body, first_row = io.BytesIO(), None
     for payload in payloads:
         if len(payload) <= 2:
@@ -78,20 +99,25 @@ def payloads_to_table(payloads: Iterable[str]) -> pa.Table:
     return table.select(order + [c for c in table.column_names if c not in order])
 
 
-def salvage(rows: Iterable[tuple[int, str]], schema: pa.Schema | None
+def salvage(rows: Iterable[tuple[int, str | bytes]], schema: pa.Schema | None
             ) -> tuple[pa.Table, list[tuple[int, int, str]]]:
     """Convert an export chunk line by line where needed: bisect until the lines that fail
-    are found. Returns the table of the good lines (types fixed by ``schema``, or by the
-    first good lines) and ``(output row id, line index, reason)`` for each bad one."""
-    lines = [(row_id, i, text) for row_id, payload in rows if len(payload) > 2
-             for i, text in enumerate(codec.ndjson_body(payload).split("\n"))]
+    are found (an Arrow row's lines are its rows). Returns the table of the good lines
+    (types fixed by ``schema``, or by the first good lines) and ``(output row id, line
+    index, reason)`` for each bad one."""
+    items = [(row_id, i, item) for row_id, payload in rows
+             for i, item in enumerate(row_items(payload))]
     good: list[pa.Table] = []
     bad: list[tuple[int, int, str]] = []
     ref = [schema]
 
-    def convert(part: list[tuple[int, int, str]]) -> None:
+    def convert(part: list[tuple[int, int, Any]]) -> None:
         try:
-            table = conform(payloads_to_table([codec.join_lines([x[2] for x in part])]), ref[0])
+            texts = [x[2] for x in part if isinstance(x[2], str)]
+            tables = [x[2] for x in part if not isinstance(x[2], str)]
+            if texts:
+                tables.insert(0, json_rows_to_table([codec.join_lines(texts)]))
+            table = conform(concat_conformed(tables), ref[0])
         except EXPORT_ERRORS as exc:
             if len(part) == 1:
                 bad.append((part[0][0], part[0][1],
@@ -104,8 +130,8 @@ def salvage(rows: Iterable[tuple[int, str]], schema: pa.Schema | None
         ref[0] = table.schema
         good.append(table)
 
-    if lines:
-        convert(lines)
+    if items:
+        convert(items)
     if not good:
         return pa.table({}), bad
     final = ref[0]
@@ -141,10 +167,9 @@ def export_output(source: ExportSource, out_dir: str | Path,
             table, bad = salvage(source.export_rows(plan.export_id), schema)
             source.bury_export_lines(bad)
             stats.dead_lettered += len(bad)
+        table = strings_for_nulls(table)  # what the files hold fixes the types from now on
         if table.num_rows and table.schema != schema:
-            schema = table.schema
-            source.save_export_schema(schema)
-        table = strings_for_nulls(table)
+            schema = source.save_export_schema(table.schema)
         if table.num_rows:
             # The post's day: both accepted timestamp forms start with YYYY-MM-DD.
             day = pc.utf8_slice_codeunits(table.column("preprocessing_timestamp"), 0, 10)

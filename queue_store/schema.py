@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -112,13 +114,29 @@ def connect(path: Path, integration: str,
         raise QueueFileError(f"no queue file at {path}: nothing was enqueued for "
                              f"{integration!r} in this data_dir")
     try:
-        return _connect(path, integration, readonly)
+        return _connect_when_free(path, integration, readonly)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
         raise QueueFileError(f"cannot create the queue file {path} ({exc.strerror}); "
                              "data_dir must be a writable folder") from None
     except sqlite3.DatabaseError as exc:
         raise QueueFileError(f"queue file {path} cannot be used ({exc}); move the file "
                              "away (or fix data_dir) and rerun") from None
+
+
+def _connect_when_free(path: Path, integration: str,
+                       readonly: bool) -> tuple[sqlite3.Connection, str]:
+    """``_connect``, retried while another process holds the lock it needs: switching a new
+    file to WAL answers "database is locked" at once, without SQLite's busy wait, when
+    several processes open it at the same moment (two commands, or a QueueActor and the
+    enqueue running beside it)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return _connect(path, integration, readonly)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
 
 
 def _connect(path: Path, integration: str,
@@ -137,6 +155,14 @@ def _connect(path: Path, integration: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                            check_same_thread=False)
+    try:
+        return conn, _create_tables(conn, integration)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _create_tables(conn: sqlite3.Connection, integration: str) -> str:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     # Rows are whole batches (100 KB+): 64 KiB pages cut overflow-page chains and commit work
     # (measured: enqueue 420k → 780k posts/s, claim+complete 188k → 253k). Applies only when
@@ -157,4 +183,4 @@ def _connect(path: Path, integration: str,
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return conn, store_id
+    return store_id

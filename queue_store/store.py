@@ -7,6 +7,7 @@ Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
 - ``claim(max_batches=1, lease_seconds=60, owner="")`` — lease pending rows (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
 - ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output, retries, delete.
+- ``complete_rows(batch_id, lease_id, labelled, failed)`` — the same, output rows already typed.
 - ``fail(batch_id, lease_id, reason)`` — fenced nack: batch back to pending (dead at max).
 - ``release(batch_id, lease_id)`` — fenced undo of a claim: pending again, attempt not spent.
 - ``reap()`` — expired leases, and leases of provably dead holders, back to pending (or dead
@@ -19,15 +20,16 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 from queue_store import codec
 from queue_store.admin import AdminVerbs
+from queue_store.completing import CompleteVerbs
 from queue_store.enqueueing import EnqueueVerbs
 from queue_store.export_bookkeeping import ExportBookkeeping
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import ClaimedBatch, CompleteResult, ReapResult
+from queue_store.models import ClaimedBatch, ReapResult
 from queue_store.schema import QueueFileError, connect, file_identity, table_names
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -37,7 +39,7 @@ def queue_path(data_dir: str | Path, integration: str) -> Path:
     return Path(data_dir) / "queue" / f"{integration}.db"
 
 
-class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
+class QueueStore(CompleteVerbs, EnqueueVerbs, AdminVerbs, ExportBookkeeping):
     def __init__(self, data_dir: str | Path, integration: str,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, readonly: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
@@ -110,6 +112,11 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                     metadata=meta, payload=payload, n_posts=len(posts)))
         return claimed
 
+    def has_pending(self) -> bool:
+        """Is any batch waiting to be claimed? (one index probe)"""
+        return self.conn.execute(f"SELECT 1 FROM {self.tables['input']} WHERE status = "
+                                 "'pending' LIMIT 1").fetchone() is not None
+
     def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
         """Fenced: a claimed row whose payload cannot be decoded goes to dead letters."""
         t = self.tables["input"]
@@ -132,37 +139,6 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                           "WHERE id = ? AND lease_id = ? AND status = 'processing'",
                           [(expires, b, lease) for b, lease in leases])
             return c.total_changes - before
-
-    def complete(self, batch_id: int, lease_id: str,
-                 successes: Mapping[str, Mapping[str, Any] | str],
-                 failures: Mapping[str, str]) -> CompleteResult:
-        """Fenced ack. ``successes``: uri -> output columns (a mapping, or that mapping already
-        encoded as a JSON object); ``failures``: uri -> reason.
-
-        Together they must cover the batch's posts exactly. Returns ``accepted=False`` and
-        writes nothing when ``lease_id`` no longer holds the batch.
-        """
-        with self._tx() as c:
-            held = self._held(c, batch_id, lease_id)
-            if held is None:
-                return CompleteResult(accepted=False)
-            posts, attempt = held
-            uris = [p["uri"] for p in posts]
-            _check_cover(batch_id, uris, successes, failures)
-            labelled = [p for p in posts if p["uri"] in successes]
-            out = [_output_row(p, successes[p["uri"]]) for p in labelled]
-            if out:
-                c.execute(f"INSERT INTO {self.tables['output']} "
-                          "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
-                          (batch_id, codec.join_lines(out), len(out), self.clock()))
-                c.execute(f"UPDATE {self.tables['ledger']} SET done = 1 WHERE uri IN "
-                          "(SELECT value FROM json_each(?))",
-                          (codec.dumps([p["uri"] for p in labelled]),))
-            failed = [(p, failures[p["uri"]]) for p in posts if p["uri"] in failures]
-            retried, dead = self._retry_or_bury(c, batch_id, failed, attempt)
-            c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
-        return CompleteResult(accepted=True, labelled=len(out), retried=retried,
-                              dead_lettered=dead)
 
     def fail(self, batch_id: int, lease_id: str, reason: str) -> bool:
         """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""
@@ -237,21 +213,6 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
             result.dead_lettered_batches += 1
         return result
 
-    def _retry_or_bury(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
-                       attempt: int) -> tuple[int, int]:
-        if not failed:
-            return 0, 0
-        if attempt >= self.max_attempts:
-            self._bury_posts(c, batch_id, failed, attempt)
-            return 0, len(failed)
-        posts = [p for p, _ in failed]
-        meta = {"retry_of": batch_id, "last_reasons": sorted({r for _, r in failed})[:5],
-                "batch_size": len(posts), "actual_batch_size": len(posts)}
-        c.execute(f"INSERT INTO {self.tables['input']} "
-                  "(payload, metadata, n_posts, attempt, created_at) VALUES (?, ?, ?, ?, ?)",
-                  (codec.dumps(posts), codec.dumps(meta), len(posts), attempt, self.clock()))
-        return len(failed), 0
-
     def _bury_posts(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
                     attempt: int) -> None:
         now = self.clock()
@@ -266,26 +227,3 @@ class QueueStore(EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                   (payload, reason, attempt, batch_id, self.clock()))
         c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
 
-
-def _output_row(post: dict, columns: Mapping[str, Any] | str) -> str:
-    """The post's fields followed by its output columns, as one JSON object."""
-    if not isinstance(columns, str):
-        clash = post.keys() & columns.keys()
-        if clash:
-            raise ValueError(f"output columns {sorted(clash)} would overwrite post fields")
-        return codec.dumps({**post, **columns})
-    if "\n" in columns:  # keep rows newline-free (see codec.join_lines)
-        columns = codec.dumps(codec.loads(columns))
-    return codec.merge_objects(codec.dumps(post), columns)
-
-
-def _check_cover(batch_id: int, uris: list[str], successes: Mapping[str, Any],
-                 failures: Mapping[str, Any]) -> None:
-    expected = set(uris)
-    both = successes.keys() & failures.keys()
-    given = set(successes.keys()) | set(failures.keys())
-    if both or given != expected:
-        raise ValueError(
-            f"complete({batch_id}) must account for each post exactly once: "
-            f"{len(expected - given)} missing, {len(given - expected)} unknown, "
-            f"{len(both)} both succeeded and failed")

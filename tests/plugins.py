@@ -46,3 +46,37 @@ class WrongLength:
 class NaNScores:
     def classify(self, texts):
         return [{"prob": math.nan if "nan-me" in t else 0.5} for t in texts]
+
+
+class OutputsInText:
+    """Returns the JSON object written after ``|`` in the post's text as the post's outputs
+    (so a test chooses each post's values, types included)."""
+
+    def classify(self, texts):
+        import json
+
+        return [json.loads(t.split("|", 1)[1]) for t in texts]
+
+
+class FlakyOnce:
+    """Fails each post whose text holds ``FLAKY`` the first time it sees it (remembered in
+    ``state_dir``, so across processes); records each construction (a model load) there."""
+
+    def __init__(self, state_dir: str):
+        self.state = Path(state_dir)
+        (self.state / f"init-{os.getpid()}-{time.monotonic_ns()}").touch()
+
+    def classify(self, texts):
+        import hashlib
+
+        from classifiers.protocol import PostFailure
+
+        out = []
+        for t in texts:
+            seen = self.state / hashlib.sha1(t.encode()).hexdigest()
+            if "FLAKY" in t and not seen.exists():
+                seen.touch()
+                out.append(PostFailure(reason="flaky the first time"))
+            else:
+                out.append({"label": "ok"})
+        return out

@@ -89,6 +89,7 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
     slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.3}},
                            batch_size=250)
     slow.queue.lease_seconds = 60  # the default: the rerun must not wait for it
+    slow.pipeline.read_block_bytes = 16_384  # a block per claim: results come in steadily
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen(driver_command(slow, address, tmp_path / "cfg.json"), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

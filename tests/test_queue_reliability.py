@@ -181,3 +181,27 @@ def test_corrupt_queue_file_and_file_as_data_dir_name_the_path(tmp_path):
         QueueStore(tmp_path / "empty", NAME, readonly=True)
     assert not (tmp_path / "empty").exists()
     assert isinstance(sqlite3.sqlite_version, str)
+
+
+def _open_at(data_dir: str, start: float) -> str:
+    while time.time() < start:  # every process opens the new file at the same moment
+        pass
+    try:
+        QueueStore(data_dir, NAME).close()
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_processes_creating_the_queue_file_at_once_all_get_it(tmp_path):
+    """A QueueActor and the enqueue beside it (or two commands) create a fresh queue file at
+    the same moment: none may fail with 'database is locked'."""
+    import multiprocessing
+
+    errors = []
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        for round_ in range(15):
+            start = time.time() + 0.2
+            errors += [r for r in pool.starmap(_open_at, [(str(tmp_path / str(round_)), start)]
+                                               * 8) if r != "ok"]
+    assert errors == []

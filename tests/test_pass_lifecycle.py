@@ -1,0 +1,59 @@
+"""One pass, one actor pool: retries run on the classifier actors that failed them (no new
+pool, no model reload), and those actors start while the same command's enqueue runs;
+nothing lost or duplicated."""
+from __future__ import annotations
+
+import pytest
+
+from jobs.inference import run_inference
+from tests.conftest import make_posts
+from tests.pipeline_helpers import NAME, enqueue, output_uris, pipeline_config, queue_status
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    posts = make_posts(600)
+    for p in posts[::7]:
+        p["text"] += " FLAKY"
+    enqueue(tmp_path, posts, batch_size=100)
+    flaky = {"type": "tests.plugins:FlakyOnce", "params": {"state_dir": str(state)}}
+    config = pipeline_config(tmp_path, flaky, batch_size=50, actors={"min": 1, "max": 1})
+    summary = run_inference(config, NAME, quiet=True)
+    assert summary.retried == len(posts[::7])  # every flaky post failed once, then passed
+    uris = output_uris(tmp_path)
+    assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
+    assert queue_status(tmp_path).pending_posts == 0
+    loads = sorted(f.name for f in state.iterdir() if f.name.startswith("init-"))
+    assert len(loads) == 1, loads  # one actor, one model load, retries included
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_classifier_actors_load_while_the_enqueue_runs(ray_session, tmp_path):
+    """The feed (the same command's enqueue) only enqueues once a classifier actor has been
+    built: without the overlap it would wait for ever (here: fail after 120 s)."""
+    import time
+
+    state = tmp_path / "state"
+    state.mkdir()
+    posts = make_posts(300)
+    config = pipeline_config(tmp_path, {"type": "tests.plugins:FlakyOnce",
+                                        "params": {"state_dir": str(state)}},
+                             actors={"min": 1, "max": 1})
+
+    def feed():
+        deadline = time.monotonic() + 120
+        while not any(f.name.startswith("init-") for f in state.iterdir()):
+            assert time.monotonic() < deadline, "no classifier actor started during enqueue"
+            time.sleep(0.1)
+        assert queue_status(tmp_path).processing_posts == 0  # nothing claimed before the end
+        enqueue(tmp_path, posts[:150], batch_size=50)
+        enqueue(tmp_path, posts[100:], batch_size=50)  # overlapping: 100–149 queued once
+
+    summary = run_inference(config, NAME, quiet=True, feed=feed)
+    assert summary.labelled == 300
+    uris = output_uris(tmp_path)
+    assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
