@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from classifiers.crash_isolation import BlockState, CrashJournal, classify_guarded
 from classifiers.protocol import FatalClassifierError
@@ -127,16 +128,17 @@ class ClassifierStage:
                                                  block_key(part), self.journal)
             finally:
                 self._report_usage()
-            labels: list[dict[str, Any] | None] = []
-            reasons: list[str | None] = []
-            for out in outcomes:
-                clash = RESERVED.intersection(out.labels) if out.ok else None
-                if clash:
-                    out = out._replace(labels=None, reason=f"classifier output uses reserved "
-                                                           f"column(s) {sorted(clash)}")
-                labels.append(out.labels if out.ok else None)
-                reasons.append(None if out.ok else out.reason or "failed")
+            labels = [out.labels for out in outcomes]  # None where the post failed
+            reasons = [out.reason for out in outcomes]  # None where it was labelled
             names, arrays, misfits = typed_columns(labels)
+            if RESERVED.intersection(names):  # rare: fail the posts that use one
+                for i, row in enumerate(labels):
+                    clash = RESERVED.intersection(row) if row else None
+                    if clash:
+                        misfits[i] = f"classifier output uses reserved column(s) {sorted(clash)}"
+                names, arrays, more = typed_columns([None if i in misfits else row
+                                                     for i, row in enumerate(labels)])
+                misfits.update(more)
             for i, why in misfits.items():
                 reasons[i] = why
         except FatalClassifierError as exc:  # fail no post: stop the run, claims handed back
@@ -146,10 +148,10 @@ class ClassifierStage:
             reasons = [f"stage error: {type(exc).__name__}: {exc}"[:500]] * n
             names, arrays = [], []
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        ok = pa.array([r is None for r in reasons], pa.bool_())
+        why = pa.array(reasons, pa.string())
         columns = {name: batch.column(name) for name in (*CONTROL, *POST_FIELDS)}
-        columns["was_successfully_labeled"] = ok
-        columns["reason"] = pa.array(reasons, pa.string())
+        columns["was_successfully_labeled"] = pc.is_null(why)
+        columns["reason"] = why
         columns["label_timestamp"] = pa.array([stamp] * n, pa.string())
         columns.update(zip(names, arrays))
         for name, value in self.fixed.items():

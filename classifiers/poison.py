@@ -26,8 +26,16 @@ class BadOutput(Exception):
     """The classifier returned, but not one finite dict per input."""
 
 
+_AS_IS = frozenset({str, int, bool, type(None)})  # the common case, checked by type alone
+
+
 def _plain(value: Any, column: str) -> Any:
     """A value Arrow can type: a finite scalar, or a list / str-keyed dict of such values."""
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is float and math.isfinite(value):
+        return value
     if hasattr(value, "tolist") and callable(value.tolist):  # numpy / torch values, arrays
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
@@ -53,7 +61,8 @@ def checked(outputs: Any, n_inputs: int) -> list[dict[str, Any] | PostFailure]:
             continue
         if not isinstance(out, dict):
             raise BadOutput(f"classifier returned {type(out).__name__}, not a dict")
-        rows.append({str(k): _plain(v, str(k)) for k, v in out.items()})
+        rows.append({k if type(k) is str else str(k): v if type(v) in _AS_IS  # noqa: E721
+                     else _plain(v, str(k)) for k, v in out.items()})
     return rows
 
 

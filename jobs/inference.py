@@ -3,10 +3,11 @@
 The flow of one batch: the QueueActor claims it (lease id, lease holder = this driver
 process) and hands its stored JSON on undecoded; a Ray Data read task decodes it once into
 an Arrow block; a classifier actor (announcing the block to the StageMonitor's crash journal
-first) labels it; the driver passes the result block's object reference — never the rows —
-to the WriterActor, which groups rows per batch and sends one fenced ``complete`` per batch to
-the QueueActor (the lease check and the writes are one SQLite transaction), then exports the
-output queue to parquet. Failed posts go back to the queue as retry batches, which later
+first) labels it and returns its outputs as typed Arrow columns; the driver passes the result
+block's object reference — never the rows — to the WriterActor, which groups rows per batch,
+casts them to the integration's fixed column types and sends one fenced ``complete`` per
+batch to the QueueActor (lease check, output rows as an Arrow IPC stream, retries: one
+SQLite transaction), then exports the output queue to parquet. Failed posts go back to the queue as retry batches, which later
 waves of read tasks claim in the same pass (same classifier actors, no model reload); the
 run ends when nothing claimable is left, the budget is used, or another driver holds the
 rest.

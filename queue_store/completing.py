@@ -81,8 +81,8 @@ class CompleteVerbs:
             c.execute(f"INSERT INTO {self.tables['output']} "
                       "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
                       (batch_id, payload, len(labelled_uris), self.clock()))  # type: ignore
-            c.execute(f"UPDATE {self.tables['ledger']} SET done = 1 WHERE uri IN "
-                      "(SELECT value FROM json_each(?))", (codec.dumps(labelled_uris),))
+            c.execute(f"INSERT INTO {self.tables['labelled']} (uris) VALUES (?)",
+                      (codec.dumps(labelled_uris),))  # the ledger's done, folded in later
         retried, dead = self._retry_or_bury(c, batch_id, failed, attempt)
         c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
         return CompleteResult(accepted=True, labelled=len(labelled_uris), retried=retried,

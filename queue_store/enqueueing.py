@@ -64,6 +64,7 @@ class EnqueueVerbs:
             return valid
         is_new = pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string()))
         seen = valid.filter(pc.invert(is_new)).column("uri").to_pylist()
+        fold_labelled(c, self.tables)
         other = []
         for uri, done, was in c.execute(f"SELECT uri, done, version FROM {ledger} WHERE uri IN "
                                         "(SELECT value FROM json_each(?))", (codec.dumps(seen),)):
@@ -81,6 +82,16 @@ class EnqueueVerbs:
         else:
             result.skipped_other_version += len(other)
         return valid.filter(pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string())))
+
+
+def fold_labelled(c: Any, tables: dict[str, str]) -> None:
+    """Mark the uris of completed batches done in the ledger, in one statement."""
+    log = tables["labelled"]
+    if c.execute(f"SELECT 1 FROM {log} LIMIT 1").fetchone() is None:
+        return
+    c.execute(f"UPDATE {tables['ledger']} SET done = 1 WHERE uri IN (SELECT j.value FROM "
+              f"{log} AS l, json_each(l.uris) AS j)")
+    c.execute(f"DELETE FROM {log}")
 
 
 def _posts_json(chunk: pa.Table) -> str:

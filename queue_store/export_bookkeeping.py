@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from queue_store import codec
+from queue_store.enqueueing import fold_labelled
 from queue_store.export_types import merge_schema
 from queue_store.models import ExportPlan
 from queue_store.typed_rows import from_ipc, post_of, to_ipc
@@ -84,6 +85,7 @@ class ExportBookkeeping:
             by_row.setdefault(row_id, {})[line] = reason
         now = time.time()
         with self._tx() as c:  # type: ignore[attr-defined]
+            fold_labelled(c, t)  # so that "done = 0" below is not undone by a later fold
             for row_id, lines in by_row.items():
                 found = c.execute(f"SELECT batch_id, payload FROM {t['output']} WHERE id = ?",
                                   (row_id,)).fetchone()
