@@ -6,6 +6,7 @@ Rows are grouped per (batch, lease); once every post of a batch has a result, on
 """
 from __future__ import annotations
 
+import ctypes
 import time
 from typing import Any, Iterator
 
@@ -84,10 +85,24 @@ class QueueActorExportSource:
         ray.get(self.queue.mark_exported.remote(export_id))
 
 
+def fixed_mmap_threshold(nbytes: int = 131_072) -> None:
+    """The writer frees a large buffer per export; glibc's adaptive mmap threshold would then
+    serve those from the heap and fragment it (measured: 100 MB → 430 MB over a 1M-post run).
+    A fixed threshold (what MALLOC_MMAP_THRESHOLD_ sets, here without a runtime_env, whose
+    worker took ~1 s longer to start) keeps large buffers mmapped and returned. Off glibc:
+    nothing."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
                  export_rows: int, export_every_seconds: float) -> None:
         import ray
+
+        fixed_mmap_threshold()
 
         self.queue = queue
         # The QueueActor creates the queue file; a read-only connection cannot, so wait for it.
