@@ -49,10 +49,10 @@ class QueueActor:
         self.stats["claimed_posts"] += sum(b.n_posts for b in batches)
         return [(b.batch_id, b.lease_id, b.payload) for b in batches]
 
-    def work_state(self) -> str:
+    def work_state(self, wait_for_retries: bool = True) -> str:
         """For a read task before its first claim: ``claim`` (something is pending),
-        ``wait`` (enqueue still running, or batches of this run in flight, whose failures
-        may come back as retries) or ``done``."""
+        ``wait`` (enqueue still running, or — with ``wait_for_retries`` — batches of this run
+        in flight, whose failures may come back as retries) or ``done``."""
         if self.feeding:
             return "wait"
         if self.budget_used():
@@ -60,7 +60,7 @@ class QueueActor:
         if self.store.has_pending():
             return "claim"
         with self._lock:
-            return "wait" if self.outstanding else "done"
+            return "wait" if wait_for_retries and self.outstanding else "done"
 
     def close_feed(self) -> None:
         """The enqueue running alongside has ended: read tasks may claim."""

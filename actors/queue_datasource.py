@@ -58,12 +58,14 @@ def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> 
 POLL_SECONDS = 0.2
 
 
-def pull_from_queue(queue: Any, batches_per_claim: int) -> Iterator[pa.Table]:
+def pull_from_queue(queue: Any, batches_per_claim: int, wait_for_retries: bool = True
+                    ) -> Iterator[pa.Table]:
     import ray
 
     # Before its first claim a task holds nothing, so it may wait: for the enqueue running
-    # alongside, or (a later wave) for retries of batches in flight, or for the end.
-    while (state := ray.get(queue.work_state.remote())) == "wait":
+    # alongside, or (with later waves to come) for retries of batches in flight, or the end.
+    # Without waves (Ray Data batching upstream of a held block) it must not wait for them.
+    while (state := ray.get(queue.work_state.remote(wait_for_retries))) == "wait":
         time.sleep(POLL_SECONDS)
     if state == "done":
         return
@@ -86,5 +88,6 @@ class QueueDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         queue, per_claim = self.queue, self.batches_per_claim
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        return [ReadTask(functools.partial(pull_from_queue, queue, per_claim), meta,
-                         schema=BATCH_SCHEMA) for _ in range(self.read_tasks * self.waves)]
+        pull = functools.partial(pull_from_queue, queue, per_claim, self.waves > 1)
+        return [ReadTask(pull, meta, schema=BATCH_SCHEMA)
+                for _ in range(self.read_tasks * self.waves)]
