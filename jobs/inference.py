@@ -202,7 +202,7 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
     # with a batch_size here Ray Data would hold a block smaller than it until the read
     # ends, and a later read wave waiting for in-flight retries would wait for ever.
     # map_batches refuses batch_size=None with GPUs, so its unvalidated twin is used.
-    map_whole_blocks = getattr(ray.data.Dataset, "map_batches_internal", None)
+    map_whole_blocks = whole_block_mapper(ray)
     waves = config.queue.max_attempts if map_whole_blocks else 1
     ds = ray.data.read_datasource(
         QueueDatasource(queue, pipe.read_tasks, pipe.batches_per_claim, waves=waves),
@@ -229,6 +229,11 @@ def _one_pass(ray: Any, config: BackfillConfig, integ: Any, run_id: str,
                 done, in_flight = ray.wait(in_flight, num_returns=1)
                 ray.get(done)
     ray.get(in_flight)
+
+
+def whole_block_mapper(ray: Any) -> Callable[..., Any] | None:
+    """Ray Data's ``map_batches`` without its validation (None on a Ray without it)."""
+    return getattr(ray.data.Dataset, "map_batches_internal", None)
 
 
 def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = False) -> RunSummary:

@@ -57,3 +57,29 @@ def test_classifier_actors_load_while_the_enqueue_runs(ray_session, tmp_path):
     assert summary.labelled == 300
     uris = output_uris(tmp_path)
     assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_without_whole_block_mapping_retries_fall_back_to_a_pass(ray_session, tmp_path,
+                                                                 monkeypatch):
+    """On a Ray without ``map_batches_internal`` Ray Data batches the input and holds a short
+    block until the read ends: read tasks must then not wait for in-flight batches (they did,
+    and the run hung); retries run in a further pass instead."""
+    import jobs.inference
+
+    monkeypatch.setattr(jobs.inference, "whole_block_mapper", lambda ray: None)
+    state = tmp_path / "state"
+    state.mkdir()
+    posts = make_posts(300)
+    for p in posts[::7]:
+        p["text"] += " FLAKY"
+    enqueue(tmp_path, posts, batch_size=100)
+    config = pipeline_config(tmp_path, {"type": "tests.plugins:FlakyOnce",
+                                        "params": {"state_dir": str(state)}},
+                             batch_size=512, actors={"min": 1, "max": 1})  # > any block
+    config.pipeline.no_progress_timeout_s = 60  # a hang fails the test instead of the suite
+    summary = run_inference(config, NAME, quiet=True)
+    assert summary.retried == len(posts[::7]) and summary.labelled == 300
+    uris = output_uris(tmp_path)
+    assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
