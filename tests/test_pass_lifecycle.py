@@ -10,21 +10,32 @@ from tests.conftest import make_posts
 from tests.pipeline_helpers import NAME, enqueue, output_uris, pipeline_config, queue_status
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
+def _flaky_queue(tmp_path, n: int, batch_size: int):
+    """``n`` posts queued, every 7th failing once; a config whose one actor records each model
+    load in ``state``. Returns (posts, state, config)."""
     state = tmp_path / "state"
     state.mkdir()
-    posts = make_posts(600)
+    posts = make_posts(n)
     for p in posts[::7]:
         p["text"] += " FLAKY"
     enqueue(tmp_path, posts, batch_size=100)
     flaky = {"type": "tests.plugins:FlakyOnce", "params": {"state_dir": str(state)}}
-    config = pipeline_config(tmp_path, flaky, batch_size=50, actors={"min": 1, "max": 1})
-    summary = run_inference(config, NAME, quiet=True)
-    assert summary.retried == len(posts[::7])  # every flaky post failed once, then passed
+    return posts, state, pipeline_config(tmp_path, flaky, batch_size=batch_size,
+                                         actors={"min": 1, "max": 1})
+
+
+def _assert_each_post_once(tmp_path, posts) -> None:
     uris = output_uris(tmp_path)
     assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
+    posts, state, config = _flaky_queue(tmp_path, 600, batch_size=50)
+    summary = run_inference(config, NAME, quiet=True)
+    assert summary.retried == len(posts[::7])  # every flaky post failed once, then passed
+    _assert_each_post_once(tmp_path, posts)
     assert queue_status(tmp_path).pending_posts == 0
     loads = sorted(f.name for f in state.iterdir() if f.name.startswith("init-"))
     assert len(loads) == 1, loads  # one actor, one model load, retries included
@@ -55,8 +66,7 @@ def test_classifier_actors_load_while_the_enqueue_runs(ray_session, tmp_path):
 
     summary = run_inference(config, NAME, quiet=True, feed=feed)
     assert summary.labelled == 300
-    uris = output_uris(tmp_path)
-    assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
+    _assert_each_post_once(tmp_path, posts)
 
 
 @pytest.mark.ray
@@ -69,17 +79,8 @@ def test_without_whole_block_mapping_retries_fall_back_to_a_pass(ray_session, tm
     import jobs.inference
 
     monkeypatch.setattr(jobs.inference, "whole_block_mapper", lambda ray: None)
-    state = tmp_path / "state"
-    state.mkdir()
-    posts = make_posts(300)
-    for p in posts[::7]:
-        p["text"] += " FLAKY"
-    enqueue(tmp_path, posts, batch_size=100)
-    config = pipeline_config(tmp_path, {"type": "tests.plugins:FlakyOnce",
-                                        "params": {"state_dir": str(state)}},
-                             batch_size=512, actors={"min": 1, "max": 1})  # > any block
+    posts, _, config = _flaky_queue(tmp_path, 300, batch_size=512)  # larger than any block
     config.pipeline.no_progress_timeout_s = 60  # a hang fails the test instead of the suite
     summary = run_inference(config, NAME, quiet=True)
     assert summary.retried == len(posts[::7]) and summary.labelled == 300
-    uris = output_uris(tmp_path)
-    assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
+    _assert_each_post_once(tmp_path, posts)
