@@ -116,11 +116,10 @@ class WriterActor:
         self.completing: list[Any] = []
         self.unexported_rows = 0
         self.last_export = time.monotonic()
-        self.schema = self.source.export_schema()  # an export may have fixed open columns
         self.stats = {"result_rows": 0, "completed_batches": 0, "stale_batches": 0,
                       "exported_rows": 0, "parquet_files": 0}
         self.provenance: dict[str, str] = {}
-        self.schema = self.source.export_schema()
+        self.schema = self.source.export_schema()  # the integration's fixed column types
         self.label_counts: dict[str, int] = {}
 
     def consume(self, table: pa.Table, span: tuple[int, int] | None = None) -> None:

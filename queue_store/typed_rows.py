@@ -16,7 +16,9 @@ import pyarrow as pa
 
 from queue_store.export_types import EXPORT_ERRORS, concat_conformed, conform
 
-POST_FIELDS = ("uri", "text", "preprocessing_timestamp")
+from queue_store.validation import POST_COLUMNS
+
+POST_FIELDS = POST_COLUMNS  # the post's own fields: what a retry re-queues
 _BUILD_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
                  OverflowError, TypeError, ValueError)
 
