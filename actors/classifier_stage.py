@@ -1,31 +1,45 @@
-"""The Ray Data ``map_batches`` stage: load the classifier once, label one batch per call.
+"""The Ray Data ``map_batches`` stage: load the classifier once, label one block per call.
 
-No exception may escape ``__call__`` (it would abort the whole dataset): posts that fail are
-isolated by bisection and come out as failure rows carrying their reason; posts that kill the
-process are found through the StageMonitor's journal (``classifiers/crash_isolation.py``).
-A classifier that cannot be built at all is reported to the StageMonitor, so the driver stops
-the run with the original error instead of a generic actor death.
+Each block is labelled in ``classify`` calls of ``batch_size`` posts, and each call's result
+rows go straight to the WriterActor (by object reference, never through the driver), so
+results leave the stage every ``batch_size`` posts whatever the model's speed; Ray Data only
+sees a one-row count per block. Every call is reported to the StageMonitor, which is what the
+run's progress guard and display read.
+
+No exception may escape ``__call__`` for a post's sake (it would abort the whole dataset):
+posts that fail are isolated by bisection and come out as failure rows carrying their reason;
+posts that kill the process are found through the StageMonitor's journal
+(``classifiers/crash_isolation.py``). What cannot succeed for any post — a classifier that
+cannot be built, a rejected key, outputs of clashing types — is reported to the StageMonitor
+as fatal and raised, so the driver stops the run with that one line.
 """
 from __future__ import annotations
 
+import collections
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from classifiers.crash_isolation import BlockState, CrashJournal, classify_guarded
+from classifiers.poison import Outcome
 from classifiers.protocol import FatalClassifierError
 from classifiers.registry import build_classifier
+from classifiers.scrub import register_secret, scrub
 from queue_store.typed_rows import POST_FIELDS, typed_columns
 
 # Columns the writer and the output layout own; a classifier may not overwrite them.
 CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a result row answers
-RESERVED = frozenset({*CONTROL, *POST_FIELDS, "was_successfully_labeled", "reason",
-                      "label_timestamp", "classifier", "model", "run_id", "config_hash",
-                      "partition_date"})
+STATUS = ("was_successfully_labeled", "reason")    # whether it was labelled (stage → writer)
+RESERVED = frozenset({*CONTROL, *POST_FIELDS, *STATUS, "label_timestamp", "classifier",
+                      "model", "run_id", "config_hash", "partition_date"})
+MAX_SENDS_IN_FLIGHT = 2  # result tables on their way to the writer, per actor
+STATUS_EVERY_S = 2.0
 
 
 class MonitorJournal:
@@ -75,90 +89,147 @@ class TimedClassifier:
         return getattr(self.inner, name)
 
 
+class OutputTypeClash(FatalClassifierError):
+    """The classifier's outputs for one column have two types: no retry can change that."""
+
+
 class ClassifierStage:
     def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
-                 monitor: Any = None, config_hash: str = "",
-                 secrets: dict[str, str] | None = None, batch_size: int = 256) -> None:
+                 integration: str = "", monitor: Any = None, writer: Any = None,
+                 config_hash: str = "", secrets: dict[str, str] | None = None,
+                 batch_size: int = 256) -> None:
         for name, value in (secrets or {}).items():  # e.g. an API key, never logged
             os.environ.setdefault(name, value)
+            register_secret(value)
         self.monitor = monitor
+        self.writer = writer
+        self.integration = integration
         self.batch_size = batch_size  # Ray Data hands whole blocks: split them here
+        self.actor_key = f"{os.getpid()}-{id(self)}"
+        self._tell("report_actor", self.actor_key, "loading")
         try:
-            self.classifier = build_classifier(classifier_type, params)
+            classifier = build_classifier(classifier_type, params)
         except Exception as exc:
             self._fatal(f"classifier {classifier_type!r} could not be built: "
                         f"{type(exc).__name__}: {exc}")
             raise
-        self.classifier = TimedClassifier(self.classifier)
+        self.classifier = TimedClassifier(classifier)
         self.journal = MonitorJournal(monitor) if monitor is not None else CrashJournal()
-        self.actor_key = f"{os.getpid()}-{id(self)}"
         self.posts = 0
+        self.sends: collections.deque = collections.deque()
         self.cpu_start = time.process_time()  # the model is loaded: count from here
-        self.fixed = {**self.classifier.provenance.columns(), "config_hash": config_hash,
+        self.fixed = {**classifier.provenance.columns(), "config_hash": config_hash,
                       "run_id": run_id}
+        self._tell("report_actor", self.actor_key, "ready")
+        if callable(getattr(classifier, "status", None)) and monitor is not None:
+            threading.Thread(target=self._watch_status, daemon=True).start()
 
-    def _fatal(self, message: str) -> None:
+    # -- reporting -------------------------------------------------------------------------
+    def _tell(self, method: str, *args: Any) -> None:
+        """A report to the StageMonitor, not awaited (figures only)."""
+        if self.monitor is not None:
+            getattr(self.monitor, method).remote(*args)
+
+    def _fatal(self, message: str, exit_code: int = 2) -> None:
         """Tell the driver the true cause before the dataset is aborted."""
         if self.monitor is not None:
             import ray
 
-            ray.get(self.monitor.report_fatal.remote(message[:1000]))
+            ray.get(self.monitor.report_fatal.remote(scrub(message)[:1000], exit_code))
 
     def _report_usage(self) -> None:
         usage = getattr(self.classifier, "usage", None)
-        if self.monitor is not None and callable(usage):
+        if callable(usage):
             counts = usage()
             if counts:
-                self.monitor.add_usage.remote(counts)  # not awaited: counters only
+                self._tell("add_usage", counts)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """One result row per post: the claim it answers, the post's fields, whether it was
-        labelled (else ``reason``), and the classifier's outputs as typed Arrow columns."""
-        n = batch.num_rows
-        names: list[str] = []
-        arrays: list[pa.Array] = []
-        try:
+    def _watch_status(self) -> None:
+        """What a hosted classifier waits on (a rate limit, a server that does not answer),
+        passed on while ``classify`` is still busy with it."""
+        last: dict[str, str] = {}
+        while True:
+            time.sleep(STATUS_EVERY_S)
             try:
-                texts = batch.column("text").to_pylist()
-                outcomes = []
-                for start in range(0, n, self.batch_size):  # classify calls of batch_size
-                    part = batch.slice(start, self.batch_size)
-                    outcomes += classify_guarded(self.classifier,
-                                                 texts[start:start + self.batch_size],
-                                                 block_key(part), self.journal)
-            finally:
-                self._report_usage()
-            labels = [out.labels for out in outcomes]  # None where the post failed
-            reasons = [out.reason for out in outcomes]  # None where it was labelled
-            names, arrays, misfits = typed_columns(labels)
-            if RESERVED.intersection(names):  # rare: fail the posts that use one
-                for i, row in enumerate(labels):
-                    clash = RESERVED.intersection(row) if row else None
-                    if clash:
-                        misfits[i] = f"classifier output uses reserved column(s) {sorted(clash)}"
-                names, arrays, more = typed_columns([None if i in misfits else row
-                                                     for i, row in enumerate(labels)])
-                misfits.update(more)
-            for i, why in misfits.items():
-                reasons[i] = why
-        except FatalClassifierError as exc:  # fail no post: stop the run, claims handed back
-            self._fatal(str(exc))
-            raise
-        except Exception as exc:  # noqa: BLE001 - last line of defence: fail the rows, not the run
-            reasons = [f"stage error: {type(exc).__name__}: {exc}"[:500]] * n
-            names, arrays = [], []
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                status = {k: scrub(v) for k, v in self.classifier.status().items()}
+            except Exception:  # noqa: BLE001 - a display never fails the stage
+                continue
+            if status != last:
+                self._tell("report_waiting", self.actor_key, status)
+                last = status
+
+    # -- one block -------------------------------------------------------------------------
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Label a block in ``batch_size`` calls; each call's result rows (the claim they
+        answer, the post's fields, labelled or not and why, the typed outputs) go to the
+        WriterActor as soon as that call returns. Returns the block's post count."""
+        n = batch.num_rows
+        texts = batch.column("text").to_pylist()
+        for start in range(0, n, self.batch_size):
+            part = batch.slice(start, self.batch_size)
+            try:
+                try:
+                    outcomes = classify_guarded(self.classifier,
+                                                texts[start:start + self.batch_size],
+                                                block_key(part), self.journal)
+                finally:
+                    self._report_usage()
+            except FatalClassifierError as exc:  # fail no post: stop the run, claims back
+                self._fatal(str(exc))
+                raise
+            except Exception as exc:  # noqa: BLE001 - last line of defence: fail the rows
+                outcomes = [Outcome(None, f"stage error: {type(exc).__name__}: {exc}"[:500])
+                            ] * part.num_rows
+            self._send(self._result_rows(part, outcomes))
+            self.posts += part.num_rows
+            outside = time.process_time() - self.cpu_start - self.classifier.cpu_s
+            self._tell("report_progress", self.actor_key, self.posts, outside)
+        self._drain()
+        return pa.table({"posts": pa.array([n], pa.int64())})
+
+    def _result_rows(self, part: pa.Table, outcomes: list[Outcome]) -> pa.Table:
+        n = part.num_rows
+        labels = [out.labels for out in outcomes]  # None where the post failed
+        reasons = [None if out.reason is None else scrub(out.reason) for out in outcomes]
+        names, arrays, misfits = typed_columns(labels)
+        clash = RESERVED.intersection(names)
+        if clash:
+            message = (f"integration {self.integration}: the classifier's outputs use "
+                       f"reserved column name(s) {sorted(clash)}; rename them in the "
+                       "classifier (these names belong to the output layout)")
+            self._fatal(message)
+            raise OutputTypeClash(message)
+        if misfits:
+            why = next(iter(misfits.values()))
+            message = (f"integration {self.integration}: {why}; a label column keeps one "
+                       "type — fix the classifier so every post gets the same type")
+            self._fatal(message)
+            raise OutputTypeClash(message)
         why = pa.array(reasons, pa.string())
-        columns = {name: batch.column(name) for name in (*CONTROL, *POST_FIELDS)}
+        columns = {name: part.column(name) for name in (*CONTROL, *POST_FIELDS)}
         columns["was_successfully_labeled"] = pc.is_null(why)
         columns["reason"] = why
-        columns["label_timestamp"] = pa.array([stamp] * n, pa.string())
+        now = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")
+        columns["label_timestamp"] = pa.array(np.full(n, now),
+                                              pa.timestamp("us", tz="UTC"))
         columns.update(zip(names, arrays))
         for name, value in self.fixed.items():
             columns[name] = pa.array([value] * n, pa.string())
-        table = pa.table(columns)
-        self.posts += n
-        if self.monitor is not None:  # not awaited: figures only
-            outside = time.process_time() - self.cpu_start - self.classifier.cpu_s
-            self.monitor.report_stage_cpu.remote(self.actor_key, self.posts, outside)
-        return table
+        return pa.table(columns)
+
+    def _send(self, table: pa.Table) -> None:
+        """Hand a call's result rows to the writer; at most ``MAX_SENDS_IN_FLIGHT`` unanswered
+        (a writer error — a label of the wrong type, a full disk — surfaces here)."""
+        if self.writer is None:
+            return
+        import ray
+
+        self.sends.append(self.writer.consume.remote(table))
+        while len(self.sends) > MAX_SENDS_IN_FLIGHT:
+            ray.get(self.sends.popleft())
+
+    def _drain(self) -> None:
+        import ray
+
+        while self.sends:
+            ray.get(self.sends.popleft())

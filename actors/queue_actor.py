@@ -1,31 +1,41 @@
 """QueueActor: the only writer of an integration's queue during a run.
 
-Claims are serialised because a (non-concurrent) actor runs one method at a time. A heartbeat
-thread extends every lease this actor handed out, through its own SQLite connection, so a live
-run's claims never expire while a dead run's expire within ``lease_seconds``.
+Claims are serialised because a (non-concurrent) actor runs one method at a time; it claims
+only batches queued for this run's ``version`` (config_hash). A heartbeat thread extends every
+lease this actor handed out, through its own SQLite connection, so a live run's claims never
+expire while a dead run's expire within ``lease_seconds``. The heartbeat survives a locked or
+failing queue file (it retries at its next beat); if it cannot renew for so long that leases
+may have expired, the actor stops claiming and says why (the run then ends, and a rerun goes
+on: completions of leases lost meanwhile are fenced, never duplicated).
 """
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from typing import Any
 
+from actors.stats import QueueStats
 from queue_store import QueueStore
+from queue_store.schema import QueueFileError
+
+# The heartbeat gives up on one renewal after a quarter of a lease (and tries again at its
+# next beat); past SAFE_FRACTION of a lease without a renewal, claiming stops.
+SAFE_FRACTION = 0.75
 
 
 class QueueActor:
     def __init__(self, data_dir: str, integration: str, max_attempts: int,
                  lease_seconds: float, owner: str, max_records: int | None = None,
-                 feeding: bool = False) -> None:
+                 feeding: bool = False, version: str = "") -> None:
         self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
         self.lease_seconds = lease_seconds
         self.owner = owner
+        self.version = version
         self.max_records = max_records
         self.feeding = feeding  # the same command's enqueue is still running
         self.outstanding: dict[int, str] = {}
-        self.stats = {"claimed_batches": 0, "claimed_posts": 0, "labelled": 0, "failed": 0,
-                      "retried": 0, "dead_lettered": 0, "stale_completions": 0,
-                      "heartbeats": 0, "export_dead_lettered": 0,
-                      "reaped_dead_holder_batches": 0, "undecodable_rows": 0}
+        self.stats = QueueStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -37,27 +47,28 @@ class QueueActor:
         """Claim for a read task: ``(batch_id, lease_id, posts JSON)`` per batch, the posts
         forwarded as stored (decoding is the read task's job, off this serial actor). An empty
         list means nothing is claimable now (stop)."""
-        if self.budget_used():
+        if self.budget_used() or self.stats.stopped_claiming:
             return []
-        batches = self.store.claim(max_batches, self.lease_seconds, self.owner, decode=False)
+        batches = self.store.claim(max_batches, self.lease_seconds, self.owner, decode=False,
+                                   version=self.version)
         if self.max_records is not None:
             batches = self._trim_to_budget(batches)
         with self._lock:
             for b in batches:
                 self.outstanding[b.batch_id] = b.lease_id
-        self.stats["claimed_batches"] += len(batches)
-        self.stats["claimed_posts"] += sum(b.n_posts for b in batches)
+        self.stats.claimed_batches += len(batches)
+        self.stats.claimed_posts += sum(b.n_posts for b in batches)
         return [(b.batch_id, b.lease_id, b.payload) for b in batches]
 
     def work_state(self, wait_for_retries: bool = True) -> str:
         """For a read task before its first claim: ``claim`` (something is pending),
         ``wait`` (enqueue still running, or — with ``wait_for_retries`` — batches of this run
         in flight, whose failures may come back as retries) or ``done``."""
+        if self.stats.stopped_claiming or self.budget_used():
+            return "done"
         if self.feeding:
             return "wait"
-        if self.budget_used():
-            return "done"
-        if self.store.has_pending():
+        if self.store.has_pending(self.version):
             return "claim"
         with self._lock:
             return "wait" if wait_for_retries and self.outstanding else "done"
@@ -66,26 +77,31 @@ class QueueActor:
         """The enqueue running alongside has ended: read tasks may claim."""
         self.feeding = False
 
+    def stop_claiming(self, reason: str) -> None:
+        """Hand out nothing more (Ctrl-C, a fatal error): read tasks end, work in flight
+        finishes."""
+        self.stats.stopped_claiming = self.stats.stopped_claiming or reason
+
     def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
         """A read task could not decode a claimed row: dead letters (fenced by the lease)."""
         with self._lock:
             if self.outstanding.get(batch_id) == lease_id:
                 del self.outstanding[batch_id]
         buried = self.store.bury_undecodable(batch_id, lease_id, reason)
-        self.stats["undecodable_rows"] += int(buried)
+        self.stats.undecodable_rows += int(buried)
         return buried
 
     def budget_used(self) -> bool:
-        return self.max_records is not None and self.stats["claimed_posts"] >= self.max_records
+        return self.max_records is not None and self.stats.claimed_posts >= self.max_records
 
     def claimable_posts(self) -> int:
-        """Posts a claim could take now: pending ones, after reaping expired leases and the
-        leases of provably dead runs."""
-        self.stats["reaped_dead_holder_batches"] += self.store.reap().dead_holder_batches
-        return self.store.status().pending_posts
+        """Posts a claim could take now: pending ones of this version, after reaping expired
+        leases and the leases of provably dead runs."""
+        self.stats.reaped_dead_holder_batches += self.store.reap().dead_holder_batches
+        return self.store.status(self.version).pending_posts
 
-    def queue_status(self) -> dict[str, Any]:
-        return self.store.status().model_dump()
+    def queue_status(self) -> Any:
+        return self.store.status(self.version)
 
     def release_outstanding(self) -> int:
         """Fenced: every lease this run still holds back to pending (attempt not spent), so a
@@ -96,7 +112,7 @@ class QueueActor:
 
     def _trim_to_budget(self, batches: list) -> list:
         """Whole batches only, never past max_records (a first batch above it still runs)."""
-        kept, total = [], self.stats["claimed_posts"]
+        kept, total = [], self.stats.claimed_posts
         for b in batches:
             if total > 0 and total + b.n_posts > self.max_records:
                 self.store.release(b.batch_id, b.lease_id)
@@ -116,12 +132,12 @@ class QueueActor:
             if self.outstanding.get(batch_id) == lease_id:
                 del self.outstanding[batch_id]
         if not result.accepted:
-            self.stats["stale_completions"] += 1
+            self.stats.stale_completions += 1
         else:
-            self.stats["labelled"] += result.labelled
-            self.stats["failed"] += len(failed)
-            self.stats["retried"] += result.retried
-            self.stats["dead_lettered"] += result.dead_lettered
+            self.stats.labelled += result.labelled
+            self.stats.failed += len(failed)
+            self.stats.retried += result.retried
+            self.stats.dead_lettered += result.dead_lettered
         return result.model_dump()
 
     # -- export (the writer asks; the queue file is only written here) -----------------------
@@ -135,25 +151,42 @@ class QueueActor:
         return self.store.save_export_schema(schema)
 
     def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
-        self.stats["export_dead_lettered"] += len(bad)
+        self.stats.export_dead_lettered += len(bad)
         return self.store.bury_export_lines(bad)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def get_stats(self) -> dict[str, Any]:
-        return dict(self.stats, in_flight_batches=len(self.outstanding))
+    def get_stats(self) -> QueueStats:
+        return self.stats.model_copy(update={"in_flight_batches": len(self.outstanding)})
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self) -> QueueStats:
         self._stop.set()
         self._heartbeat.join(timeout=5)
         return self.get_stats()
 
     def _beat(self, data_dir: str, integration: str, max_attempts: int) -> None:
-        store = QueueStore(data_dir, integration, max_attempts=max_attempts)
+        """Extend this run's leases every third of a lease. A renewal that fails (the file
+        locked by another process, a disk error) is retried at the next beat; once no renewal
+        has succeeded for ``SAFE_FRACTION`` of a lease, claiming stops."""
         interval = max(self.lease_seconds / 3, 0.05)
-        while not self._stop.wait(interval):
-            with self._lock:
-                leases = list(self.outstanding.items())
-            if leases:
-                store.extend(leases, self.lease_seconds)
-                self.stats["heartbeats"] += 1
-        store.close()
+        store = QueueStore(data_dir, integration, max_attempts=max_attempts,
+                           busy_timeout_s=max(self.lease_seconds / 4, 0.05))
+        renewed = time.monotonic()
+        try:
+            while not self._stop.wait(interval):
+                with self._lock:
+                    leases = list(self.outstanding.items())
+                try:
+                    if leases:
+                        store.extend(leases, self.lease_seconds)
+                        self.stats.heartbeats += 1
+                    renewed = time.monotonic()
+                except (sqlite3.Error, QueueFileError) as exc:
+                    late = time.monotonic() - renewed
+                    if late > self.lease_seconds * SAFE_FRACTION:
+                        self.stop_claiming(
+                            f"this run's leases could not be renewed for {late:.0f} s "
+                            f"(lease_seconds {self.lease_seconds:g}): {exc}; it stopped "
+                            "claiming so another run may take over — rerun to go on, nothing "
+                            "is lost or duplicated")
+        finally:
+            store.close()

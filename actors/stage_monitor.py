@@ -2,23 +2,28 @@
 
 The crash journal (which posts a classifier process was running when it died, see
 ``classifiers/crash_isolation.py``), a fatal error (a classifier that cannot be built, a
-rejected API key) and hosted-model usage counters. It is its own small actor, not the
-QueueActor: a classifier announces every block here before running it, and must never wait
-behind the queue's SQLite work.
+rejected API key, a label of the wrong type, a disk that cannot be written), hosted-model
+usage counters, and what the stage is doing: actors loading their model or ready, posts
+classified so far (one report per ``classify`` call, so slow models show progress), and what
+a hosted model waits on (a rate limit, a server that does not answer). It is its own small
+actor, not the QueueActor: a classifier announces every block here before running it, and
+must never wait behind the queue's SQLite work.
 """
 from __future__ import annotations
 
-from typing import Any
-
+from actors.stats import Fatal, StageStats
 from classifiers.crash_isolation import BlockState, CrashJournal
+from classifiers.scrub import scrub
 
 
 class StageMonitor:
     def __init__(self) -> None:
         self.journal = CrashJournal()
-        self.fatal: str | None = None
+        self.fatal: Fatal | None = None
         self.usage: dict[str, int] = {}
         self.stage_cpu: dict[str, tuple[int, float]] = {}
+        self.actors: dict[str, str] = {}  # actor -> "loading" | "ready"
+        self.waiting: dict[str, dict[str, str]] = {}  # actor -> its classifier's status()
 
     def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
         return self.journal.begin(key, n_posts)
@@ -29,21 +34,35 @@ class StageMonitor:
     def journal_end(self, key: str) -> None:
         self.journal.end(key)
 
-    def report_fatal(self, message: str) -> None:
-        self.fatal = self.fatal or message
+    def report_fatal(self, message: str, exit_code: int = 2) -> None:
+        """The first fatal error wins (later ones are its consequences)."""
+        if self.fatal is None:
+            self.fatal = Fatal(message=scrub(message)[:1000], exit_code=exit_code)
 
     def add_usage(self, counts: dict[str, int]) -> None:
         for key, value in counts.items():
             self.usage[key] = self.usage.get(key, 0) + int(value)
 
-    def report_stage_cpu(self, actor: str, posts: int, outside_classify_s: float) -> None:
-        """A classifier actor's running totals: posts, and process CPU seconds spent outside
-        ``classify`` since its model was loaded."""
+    def report_actor(self, actor: str, state: str) -> None:
+        self.actors[actor] = state
+
+    def report_progress(self, actor: str, posts: int, outside_classify_s: float) -> None:
+        """A classifier actor's running totals after a ``classify`` call: posts, and process
+        CPU seconds spent outside ``classify`` since its model was loaded."""
         self.stage_cpu[actor] = (posts, outside_classify_s)
 
-    def get_stats(self) -> dict[str, Any]:
+    def report_waiting(self, actor: str, status: dict[str, str]) -> None:
+        self.waiting[actor] = {k: scrub(v)[:300] for k, v in status.items()}
+
+    def get_stats(self) -> StageStats:
         posts = sum(p for p, _ in self.stage_cpu.values())
         cpu = sum(s for _, s in self.stage_cpu.values())
-        return {"fatal": self.fatal, "process_deaths": self.journal.deaths,
-                "usage": dict(self.usage),
-                "stage_us_per_post": round(cpu / posts * 1e6, 2) if posts else None}
+        waiting: dict[str, str] = {}
+        for status in self.waiting.values():
+            waiting.update(status)
+        states = list(self.actors.values())
+        return StageStats(fatal=self.fatal, process_deaths=self.journal.deaths,
+                          usage=dict(self.usage), classified=posts,
+                          stage_us_per_post=round(cpu / posts * 1e6, 2) if posts else None,
+                          actors_loading=states.count("loading"),
+                          actors_ready=states.count("ready"), waiting_on=waiting)

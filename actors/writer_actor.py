@@ -1,8 +1,15 @@
 """WriterActor: turns the result stream into fenced completions and parquet files.
 
-Rows are grouped per (batch, lease); once every post of a batch has a result, one fenced
-``complete`` goes to the QueueActor. The output queue is exported to parquet every
-``export_rows`` completed rows or ``export_every_seconds``, and at the end.
+Classifier actors send it each ``classify`` call's result rows. Rows are grouped per (batch,
+lease); once every post of a batch has a result, one fenced ``complete`` goes to the
+QueueActor. The output queue is exported to parquet every ``export_rows`` completed rows or
+``export_every_seconds``, and at the end.
+
+A labelled row whose values cannot take the integration's fixed column types is not a post's
+failure but the run's: no retry can change a type. The writer reports it to the StageMonitor
+as fatal (one line: integration, column, both types, the way out) and completes nothing of
+that batch, so the run stops and hands its claims back. A parquet write that fails for the
+disk's sake (full, read-only) is reported the same way, with the path and the errno.
 """
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.classifier_stage import CONTROL
+from actors.classifier_stage import CONTROL, STATUS
+from actors.stats import WriterStats
 from queue_store import QueueStore, export_output
 from queue_store.export_types import merge_schema
 from queue_store.models import ExportPlan
@@ -44,6 +52,10 @@ def distinct_posts(rows: pa.Table) -> pa.Table:
 
 
 MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
+
+
+class LabelTypeError(RuntimeError):
+    """Labels whose type cannot take the integration's fixed column type (fatal)."""
 
 
 class QueueActorExportSource:
@@ -97,14 +109,25 @@ def fixed_mmap_threshold(nbytes: int = 131_072) -> None:
         pass
 
 
+def storage_message(out_dir: str, exc: OSError) -> str:
+    """One line for a parquet write the disk refused: the path and the errno."""
+    where = getattr(exc, "filename", None) or out_dir
+    code = f"errno {exc.errno}, " if exc.errno else ""
+    return (f"cannot write parquet under {where}: {exc.strerror or exc} ({code}"
+            f"{type(exc).__name__}); free space or fix the folder's permissions, then "
+            "rerun: labels already completed stay in the queue file and are exported then")
+
+
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
-                 export_rows: int, export_every_seconds: float) -> None:
+                 export_rows: int, export_every_seconds: float, monitor: Any = None) -> None:
         import ray
 
         fixed_mmap_threshold()
 
         self.queue = queue
+        self.monitor = monitor
+        self.integration = integration
         # The QueueActor creates the queue file; a read-only connection cannot, so wait for it.
         ray.get(queue.get_stats.remote())
         self.source = QueueActorExportSource(queue, QueueStore(data_dir, integration,
@@ -116,21 +139,15 @@ class WriterActor:
         self.completing: list[Any] = []
         self.unexported_rows = 0
         self.last_export = time.monotonic()
-        self.stats = {"result_rows": 0, "completed_batches": 0, "stale_batches": 0,
-                      "exported_rows": 0, "parquet_files": 0}
-        self.provenance: dict[str, str] = {}
+        self.stats = WriterStats()
         self.schema = self.source.export_schema()  # the integration's fixed column types
-        self.label_counts: dict[str, int] = {}
 
-    def consume(self, table: pa.Table, span: tuple[int, int] | None = None) -> None:
-        """One result block (resolved from its object ref by Ray, in this process); ``span``
-        is the part of it that belongs to this delivery."""
-        if span is not None:
-            table = table.slice(span[0], span[1] - span[0])
+    def consume(self, table: pa.Table) -> None:
+        """The result rows of one ``classify`` call (or a part of one)."""
         if not table.num_rows:
             return
         self._tally(table)
-        self.stats["result_rows"] += table.num_rows
+        self.stats.result_rows += table.num_rows
         for key, expected, part in claim_runs(table):
             group = self.open.setdefault(key, {"expected": expected, "parts": [], "rows": 0})
             group["parts"].append(part)
@@ -155,11 +172,12 @@ class WriterActor:
 
     def _split(self, rows: pa.Table) -> tuple[pa.Table | None, list[tuple[dict, str]]]:
         """A completed batch's labelled rows, fitted to the integration's column types, and
-        ``(post, reason)`` for its failed posts (a value that does not fit fails its post)."""
+        ``(post, reason)`` for its failed posts. Labels that cannot take the fixed types stop
+        the run (``LabelTypeError``)."""
         ok = rows.column("was_successfully_labeled")
         failed = [(post_of(r), r["reason"]) for r in
                   rows.filter(pc.invert(ok)).select([*POST_FIELDS, "reason"]).to_pylist()]
-        done = rows.filter(ok).drop_columns(list(CONTROL))
+        done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])
         if not done.num_rows:
             return None, failed
         wanted = merge_schema(self.schema, done.schema)
@@ -169,9 +187,23 @@ class WriterActor:
             self.schema = ray.get(self.queue.save_export_schema.remote(wanted))
         fitted, misfits = fit_rows(done, self.schema)
         if misfits:
-            posts = done.select(list(POST_FIELDS)).to_pylist()
-            failed.extend((post_of(posts[i]), why) for i, why in misfits.items())
-        return (fitted if fitted.num_rows else None), failed
+            self._clash(next(iter(misfits.values())))
+        return fitted, failed
+
+    def _clash(self, why: str) -> None:
+        message = (f"integration {self.integration}: {why} (fixed by the labels already "
+                   f"written under {self.out_dir} or queued for it); labels of "
+                   "another type need their own place — give this integration block another "
+                   "name, or use another data_dir and output_dir. Nothing was retried; this "
+                   "run's claims were handed back")
+        self._report_fatal(message, 2)
+        raise LabelTypeError(message)
+
+    def _report_fatal(self, message: str, exit_code: int) -> None:
+        if self.monitor is not None:
+            import ray
+
+            ray.get(self.monitor.report_fatal.remote(message, exit_code))
 
     def _settle(self) -> None:
         import ray
@@ -179,9 +211,9 @@ class WriterActor:
         pending, self.completing = self.completing, []
         for res in ray.get(pending):
             if res["accepted"]:
-                self.stats["completed_batches"] += 1
+                self.stats.completed_batches += 1
             else:
-                self.stats["stale_batches"] += 1
+                self.stats.stale_batches += 1
 
     def _tally(self, table: pa.Table) -> None:
         """Label distribution and provenance of the successful rows (counted as they arrive;
@@ -189,8 +221,9 @@ class WriterActor:
         ok = table.filter(table.column("was_successfully_labeled"))
         if not ok.num_rows:
             return
-        if not self.provenance:
-            self.provenance = {k: ok.column(k)[0].as_py() or "" for k in ("classifier", "model")}
+        if not self.stats.provenance:
+            self.stats.provenance = {k: ok.column(k)[0].as_py() or ""
+                                     for k in ("classifier", "model")}
         if "label" not in ok.column_names:
             return
         try:
@@ -200,23 +233,28 @@ class WriterActor:
         for item in counts:
             if item["values"] is not None:
                 key = str(item["values"])
-                self.label_counts[key] = self.label_counts.get(key, 0) + item["counts"]
+                self.stats.label_counts[key] = self.stats.label_counts.get(key, 0) \
+                    + item["counts"]
 
     def _export(self) -> None:
         self._settle()
-        stats = export_output(self.source, self.out_dir, self.export_rows)
-        self.stats["exported_rows"] += stats.rows
-        self.stats["parquet_files"] += stats.files
+        try:
+            stats = export_output(self.source, self.out_dir, self.export_rows)
+        except OSError as exc:
+            message = storage_message(self.out_dir, exc)
+            self._report_fatal(message, 1)
+            raise OSError(exc.errno, message) from None
+        self.stats.exported_rows += stats.rows
+        self.stats.parquet_files += stats.files
         self.unexported_rows = 0
         self.last_export = time.monotonic()
         self.schema = self.source.export_schema()  # an export may have fixed open columns
 
-    def get_stats(self) -> dict[str, Any]:
-        return dict(self.stats, open_batches=len(self.open))
+    def get_stats(self) -> WriterStats:
+        return self.stats.model_copy(update={"open_batches": len(self.open)})
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> WriterStats:
         """Final export; batches still open here had results lost in flight (their leases
         expire and a later run redoes them)."""
         self._export()
-        return dict(self.stats, incomplete_batches=len(self.open), provenance=self.provenance,
-                    label_counts=self.label_counts)
+        return self.get_stats()

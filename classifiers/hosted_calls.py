@@ -6,10 +6,15 @@ to ``max_concurrency`` requests at once without touching any other event loop. B
 leaky buckets (``aiolimiter``) sized so that no burst exceeds them: requests per minute or per
 second, and tokens per minute (estimated before the request). Retries (``tenacity``):
 exponential backoff with jitter, or the server's ``Retry-After``, on 429, 5xx, timeouts and
-connection errors, up to ``max_retries``; any other 4xx fails that post only; 401/403 raise
-``FatalClassifierError`` — the run stops, no post is failed.
+connection errors, up to ``max_retries``; every wait is capped at ``max_retry_wait_s`` and a
+post gives up once its retries have taken ``retry_budget_s`` in all (a server asking for
+``Retry-After: 1e9`` fails the post, it does not stall the run); any other 4xx fails that post
+only; 401/403 raise ``FatalClassifierError`` — the run stops, no post is failed. ``status()``
+says what the caller is waiting on (a rate limit, a server that does not answer), for the
+progress display.
 
-Error texts never hold the request URL (a Perspective key travels in it) or any header.
+Error texts never hold the request URL (a Perspective key travels in it) or any header, and
+every reason passes ``scrub``.
 """
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ import asyncio
 import os
 import random
 import threading
+import time
 from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import urlparse
 
 import orjson
 
 from classifiers.protocol import FatalClassifierError, PostFailure
+from classifiers.scrub import register_secret, scrub
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -43,6 +50,7 @@ def api_key(env_name: str, what: str) -> str:
     if not value:
         raise ValueError(f"{what} needs an API key in the environment variable {env_name}; "
                          f"export {env_name}=... (the key never goes in the config)")
+    register_secret(value)
     return value
 
 
@@ -65,16 +73,22 @@ class HostedCaller:
                  requests_per_second: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 5,
                  timeout_s: float = 30.0, key_env: str = "the API key variable",
-                 secret: str = "") -> None:
+                 secret: str = "", max_retry_wait_s: float = 60.0,
+                 retry_budget_s: float = 300.0) -> None:
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0")
+        if max_retry_wait_s <= 0 or retry_budget_s <= 0:
+            raise ValueError("max_retry_wait_s and retry_budget_s must be > 0")
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.timeout_s = timeout_s
+        self.max_retry_wait_s = max_retry_wait_s
+        self.retry_budget_s = retry_budget_s
         self.key_env = key_env
-        self.secret = secret  # scrubbed from every failure reason
+        register_secret(secret)  # scrubbed from every failure reason
         self.stats = {"requests_ok": 0, "requests_retried": 0, "requests_failed": 0,
                       "prompt_tokens": 0, "completion_tokens": 0}
+        self._waiting: dict[str, Any] = {}  # what the caller waits on now (see status())
         self._reported = dict(self.stats)
         self._lock = threading.Lock()
         self._rates = (requests_per_minute, requests_per_second, tokens_per_minute)
@@ -121,13 +135,29 @@ class HostedCaller:
         reason never holds the key."""
         out: list[dict[str, Any] | PostFailure] = []
         for r in self.map(fn, texts):
-            if isinstance(r, (dict, PostFailure)):
+            if isinstance(r, dict):
                 out.append(r)
                 continue
+            if isinstance(r, PostFailure):
+                out.append(PostFailure(reason=scrub(r.reason)[:500]))
+                continue
             reason = str(r) if isinstance(r, RequestFailed) else f"{type(r).__name__}: {r}"
-            if self.secret:
-                reason = reason.replace(self.secret, "***")
-            out.append(PostFailure(reason=reason[:500]))
+            out.append(PostFailure(reason=scrub(reason)[:500]))
+        return out
+
+    def status(self) -> dict[str, str]:
+        """What the caller waits on right now: ``rate_limit`` (the server asked to wait) and
+        ``last_error`` (the last retryable failure, within the last minute), scrubbed."""
+        now = time.monotonic()
+        with self._lock:
+            out = {}
+            until, asked = self._waiting.get("rate_limit", (0.0, 0.0))
+            if until > now:
+                out["rate_limit"] = (f"the server asked to wait {asked:g} s (HTTP 429); "
+                                     f"waiting {until - now:.0f} s more")
+            at, error = self._waiting.get("error", (0.0, ""))
+            if error and now - at < 60:
+                out["last_error"] = error
         return out
 
     async def post_json(self, url: str, payload: dict[str, Any], headers: dict[str, str],
@@ -135,50 +165,84 @@ class HostedCaller:
         """POST with budgets and retries; the decoded JSON body of a 2xx answer."""
         body = orjson.dumps(payload)
         headers = {**headers, "Content-Type": "application/json"}
+        started = time.monotonic()
         try:  # the common case costs one attempt and no retry machinery
             return await self._post_once(url, body, headers, tokens, what)
         except RetryableError as first:
-            self._count("requests_retried")
-            retry_after = first.retry_after
+            failure = first
         except RequestFailed:
             self._count("requests_failed")
             raise
         if self.max_retries == 0:
             self._count("requests_failed")
-            raise RequestFailed(f"{what} failed and max_retries is 0")
-        return await self._retry(url, body, headers, tokens, what, retry_after)
+            raise RequestFailed(f"{what} failed and max_retries is 0: {failure}")
+        return await self._retry(url, body, headers, tokens, what, failure, started)
+
+    def _wait_for(self, failure: RetryableError, backoff_s: float, started: float
+                  ) -> float | None:
+        """Seconds to wait before the next try: the server's ``Retry-After`` or the backoff,
+        capped at ``max_retry_wait_s``; None once the post's ``retry_budget_s`` is spent."""
+        left = self.retry_budget_s - (time.monotonic() - started)
+        wanted = failure.retry_after if failure.retry_after is not None else backoff_s
+        wait = min(wanted, self.max_retry_wait_s)
+        if wait >= left:
+            return None
+        if failure.retry_after is not None:
+            with self._lock:
+                self._waiting["rate_limit"] = (time.monotonic() + wait, failure.retry_after)
+        return wait
 
     async def _retry(self, url: str, body: bytes, headers: dict[str, str], tokens: int,
-                     what: str, retry_after: float | None) -> dict[str, Any]:
-        from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
-                              wait_exponential_jitter)
+                     what: str, failure: RetryableError, started: float) -> dict[str, Any]:
+        from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
         # First retry: the server's Retry-After, or a short jittered pause; then tenacity's
-        # exponential backoff with jitter (or Retry-After) between the further ones.
-        await asyncio.sleep(retry_after if retry_after is not None else random.uniform(0.5, 1.0))
+        # exponential backoff with jitter (or Retry-After) between the further ones — each
+        # wait capped, all of them within the post's retry budget.
+        first = self._wait_for(failure, random.uniform(0.5, 1.0), started)
+        if first is None:
+            return self._give_up(what, failure, 0, started)
+        await asyncio.sleep(first)
         backoff = wait_exponential_jitter(max=30.0, jitter=0.5)  # 1, 2, 4 ... s + jitter
+        decided: dict[int, float | None] = {}  # per attempt, whichever of wait/stop asks first
+
+        def decide(state: Any) -> float | None:
+            if state.attempt_number not in decided:
+                decided[state.attempt_number] = self._wait_for(state.outcome.exception(),
+                                                               backoff(state), started)
+            return decided[state.attempt_number]
 
         def wait(state: Any) -> float:
-            exc = state.outcome.exception()
-            hinted = getattr(exc, "retry_after", None)
-            return hinted if hinted is not None else backoff(state)
+            return decide(state) or 0.0
 
+        def stop(state: Any) -> bool:  # over the retry count, or over the post's budget
+            return state.attempt_number >= self.max_retries or decide(state) is None
+
+        tries = 0
         try:
             async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(RetryableError), wait=wait,
-                    stop=stop_after_attempt(self.max_retries), reraise=True):
+                    retry=retry_if_exception_type(RetryableError), wait=wait, stop=stop,
+                    reraise=True):
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        self._count("requests_retried")
+                    tries += 1
+                    self._count("requests_retried")
                     return await self._post_once(url, body, headers, tokens, what)
         except RetryableError as exc:
-            self._count("requests_failed")
-            raise RequestFailed(f"{what} failed after {self.max_retries} retries: {exc}") \
-                from None
+            return self._give_up(what, exc, tries, started)
         except RequestFailed:
             self._count("requests_failed")
             raise
         raise AssertionError("unreachable")
+
+    def _give_up(self, what: str, failure: RetryableError, tries: int,
+                 started: float) -> dict[str, Any]:
+        self._count("requests_failed")
+        took = time.monotonic() - started
+        hint = (f"; the server asked to wait {failure.retry_after:g} s (waits are capped at "
+                f"max_retry_wait_s={self.max_retry_wait_s:g}, retry_budget_s="
+                f"{self.retry_budget_s:g} per post)" if failure.retry_after is not None else "")
+        raise RequestFailed(f"{what} failed after {tries} retr{'y' if tries == 1 else 'ies'} "
+                            f"over {took:.0f} s: {failure}{hint}")
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str],
                          tokens: int, what: str) -> dict[str, Any]:
@@ -195,16 +259,17 @@ class HostedCaller:
                     status = resp.status
                     hint = _retry_after(resp.headers.get("Retry-After"))
             except asyncio.TimeoutError:
-                raise RetryableError(f"{what} timed out after {self.timeout_s:g} s") from None
+                raise self._noted(RetryableError(
+                    f"{what} timed out after {self.timeout_s:g} s")) from None
             except aiohttp.ClientError as exc:
-                raise RetryableError(f"{what}: connection error ({type(exc).__name__})") \
-                    from None
+                raise self._noted(RetryableError(
+                    f"{what}: connection error ({type(exc).__name__}: {exc})")) from None
         if status in (401, 403):
             raise FatalClassifierError(
                 f"the hosted model refused the API key (HTTP {status}); check the environment "
                 f"variable {self.key_env} (and that the key may use this model)")
         if status in RETRY_STATUS:
-            raise RetryableError(f"{what}: HTTP {status}", hint)
+            raise self._noted(RetryableError(f"{what}: HTTP {status}", hint))
         if status >= 400:
             raise RequestFailed(f"{what}: HTTP {status}: "
                                 f"{answer[:200].decode(errors='replace')}")
@@ -226,6 +291,12 @@ class HostedCaller:
             self.close()
         except Exception:  # noqa: BLE001
             pass
+
+    def _noted(self, exc: RetryableError) -> RetryableError:
+        """Remember a retryable failure for ``status()`` (the progress display)."""
+        with self._lock:
+            self._waiting["error"] = (time.monotonic(), scrub(str(exc))[:300])
+        return exc
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ class OpenAIChatClassifier:
                  timeout_s: float = 30.0, max_concurrency: int = 16,
                  requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 5,
+                 max_retry_wait_s: float = 60.0, retry_budget_s: float = 300.0,
                  cost_per_1k_prompt_tokens: float = 0.0,
                  cost_per_1k_completion_tokens: float = 0.0) -> None:
         self.spec = self.check(prompt_file, template, choices, system, fields, base_url, model)
@@ -45,7 +46,8 @@ class OpenAIChatClassifier:
         if json_mode:
             self.options["response_format"] = {"type": "json_object"}
         self.caller = HostedCaller(max_concurrency, requests_per_minute, None,
-                                   tokens_per_minute, max_retries, timeout_s, api_key_env, key)
+                                   tokens_per_minute, max_retries, timeout_s, api_key_env, key,
+                                   max_retry_wait_s, retry_budget_s)
         # An answer may be a choice's text or (in JSON) its label value.
         self.by_answer = {str(label).strip().lower(): label for label in self.spec.choices}
         self.by_answer.update({str(text).strip().lower(): label
@@ -75,6 +77,9 @@ class OpenAIChatClassifier:
 
     def usage(self) -> dict[str, int]:
         return self.caller.usage()
+
+    def status(self) -> dict[str, str]:
+        return self.caller.status()
 
     async def _one(self, text: str) -> dict[str, Any] | PostFailure:
         messages = [{"role": "system", "content": self.spec.system}] if self.spec.system else []

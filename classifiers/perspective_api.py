@@ -31,13 +31,15 @@ class PerspectiveClassifier:
                  attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
                  languages: Sequence[str] = ("en",), requests_per_second: float = 1.0,
                  max_concurrency: int = 8, timeout_s: float = 30.0,
-                 max_retries: int = 5) -> None:
+                 max_retries: int = 5, max_retry_wait_s: float = 60.0,
+                 retry_budget_s: float = 300.0) -> None:
         self.attributes = self.check(attributes, base_url)
         key = api_key(api_key_env, "perspective_api")
         self.url = f"{check_url(base_url)}/comments:analyze?key={key}"
         self.languages = list(languages)
         self.caller = HostedCaller(max_concurrency, None, requests_per_second, None,
-                                   max_retries, timeout_s, api_key_env, key)
+                                   max_retries, timeout_s, api_key_env, key,
+                                   max_retry_wait_s, retry_budget_s)
         self.provenance = Provenance(classifier=self.classifier_name, model="comments:analyze")
 
     @staticmethod
@@ -58,6 +60,9 @@ class PerspectiveClassifier:
 
     def usage(self) -> dict[str, int]:
         return self.caller.usage()
+
+    def status(self) -> dict[str, str]:
+        return self.caller.status()
 
     async def _one(self, text: str) -> dict[str, Any] | PostFailure:
         payload = {"comment": {"text": text}, "languages": self.languages,

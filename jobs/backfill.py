@@ -14,10 +14,12 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from classifiers.registry import ClassifierConfigError
+from classifiers.scrub import scrub
 from jobs import admin
 from jobs.cli_args import build_parser, check_args
 from jobs.config import BackfillConfig, ConfigError, load_config
-from jobs.preflight import check_stages
+from jobs.pipeline_errors import RunStopped
+from jobs.preflight import PreflightErrors, check_stages
 from jobs.ray_setup import interrupt_on_sigterm, prefer_offline
 from jobs.summary import RunSummary
 from queue_store.schema import QueueFileError
@@ -35,7 +37,10 @@ def _names(config: BackfillConfig, wanted: Sequence[str]) -> list[str]:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    config = load_config(args.config, args.data_dir)
+    overrides = list(args.set or [])
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    config = load_config(args.config, args.data_dir, overrides)
     start = args.start_date or config.posts.start_date
     end = args.end_date or config.posts.end_date
     if start and end and start > end:
@@ -87,9 +92,14 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             # One command doing both: the pipeline starts (and loads the model) while the
             # enqueue runs, instead of after it.
-            done(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
-                               verbose=args.verbose,
-                               feed=enqueue if args.add_to_queue else None))
+            try:
+                done(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
+                                   verbose=args.verbose,
+                                   feed=enqueue if args.add_to_queue else None))
+            except RunStopped as stop:  # the partial summary, then the stop's one line
+                if stop.summary is not None:
+                    done(stop.summary)
+                raise
         elif args.add_to_queue:
             enqueue()
     if args.add_to_queue and files is not None and not files.good and not files.rejected:
@@ -132,6 +142,13 @@ def _closing_lines(summaries: list[RunSummary], budget: int | None) -> int:
                   f"(live, or on another host); the leases expire in "
                   f"{s.leases_expire_in_s:g} s unless that run keeps them, then a rerun "
                   "takes them", file=sys.stderr)
+        if s.pending_other_versions:
+            print(f"{s.integration}: {s.pending_other_versions} post(s) are queued for another "
+                  "version of this integration's config (another config_hash), so this run "
+                  "left them; label them with that config, or queue them for this one with "
+                  "--add-to-queue --relabel-other-versions", file=sys.stderr)
+        if s.stopped_claiming and "interrupted" not in s.stopped_claiming:
+            print(f"{s.integration}: {s.stopped_claiming}", file=sys.stderr)
     if dead:
         print(f"finished, but {dead} post(s) were dead-lettered in this run: see them with "
               "--show-dead N, relabel them with --requeue-dead", file=sys.stderr)
@@ -144,9 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         return run(argv)
-    except (ConfigError, ClassifierConfigError, QueueFileError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except PreflightErrors as exc:
+        for problem in exc.problems:
+            print(f"error: {scrub(problem)}", file=sys.stderr)
         return EXIT_USAGE
+    except (ConfigError, ClassifierConfigError, QueueFileError, FileNotFoundError) as exc:
+        print(f"error: {scrub(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunStopped as stop:
+        print(f"{stop.prefix}: {scrub(stop)}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted: this run's claims were handed back; rerun the same command to "
               "finish", file=sys.stderr)
@@ -157,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for people, traceback on request
         if os.environ.get("BACKFILL_DEBUG"):
             traceback.print_exc()
-        text = str(exc).splitlines()[0] if str(exc) else ""
+        text = scrub(str(exc).splitlines()[0]) if str(exc) else ""
         print(f"error: {type(exc).__name__}: {text} (set BACKFILL_DEBUG=1 for the traceback; "
               "rerunning is safe: nothing is lost or duplicated)", file=sys.stderr)
         return 1

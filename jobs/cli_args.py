@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES, formatter_class=_HelpFormatter)
     p.add_argument("--config", default="configs/demo.yaml", help="YAML job config")
     p.add_argument("--data-dir", help="overrides data_dir (also env BACKFILL_DATA_DIR)")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override one config value without copying the file (repeatable), "
+                        "e.g. --set integrations.NAME.classifier.params.base_url="
+                        "http://localhost:8000/v1")
+    p.add_argument("--address", help="join this running Ray cluster (host:port or auto); "
+                   "without it, or RAY_ADDRESS, the job starts its own local Ray")
     p.add_argument("-r", "--record-type", choices=["posts"], help="records to enqueue")
     p.add_argument("--add-to-queue", action="store_true", help="stage 1: enqueue posts")
     p.add_argument("-i", "--integration", action="append", default=[],

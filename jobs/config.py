@@ -62,6 +62,34 @@ class ClassifierConfig(Strict):
         return config_hash(self.type, self.params)
 
 
+class RayConfig(Strict):
+    """``ray.init()`` arguments. ``address`` (or ``--address``, or ``RAY_ADDRESS``) joins a
+    running cluster; without one the job starts its own local Ray, configured by the other
+    keys (which a joined cluster ignores, with one info line)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+    # Ray refuses an object store under 75 MiB; a tiny one only fails later, obscurely.
+    object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024)
+    resources: dict[str, float] | None = None
+    labels: dict[str, str] | None = None
+    include_dashboard: bool | None = None
+    dashboard_host: str | None = None
+    dashboard_port: int | None = Field(None, ge=1, le=65535)
+    namespace: str | None = None
+    runtime_env: dict[str, Any] | None = None
+    log_to_driver: bool | None = None
+    logging_level: int | str | None = None
+    temp_dir: str | None = Field(None, alias="_temp_dir")
+    system_config: dict[str, Any] | None = Field(None, alias="_system_config")
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """The keys that were set, as ``ray.init`` names them."""
+        return self.model_dump(exclude_none=True, by_alias=True)
+
+
 class ActorPoolConfig(Strict):
     min: int = Field(1, ge=1)
     max: int = Field(1, ge=1)
@@ -88,7 +116,7 @@ class BackfillConfig(Strict):
     posts: PostsConfig = Field(default_factory=PostsConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    ray: dict[str, Any] = Field(default_factory=dict)
+    ray: RayConfig = Field(default_factory=RayConfig)
     integrations: dict[str, IntegrationConfig]
 
     @field_validator("integrations")
@@ -194,9 +222,36 @@ def _resolve_integration(base: Path, block: Any) -> Any:
     return dict(block, classifier=clf)
 
 
-def load_config(path: str | Path, data_dir: str | None = None) -> BackfillConfig:
-    """Load YAML with its paths resolved against its folder; ``data_dir`` (or env
-    ``BACKFILL_DATA_DIR``), relative to the working directory, overrides the file's value."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``KEY.PATH=VALUE`` settings (``--set``) on top of the file's: the value is read as YAML
+    (``8`` is a number, ``[a, b]`` a list), a dotted key walks into mappings, creating them."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not sep or not parts:
+            raise ConfigError(f"--set {item!r}: write KEY.PATH=VALUE, e.g. "
+                              "integrations.NAME.classifier.params.base_url=http://host:8000/v1")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping in the config")
+            node = child
+        node[parts[-1]] = parsed
+    return raw
+
+
+def load_config(path: str | Path, data_dir: str | None = None,
+                overrides: list[str] | None = None) -> BackfillConfig:
+    """Load YAML with its paths resolved against its folder; ``overrides`` (``--set``) apply
+    first, as if written in the file; ``data_dir`` (or env ``BACKFILL_DATA_DIR``), relative to
+    the working directory, overrides the file's value."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass --config PATH")
@@ -206,7 +261,7 @@ def load_config(path: str | Path, data_dir: str | None = None) -> BackfillConfig
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
-    raw = resolve_paths(raw, p.resolve().parent)
+    raw = resolve_paths(apply_overrides(raw, overrides or []), p.resolve().parent)
     override = data_dir or os.environ.get("BACKFILL_DATA_DIR")
     if override:
         raw["data_dir"] = str(Path(override).expanduser().resolve())

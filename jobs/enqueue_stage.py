@@ -21,6 +21,7 @@ from jobs.progress import Figures, Progress
 from jobs.summary import RunSummary
 from jobs.timing import now_iso, new_run_id
 from queue_store import QueueStore
+from queue_store.validation import as_post_table
 
 
 def labelled_uris(root: Path, version: str, batch_rows: int = 100_000
@@ -87,24 +88,28 @@ class Versions(NamedTuple):
 def _add_batch(store: QueueStore, batch: pa.RecordBatch, done: KnownUris, versions: Versions,
                seen: KnownUris, carry: list[pa.Table], carried: int, config: BackfillConfig,
                summary: RunSummary) -> int:
-    """Filter one record batch (done, other version, repeated) and enqueue whole queue rows
-    of it."""
+    """Filter one record batch (repeated, done, other version) and enqueue whole queue rows
+    of it. A uri counts once: its first occurrence as done / other-version / queued, every
+    later one as a duplicate."""
     summary.rows_read += batch.num_rows
-    uris = batch.column("uri").to_pylist()
-    keys = digests(u or "" for u in uris)
-    has_uri = np.fromiter((bool(u) for u in uris), dtype=bool, count=len(uris))
+    table = as_post_table(batch)  # text types unified; a bad byte rejects its post later
+    uris = table.column("uri").to_pylist() if pa.types.is_string(table.column("uri").type) \
+        else [None] * table.num_rows
+    keys = digests(u if isinstance(u, str) else "" for u in uris)
+    has_uri = np.fromiter((isinstance(u, str) and bool(u) for u in uris), dtype=bool,
+                          count=len(uris))
     # Posts without a uri are left for validation to reject with a reason.
-    is_done = done.contains(keys) & has_uri
-    is_other = versions.other.contains(keys) & has_uri & ~is_done
+    is_dup = (seen.contains(keys) | _repeats(keys)) & has_uri
+    is_done = done.contains(keys) & has_uri & ~is_dup
+    is_other = versions.other.contains(keys) & has_uri & ~is_done & ~is_dup
     if versions.relabel:
         is_other[:] = False  # the ledger decides: queued again for this version
-    is_dup = (seen.contains(keys) | _repeats(keys)) & has_uri
     fresh = ~(is_done | is_other | is_dup)
     summary.skipped_done += int(is_done.sum())
     summary.skipped_other_version += int(is_other.sum())
-    summary.skipped_duplicate += int((is_dup & ~is_done & ~is_other).sum())
-    seen.add(keys[fresh])
-    carry.append(pa.Table.from_batches([batch]).filter(pa.array(fresh)))
+    summary.skipped_duplicate += int(is_dup.sum())
+    seen.add(keys[has_uri & ~is_dup])
+    carry.append(table.filter(pa.array(fresh)))
     carried += int(fresh.sum())
     if carried >= config.queue.batch_size:
         carried = _flush(store, carry, versions, config.queue.batch_size, summary, final=False)
@@ -122,7 +127,8 @@ def _repeats(keys: np.ndarray) -> np.ndarray:
 def _flush(store: QueueStore, carry: list[pa.Table], versions: Versions, batch_size: int,
            summary: RunSummary, final: bool) -> int:
     """Enqueue whole rows of ``batch_size``; keep the remainder for the next record batch."""
-    table = pa.concat_tables(carry) if len(carry) > 1 else carry[0] if carry else None
+    table = (pa.concat_tables(carry, promote_options="default") if len(carry) > 1
+             else carry[0] if carry else None)
     carry.clear()
     if table is None or table.num_rows == 0:
         return 0

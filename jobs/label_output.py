@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,17 +23,17 @@ def latest_config_hash(dataset: pads.Dataset) -> str:
     """The config_hash of the most recently written labels."""
     if "config_hash" not in dataset.schema.names:
         return ""
-    best: tuple[str, str] = ("", "")
+    best: tuple[Any, str] | None = None
     for batch in dataset.to_batches(columns=["config_hash", "label_timestamp"]):
         table = pa.Table.from_batches([batch])
-        if not table.num_rows:
+        if not table.num_rows or not table.column("label_timestamp").null_count < table.num_rows:
             continue
         i = pc.index(table.column("label_timestamp"),
                      pc.max(table.column("label_timestamp"))).as_py()
         stamp = table.column("label_timestamp")[i].as_py()
-        if stamp and stamp > best[0]:
+        if best is None or stamp > best[0]:
             best = (stamp, table.column("config_hash")[i].as_py() or "")
-    return best[1]
+    return best[1] if best else ""
 
 
 def version_filter(dataset: pads.Dataset, config_hash: str) -> pads.Expression | None:

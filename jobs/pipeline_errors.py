@@ -1,24 +1,45 @@
-"""What stopped a pipeline pass, in words: the classifier's own fatal error, which of the
-pipeline's actors died, or a classifier actor that could not be replaced."""
+"""What stopped a pipeline pass, in words: a fatal error an actor reported (a classifier that
+cannot be built, a rejected key, a label of the wrong type, a disk that cannot be written),
+which of the pipeline's actors died, a queue file that cannot be used, or a classifier actor
+that could not be replaced. ``RunStopped`` carries the run's partial summary to the CLI."""
 from __future__ import annotations
 
 from typing import Any
 
-from classifiers.registry import ClassifierConfigError
+from classifiers.scrub import scrub
+from queue_store.schema import QueueFileError
 
 
 class PipelineActorDied(RuntimeError):
     """The queue or writer actor (or every classifier actor) died; says which and why."""
 
 
-def true_cause(ray: Any, exc: Exception, queue: Any, writer: Any, monitor: Any) -> Exception:
-    """The exception to raise instead of ``exc`` (``exc`` itself when nothing better is
-    known)."""
-    from ray.exceptions import RayActorError
+class RunStopped(Exception):
+    """A run that ended early: one line for the console, its exit code, and the summary of
+    what it did before (printed, and saved, by the CLI)."""
+
+    def __init__(self, message: str, exit_code: int, summary: Any = None,
+                 prefix: str = "error") -> None:
+        super().__init__(scrub(message))
+        self.exit_code = exit_code
+        self.summary = summary
+        self.prefix = prefix
+
+
+def true_cause(ray: Any, exc: BaseException, queue: Any, writer: Any,
+               monitor: Any) -> RunStopped | BaseException:
+    """What to report instead of ``exc`` (``exc`` itself when nothing better is known)."""
+    from ray.exceptions import RayActorError, RayTaskError
 
     stats = _actor_says(ray, monitor, "get_stats")
-    if isinstance(stats, dict) and stats.get("fatal"):
-        return ClassifierConfigError(stats["fatal"])
+    fatal = getattr(stats, "fatal", None)
+    if fatal is not None:
+        return RunStopped(fatal.message, fatal.exit_code)
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    if isinstance(cause, QueueFileError):
+        return RunStopped(str(cause), 2)
+    if isinstance(cause, OSError) and cause.errno:
+        return RunStopped(f"{cause.strerror or cause} (errno {cause.errno})", 1)
     dead = _which_died(ray, {"QueueActor (claims and leases)": queue,
                              "WriterActor (completions and parquet)": writer,
                              "StageMonitor (crash journal)": monitor}, exc)
@@ -30,10 +51,10 @@ def true_cause(ray: Any, exc: Exception, queue: Any, writer: Any, monitor: Any) 
     return exc
 
 
-def _actor_says(ray: Any, actor: Any, method: str) -> Any:
+def _actor_says(ray: Any, actor: Any, method: str, timeout: float = 10) -> Any:
     """The actor's answer, or the exception that shows it is gone."""
     try:
-        return ray.get(getattr(actor, method).remote(), timeout=30)
+        return ray.get(getattr(actor, method).remote(), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - an answer either way
         return exc
 

@@ -13,6 +13,8 @@ from typing import Callable, TextIO
 
 from pydantic import BaseModel
 
+from classifiers.scrub import scrub
+
 PLAIN_EVERY_S = 10.0
 BAR_EVERY_S = 0.5
 
@@ -21,6 +23,8 @@ class Figures(BaseModel):
     done: int = 0
     failed: int = 0
     dead: int = 0
+    total: int | None = None     # when it grows while the stage runs
+    waiting: str | None = None  # what the stage waits for, when it is not moving
 
 
 class Progress:
@@ -69,17 +73,23 @@ class Progress:
             fig = self.poll()
         except Exception:  # noqa: BLE001 - a display never fails the stage
             return
+        if fig.total is not None:
+            self.total = fig.total
         if self._bar is not None:
+            self._bar.total = self.total
             self._bar.n = fig.done
-            extra = {self.failed_name: fig.failed}
+            extra: dict[str, object] = {self.failed_name: fig.failed}
             if self.show_dead:
                 extra["dead"] = fig.dead
+            if fig.waiting and not final:
+                extra["waiting"] = scrub(fig.waiting)[:80]
             self._bar.set_postfix(extra, refresh=False)
             self._bar.refresh()
             return
         if final and not fig.done:
             return
-        print(self.line(fig), file=self.stream, flush=True)
+        print(self.line(fig if not final else fig.model_copy(update={"waiting": None})),
+              file=self.stream, flush=True)
 
     def line(self, fig: Figures) -> str:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
@@ -89,5 +99,6 @@ class Progress:
         if self.total and rate > 0 and fig.done < self.total:
             eta = f", ETA {int((self.total - fig.done) / rate)} s"
         dead = f", dead-lettered {fig.dead}" if self.show_dead else ""
+        waiting = f"; waiting: {scrub(fig.waiting)}" if fig.waiting else ""
         return (f"[{self.label}] {fig.done}{of} posts, {rate:,.0f} posts/s{eta}, "
-                f"{self.failed_name} {fig.failed}{dead}")
+                f"{self.failed_name} {fig.failed}{dead}{waiting}")

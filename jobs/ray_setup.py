@@ -20,16 +20,10 @@ START_ONLY = ("num_cpus", "num_gpus", "resources", "labels", "object_store_memor
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def joining_existing_ray(kwargs: dict[str, Any]) -> bool:
-    """Would ``ray.init(**kwargs)`` attach to a running Ray (RAY_ADDRESS, ``ray job
-    submit``, or a ``ray start`` head on this machine) rather than start one?"""
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        return canonicalize_bootstrap_address(kwargs.get("address"),
-                                              kwargs.get("_temp_dir")) is not None
-    except Exception:  # noqa: BLE001 - private API moved: decide by the address alone
-        return bool(kwargs.get("address") or os.environ.get("RAY_ADDRESS"))
+def join_address(config: BackfillConfig) -> str | None:
+    """The cluster to join, only when told: ``--address``/``ray.address`` in the config, or
+    ``RAY_ADDRESS`` (which ``ray job submit`` sets). None: start a local Ray."""
+    return config.ray.address or os.environ.get("RAY_ADDRESS") or None
 
 
 _set_offline: dict[str, str] = {}
@@ -44,9 +38,13 @@ def prefer_offline() -> dict[str, str]:
     return dict(_set_offline)
 
 
-def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
-    """Join the running Ray or start a local one configured by the ``ray:`` block."""
+def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = False) -> Any:
+    """Join the cluster the user named, or start a local Ray configured by the ``ray:`` block
+    — never whichever head happens to run on this host. Says which, once."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray ends a driver that loses its cluster for 60 s with a bare exit 1; the RunGuard
+    # notices first (30 s) and stops the run with a line and its summary.
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "120")
     offline = prefer_offline()
     if not verbose:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -56,10 +54,12 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
     import ray
 
     if not ray.is_initialized():
-        kwargs = dict(config.ray)
+        kwargs = config.ray.init_kwargs()
+        kwargs.pop("address", None)
         kwargs.setdefault("log_to_driver", verbose)
         kwargs.setdefault("logging_level", logging.INFO if verbose else logging.ERROR)
-        if joining_existing_ray(kwargs):
+        address = join_address(config)
+        if address:
             ignored = sorted(k for k in kwargs if k in START_ONLY)
             for key in ignored:
                 del kwargs[key]
@@ -74,14 +74,39 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False) -> Any:
         else:
             kwargs.setdefault("include_dashboard", False)
         with contextlib.nullcontext() if verbose else _stderr_silenced():
-            ray.init(**kwargs)
+            ray.init(address=address or "local", **kwargs)
+        if not quiet:
+            print(f"ray: {ray_where(ray)}", file=sys.stderr)
         if not verbose:
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            # Ray Data's errors reach the job as exceptions; a stopped run's executor
+            # shutting down is not news for the console.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         # Ray's own SIGTERM handler exits at once; ours unwinds like Ctrl-C, so the run
         # hands its claims back first (``ray job stop`` and ``kill`` send SIGTERM).
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     return ray
+
+
+def ray_where(ray: Any) -> str:
+    """The Ray this run uses, in words: a local one it started, or the cluster it joined."""
+    context = ray.get_runtime_context()
+    address = getattr(context, "gcs_address", "") or "?"
+    resources = ray.cluster_resources()
+    size = f"{resources.get('CPU', 0):g} CPUs" + (
+        f", {resources['GPU']:g} GPUs" if resources.get("GPU") else "")
+    if _started_here(ray):
+        return (f"started a local Ray for this run at {address} ({size}); other Ray "
+                "instances on this host are not used (RAY_ADDRESS or --address joins one)")
+    return f"joined the Ray cluster at {address} ({size})"
+
+
+def _started_here(ray: Any) -> bool:
+    try:
+        node = ray._private.worker.global_worker.node
+        return bool(node is not None and node.head)
+    except AttributeError:
+        return False
 
 
 @contextlib.contextmanager

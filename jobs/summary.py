@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from actors.stats import QueueStats, StageStats, WriterStats
+from classifiers.scrub import scrub
 from jobs.timing import now_iso
 
 
@@ -52,7 +54,35 @@ class RunSummary(BaseModel):
     posts_per_s: float = 0.0
     output_path: str = ""
     label_distribution: dict[str, int] = Field(default_factory=dict)
+    pending_other_versions: int = 0    # queued for another config_hash: not this run's
+    stopped_claiming: str | None = None  # why the run stopped claiming early, if it did
     resolved_config: dict[str, Any] = Field(default_factory=dict)  # paths absolute
+
+    def take(self, queue: QueueStats, stage: StageStats, writer: WriterStats,
+             status: Any = None) -> None:
+        """The actors' figures (and the queue's state after the run, when known)."""
+        self.claimed_batches, self.claimed = queue.claimed_batches, queue.claimed_posts
+        self.labelled, self.failed, self.retried = queue.labelled, queue.failed, queue.retried
+        self.dead_lettered = queue.dead_lettered
+        self.stale_completions = queue.stale_completions
+        self.reaped_dead_holder_batches = queue.reaped_dead_holder_batches
+        self.export_dead_lettered = queue.export_dead_lettered
+        self.stopped_claiming = queue.stopped_claiming
+        self.process_deaths = stage.process_deaths
+        self.stage_us_per_post = stage.stage_us_per_post
+        self.usage = dict(stage.usage)
+        self.incomplete_batches = writer.open_batches
+        self.exported_rows, self.parquet_files = writer.exported_rows, writer.parquet_files
+        self.classifier = writer.provenance.get("classifier", "")
+        self.model = writer.provenance.get("model", "")
+        self.label_distribution = dict(writer.label_counts)
+        if status is not None:
+            self.pending_left = status.pending_posts
+            self.pending_other_versions = status.pending_other_versions
+            self.leased_elsewhere = status.processing_posts
+            if status.next_lease_expiry:
+                self.leases_expire_in_s = round(max(0.0, status.next_lease_expiry
+                                                    - time.time()), 1)
 
     def finish(self, data_dir: str | Path, t0: float, processed: int,
                output_path: str = "") -> "RunSummary":
@@ -69,7 +99,7 @@ class RunSummary(BaseModel):
         path = Path(data_dir) / "runs" / f"{self.run_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.write_text(scrub(self.model_dump_json(indent=2)))
         tmp.replace(path)
         return path
 
@@ -78,6 +108,6 @@ class RunSummary(BaseModel):
         rows = [(k, v) for k, v in self.model_dump(exclude={"resolved_config"}).items()
                 if v not in (0, 0.0, "", {}, None)]
         width = max(len(k) for k, _ in rows)
-        lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+        lines = [scrub(f"{k.ljust(width)}  {v}") for k, v in rows]
         bar = "-" * max(len(line) for line in lines)
         return "\n".join([bar, *lines, bar])

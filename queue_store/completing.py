@@ -37,12 +37,13 @@ class CompleteVerbs:
             held = self._held(c, batch_id, lease_id)  # type: ignore[attr-defined]
             if held is None:
                 return CompleteResult(accepted=False)
-            posts, attempt = held
+            posts, attempt, version = held
             _check_cover(batch_id, [p["uri"] for p in posts], successes, failures)
             labelled = [p for p in posts if p["uri"] in successes]
             out = [_output_row(p, successes[p["uri"]]) for p in labelled]
             failed = [(p, failures[p["uri"]]) for p in posts if p["uri"] in failures]
-            return self._settle(c, batch_id, attempt, codec.join_lines(out) if out else None,
+            return self._settle(c, batch_id, attempt, version,
+                                codec.join_lines(out) if out else None,
                                 [p["uri"] for p in labelled], failed)
 
     def complete_rows(self, batch_id: int, lease_id: str, labelled: pa.Table | None,
@@ -60,11 +61,12 @@ class CompleteVerbs:
             raise ValueError(f"complete_rows({batch_id}): labelled rows lack {missing}")
         t = self.tables["input"]
         with self._tx() as c:  # type: ignore[attr-defined]
-            row = c.execute(f"SELECT attempt, n_posts FROM {t} WHERE id = ? AND lease_id = ? "
-                            "AND status = 'processing'", (batch_id, lease_id)).fetchone()
+            row = c.execute(f"SELECT attempt, n_posts, version FROM {t} WHERE id = ? AND "
+                            "lease_id = ? AND status = 'processing'",
+                            (batch_id, lease_id)).fetchone()
             if row is None:
                 return CompleteResult(accepted=False)
-            attempt, n_posts = row
+            attempt, n_posts, version = row
             if n_labelled + len(failed) != n_posts:
                 raise ValueError(f"complete_rows({batch_id}) must account for each of its "
                                  f"{n_posts} posts once: got {n_labelled} labelled and "
@@ -72,35 +74,38 @@ class CompleteVerbs:
             uris = labelled.column("uri").to_pylist() if n_labelled else []
             if len({*uris, *(post["uri"] for post, _ in failed)}) != n_posts:
                 raise ValueError(f"complete_rows({batch_id}) names a post twice")
-            return self._settle(c, batch_id, attempt,
+            return self._settle(c, batch_id, attempt, version,
                                 to_ipc(labelled) if n_labelled else None, uris, list(failed))
 
-    def _settle(self, c: Any, batch_id: int, attempt: int, payload: str | bytes | None,
-                labelled_uris: list[str], failed: list[tuple[dict, str]]) -> CompleteResult:
+    def _settle(self, c: Any, batch_id: int, attempt: int, version: str,
+                payload: str | bytes | None, labelled_uris: list[str],
+                failed: list[tuple[dict, str]]) -> CompleteResult:
         if payload is not None:
             c.execute(f"INSERT INTO {self.tables['output']} "
-                      "(batch_id, payload, n_rows, created_at) VALUES (?, ?, ?, ?)",
-                      (batch_id, payload, len(labelled_uris), self.clock()))  # type: ignore
-            c.execute(f"INSERT INTO {self.tables['labelled']} (uris) VALUES (?)",
-                      (codec.dumps(labelled_uris),))  # the ledger's done, folded in later
-        retried, dead = self._retry_or_bury(c, batch_id, failed, attempt)
+                      "(batch_id, version, payload, n_rows, created_at) VALUES (?, ?, ?, ?, ?)",
+                      (batch_id, version, payload, len(labelled_uris),
+                       self.clock()))  # type: ignore[attr-defined]
+            c.execute(f"INSERT INTO {self.tables['labelled']} (version, uris) VALUES (?, ?)",
+                      (version, codec.dumps(labelled_uris)))  # the ledger's done, folded later
+        retried, dead = self._retry_or_bury(c, batch_id, failed, attempt, version)
         c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
         return CompleteResult(accepted=True, labelled=len(labelled_uris), retried=retried,
                               dead_lettered=dead)
 
     def _retry_or_bury(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
-                       attempt: int) -> tuple[int, int]:
+                       attempt: int, version: str) -> tuple[int, int]:
         if not failed:
             return 0, 0
         if attempt >= self.max_attempts:
-            self._bury_posts(c, batch_id, failed, attempt)
+            self._bury_posts(c, batch_id, failed, attempt, version)  # type: ignore
             return 0, len(failed)
         posts = [p for p, _ in failed]
         meta = {"retry_of": batch_id, "last_reasons": sorted({r for _, r in failed})[:5],
                 "batch_size": len(posts), "actual_batch_size": len(posts)}
-        c.execute(f"INSERT INTO {self.tables['input']} "
-                  "(payload, metadata, n_posts, attempt, created_at) VALUES (?, ?, ?, ?, ?)",
-                  (codec.dumps(posts), codec.dumps(meta), len(posts), attempt, self.clock()))
+        c.execute(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, version, "
+                  "attempt, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                  (codec.dumps(posts), codec.dumps(meta), len(posts), version, attempt,
+                   self.clock()))  # type: ignore[attr-defined]
         return len(failed), 0
 
 

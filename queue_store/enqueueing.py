@@ -23,10 +23,12 @@ class EnqueueVerbs:
         """Validate posts and queue the valid ones in rows of at most ``batch_size`` posts.
 
         With ``dedupe`` a post whose uri this integration has seen before is skipped: counted
-        as done or queued when it was enqueued for the same ``version`` (config_hash), as
-        other-version otherwise — unless ``relabel``, which queues it again for this version.
-        The decision and the insert are one transaction, so concurrent enqueues of the same
-        posts queue each once per version.
+        as done or queued when it was enqueued for the same ``version`` (config_hash); when it
+        was enqueued only for other versions, as other-version if one of them labelled it and
+        as queued if it is still waiting for them — unless ``relabel``, which queues it for
+        this version too. Each queued batch records its ``version``. The decision and the
+        insert are one transaction, so concurrent enqueues of the same posts queue each once
+        per version.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -43,54 +45,63 @@ class EnqueueVerbs:
                 chunk = valid.slice(start, batch_size)
                 meta = dict(metadata or {}, batch_size=batch_size,
                             actual_batch_size=chunk.num_rows)
-                rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, now))
-            c.executemany(f"INSERT INTO {self.tables['input']} "
-                          "(payload, metadata, n_posts, created_at) VALUES (?, ?, ?, ?)", rows)
+                rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, version,
+                             now))
+            c.executemany(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, "
+                          "version, created_at) VALUES (?, ?, ?, ?, ?)", rows)
         result.enqueued_posts = valid.num_rows
         result.enqueued_batches = len(rows)
         return result
 
     def _only_new(self, c: Any, valid: pa.Table, result: EnqueueResult, version: str,
                   relabel: bool) -> pa.Table:
-        """Record the uris in the ledger; keep the posts whose uri was not there yet (or was,
-        for another version, when relabelling)."""
+        """Record the (uri, version) pairs to queue in the ledger; keep their posts: uris the
+        integration never saw, and (when relabelling) uris seen only for other versions."""
         ledger = self.tables["ledger"]
-        uris = valid.column("uri").to_pylist()
+        uris = valid.column("uri").to_pylist()  # distinct: validation rejects repeats
         new = [u for (u,) in c.execute(
-            f"INSERT INTO {ledger} (uri, version) SELECT value, ? FROM json_each(?) "
-            "WHERE true ON CONFLICT DO NOTHING RETURNING uri",
-            (version, codec.dumps(uris))).fetchall()]
+            f"INSERT INTO {ledger} (uri, version) SELECT j.value, ? FROM json_each(?) AS j "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {ledger} AS l WHERE l.uri = j.value) "
+            "ON CONFLICT DO NOTHING RETURNING uri", (version, codec.dumps(uris))).fetchall()]
         if len(new) == len(uris):
             return valid
         is_new = pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string()))
         seen = valid.filter(pc.invert(is_new)).column("uri").to_pylist()
         fold_labelled(c, self.tables)
+        known: dict[str, dict[str, int]] = {}
+        for uri, was, done in c.execute(f"SELECT uri, version, done FROM {ledger} WHERE uri "
+                                        "IN (SELECT value FROM json_each(?))",
+                                        (codec.dumps(seen),)):
+            known.setdefault(uri, {})[was] = done
         other = []
-        for uri, done, was in c.execute(f"SELECT uri, done, version FROM {ledger} WHERE uri IN "
-                                        "(SELECT value FROM json_each(?))", (codec.dumps(seen),)):
-            if was != version:
+        for uri, versions in known.items():
+            if version in versions:
+                if versions[version]:
+                    result.skipped_done += 1
+                else:
+                    result.skipped_queued += 1
+            elif relabel:
                 other.append(uri)
-            elif done:
-                result.skipped_done += 1
+            elif any(versions.values()):
+                result.skipped_other_version += 1  # labelled by another version
             else:
-                result.skipped_queued += 1
-        if other and relabel:
-            c.execute(f"UPDATE {ledger} SET version = ?, done = 0 WHERE uri IN "
-                      "(SELECT value FROM json_each(?))", (version, codec.dumps(other)))
+                result.skipped_queued += 1  # still waiting for the version it was queued for
+        if other:
+            c.execute(f"INSERT INTO {ledger} (uri, version) SELECT value, ? FROM json_each(?)",
+                      (version, codec.dumps(other)))
             new += other
             result.relabelled += len(other)
-        else:
-            result.skipped_other_version += len(other)
         return valid.filter(pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string())))
 
 
 def fold_labelled(c: Any, tables: dict[str, str]) -> None:
-    """Mark the uris of completed batches done in the ledger, in one statement."""
+    """Mark the (uri, version) pairs of completed batches done in the ledger, in one
+    statement."""
     log = tables["labelled"]
     if c.execute(f"SELECT 1 FROM {log} LIMIT 1").fetchone() is None:
         return
-    c.execute(f"UPDATE {tables['ledger']} SET done = 1 WHERE uri IN (SELECT j.value FROM "
-              f"{log} AS l, json_each(l.uris) AS j)")
+    c.execute(f"UPDATE {tables['ledger']} SET done = 1 WHERE (uri, version) IN "
+              f"(SELECT j.value, l.version FROM {log} AS l, json_each(l.uris) AS j)")
     c.execute(f"DELETE FROM {log}")
 
 

@@ -87,22 +87,23 @@ class ExportBookkeeping:
         with self._tx() as c:  # type: ignore[attr-defined]
             fold_labelled(c, t)  # so that "done = 0" below is not undone by a later fold
             for row_id, lines in by_row.items():
-                found = c.execute(f"SELECT batch_id, payload FROM {t['output']} WHERE id = ?",
-                                  (row_id,)).fetchone()
+                found = c.execute(f"SELECT batch_id, version, payload FROM {t['output']} "
+                                  "WHERE id = ?", (row_id,)).fetchone()
                 if found is None:
                     continue
-                batch_id, payload = found
+                batch_id, version, payload = found
                 items = row_items(payload)
                 for i, reason in lines.items():
                     post = _post_fields(items[i])
                     c.execute(f"INSERT INTO {t['dead']} (uri, payload, decodable, reason, "
-                              "attempt, source_batch_id, created_at) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                              "attempt, version, source_batch_id, created_at) "
+                              "VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
                               (post.get("uri") if post else None,
                                codec.dumps(post) if post else items[i], int(post is not None),
-                               reason, batch_id, now))
+                               reason, version, batch_id, now))
                     if post:
-                        c.execute(f"UPDATE {t['ledger']} SET done = 0 WHERE uri = ?",
-                                  (post["uri"],))
+                        c.execute(f"UPDATE {t['ledger']} SET done = 0 WHERE uri = ? AND "
+                                  "version = ?", (post["uri"], version))
                 keep = [i for i in range(len(items)) if i not in lines]
                 if keep:
                     c.execute(f"UPDATE {t['output']} SET payload = ?, n_rows = ? WHERE id = ?",

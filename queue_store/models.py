@@ -68,12 +68,14 @@ class DeadLetter(BaseModel):
     uri: str | None
     reason: str
     attempt: int
+    version: str = ""  # the config_hash the post was queued for
 
 
 class QueueStatus(BaseModel):
     integration: str
     pending_batches: int = 0
     pending_posts: int = 0
+    pending_other_versions: int = 0  # with ``status(version)``: queued for other config_hashes
     processing_batches: int = 0
     processing_posts: int = 0
     next_lease_expiry: float | None = None  # epoch seconds of the soonest expiring lease

@@ -11,6 +11,9 @@ from pathlib import Path
 from queue_store.names import check_name
 
 BUSY_TIMEOUT_MS = 30_000
+# The layout version of a queue file, stored in its meta table. A file of another version is
+# refused with one line (no second code path for old layouts).
+FORMAT = "2"
 
 
 class QueueFileError(ValueError):
@@ -43,24 +46,28 @@ def table_names(integration: str) -> dict[str, str]:
 def _ddl(t: dict[str, str]) -> list[str]:
     return [
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        # ``version`` is the config_hash a batch was queued for: only a run of that version
+        # claims it, so a post is labelled once per (uri, config_hash).
         f"""CREATE TABLE IF NOT EXISTS {t['input']} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             payload TEXT NOT NULL,
             metadata TEXT NOT NULL,
             n_posts INTEGER NOT NULL,
+            version TEXT NOT NULL,
             status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','processing')),
             lease_id TEXT,
             lease_owner TEXT,
             lease_expires REAL,
             attempt INTEGER NOT NULL DEFAULT 0,
             created_at REAL NOT NULL)""",
-        f"CREATE INDEX IF NOT EXISTS {t['input']}_pending ON {t['input']}(id) "
+        f"CREATE INDEX IF NOT EXISTS {t['input']}_pending ON {t['input']}(version, id) "
         "WHERE status = 'pending'",
         f"CREATE INDEX IF NOT EXISTS {t['input']}_leased ON {t['input']}(lease_expires) "
         "WHERE status = 'processing'",
         f"""CREATE TABLE IF NOT EXISTS {t['output']} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             batch_id INTEGER NOT NULL,
+            version TEXT NOT NULL,
             payload TEXT NOT NULL,
             n_rows INTEGER NOT NULL,
             export_id INTEGER,
@@ -76,6 +83,7 @@ def _ddl(t: dict[str, str]) -> list[str]:
             decodable INTEGER NOT NULL,
             reason TEXT NOT NULL,
             attempt INTEGER NOT NULL,
+            version TEXT NOT NULL,
             source_batch_id INTEGER,
             created_at REAL NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS {t['exports']} (
@@ -83,72 +91,94 @@ def _ddl(t: dict[str, str]) -> list[str]:
             state TEXT NOT NULL CHECK (state IN ('planned','written')),
             n_rows INTEGER NOT NULL,
             created_at REAL NOT NULL)""",
-        # Every uri ever enqueued for this integration, so "is this post new?" is decided
-        # inside the enqueue transaction (concurrent enqueues queue each post once).
-        # ``done`` is set when the post's labels reach the output queue.
-        # ``version`` is the config_hash the post was (last) enqueued for.
+        # Every (uri, config_hash) ever enqueued for this integration, so "is this post new?"
+        # is decided inside the enqueue transaction (concurrent enqueues queue each post once
+        # per version). ``done`` is set when the post's labels reach the output queue.
         f"""CREATE TABLE IF NOT EXISTS {t['ledger']} (
-            uri TEXT PRIMARY KEY,
+            uri TEXT NOT NULL,
+            version TEXT NOT NULL,
             done INTEGER NOT NULL DEFAULT 0,
-            version TEXT NOT NULL DEFAULT '') WITHOUT ROWID""",
+            PRIMARY KEY (uri, version)) WITHOUT ROWID""",
         # The uris each completed batch labelled (a JSON array per batch), appended by
         # ``complete`` and folded into the ledger's ``done`` by the next enqueue that needs
         # it: marking done in the ledger per batch rewrote most of its 64 KiB pages every
         # time (measured: 18 of the QueueActor's 20 µs per post), an append touches one.
         f"""CREATE TABLE IF NOT EXISTS {t['labelled']} (
             id INTEGER PRIMARY KEY,
+            version TEXT NOT NULL,
             uris TEXT NOT NULL)""",
     ]
 
 
-def _fill_ledger(conn: sqlite3.Connection, t: dict[str, str]) -> None:
-    """Once per file: a queue file made before the ledger existed gets its uris in it."""
-    if conn.execute("SELECT 1 FROM meta WHERE key = 'ledger'").fetchone():
+def _check_format(conn: sqlite3.Connection, path: Path, t: dict[str, str]) -> None:
+    """A file written in another layout is refused, naming the way out."""
+    made = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (t["input"],)).fetchone()
+    if made is None:
         return
-    for table, done in ((t["output"], 1), (t["input"], 0)):
-        conn.execute(f"INSERT OR IGNORE INTO {t['ledger']} (uri, done) "
-                     f"SELECT json_extract(j.value, '$.uri'), {done} FROM {table}, "
-                     f"json_each({table}.payload) AS j WHERE json_valid({table}.payload) "
-                     "AND json_type(j.value, '$.uri') = 'text'")
-    conn.execute(f"INSERT OR IGNORE INTO {t['ledger']} (uri) "
-                 f"SELECT uri FROM {t['dead']} WHERE uri IS NOT NULL")
-    conn.execute("INSERT INTO meta(key, value) VALUES ('ledger', '1')")
+    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                            "name = 'meta'").fetchone()
+    row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() \
+        if has_meta else None
+    found = row[0] if row else "1"
+    if found != FORMAT:
+        raise QueueFileError(
+            f"queue file {path} was written by another version of this tool (queue format "
+            f"{found}, this one reads {FORMAT}); finish it with that version (its exported "
+            "parquet stays valid), or move the file away to start a new queue")
 
 
-def connect(path: Path, integration: str,
-            readonly: bool = False) -> tuple[sqlite3.Connection, str]:
-    """``_connect`` with every failure turned into one line that names the file."""
+def connect(path: Path, integration: str, readonly: bool = False,
+            busy_ms: int = BUSY_TIMEOUT_MS) -> tuple[sqlite3.Connection, str]:
+    """``_connect`` with every failure turned into one line that names the file.
+    ``busy_ms``: how long a statement waits for another process's write lock."""
     if readonly and not path.is_file():
         raise QueueFileError(f"no queue file at {path}: nothing was enqueued for "
                              f"{integration!r} in this data_dir")
     try:
-        return _connect_when_free(path, integration, readonly)
+        return _connect_when_free(path, integration, readonly, busy_ms)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
         raise QueueFileError(f"cannot create the queue file {path} ({exc.strerror}); "
                              "data_dir must be a writable folder") from None
     except sqlite3.DatabaseError as exc:
-        raise QueueFileError(f"queue file {path} cannot be used ({exc}); move the file "
-                             "away (or fix data_dir) and rerun") from None
+        raise storage_error(path, exc) from None
 
 
-def _connect_when_free(path: Path, integration: str,
-                       readonly: bool) -> tuple[sqlite3.Connection, str]:
+def storage_error(path: Path, exc: sqlite3.Error) -> QueueFileError:
+    """One line for a queue file SQLite cannot use: a full disk, a read-only or failing one,
+    or a corrupt file (the true cause, never a failed ROLLBACK after it)."""
+    text = str(exc)
+    if "full" in text:
+        return QueueFileError(f"queue file {path}: the disk is full ({text}); free space on "
+                              f"{path.parent} and rerun: nothing is lost")
+    if "readonly" in text or "read-only" in text:
+        return QueueFileError(f"queue file {path} cannot be written ({text}); data_dir must "
+                              "be a writable folder on a local disk")
+    if "I/O" in text:
+        return QueueFileError(f"queue file {path}: disk I/O error ({text}); check the disk "
+                              "under data_dir and rerun")
+    return QueueFileError(f"queue file {path} cannot be used ({text}); move the file away "
+                          "(or fix data_dir) and rerun")
+
+
+def _connect_when_free(path: Path, integration: str, readonly: bool,
+                       busy_ms: int) -> tuple[sqlite3.Connection, str]:
     """``_connect``, retried while another process holds the lock it needs: switching a new
     file to WAL answers "database is locked" at once, without SQLite's busy wait, when
     several processes open it at the same moment (two commands, or a QueueActor and the
     enqueue running beside it)."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + busy_ms / 1000
     while True:
         try:
-            return _connect(path, integration, readonly)
+            return _connect(path, integration, readonly, busy_ms)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.01, 0.1))
 
 
-def _connect(path: Path, integration: str,
-             readonly: bool = False) -> tuple[sqlite3.Connection, str]:
+def _connect(path: Path, integration: str, readonly: bool,
+             busy_ms: int) -> tuple[sqlite3.Connection, str]:
     """Open (creating if needed) the queue file; returns the connection and the store's id.
 
     The store id is a random value fixed at creation: parquet file names include it so a
@@ -157,21 +187,30 @@ def _connect(path: Path, integration: str,
     """
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return conn, conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+                               timeout=busy_ms / 1000, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            _check_format(conn, path, table_names(integration))
+            return conn, conn.execute("SELECT value FROM meta WHERE key = 'store_id'"
+                                      ).fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_ms / 1000,
                            check_same_thread=False)
     try:
-        return conn, _create_tables(conn, integration)
+        return conn, _create_tables(conn, path, integration, busy_ms)
     except BaseException:
         conn.close()
         raise
 
 
-def _create_tables(conn: sqlite3.Connection, integration: str) -> str:
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+def _create_tables(conn: sqlite3.Connection, path: Path, integration: str,
+                   busy_ms: int) -> str:
+    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    tables = table_names(integration)
+    _check_format(conn, path, tables)  # before anything (even the journal mode) is changed
     # Rows are whole batches (100 KB+): 64 KiB pages cut overflow-page chains and commit work
     # (measured: enqueue 420k → 780k posts/s, claim+complete 188k → 253k). Applies only when
     # the file is created; it cannot change once the file is in WAL mode.
@@ -180,10 +219,9 @@ def _create_tables(conn: sqlite3.Connection, integration: str) -> str:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        tables = table_names(integration)
         for stmt in _ddl(tables):
             conn.execute(stmt)
-        _fill_ledger(conn, tables)
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (FORMAT,))
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)",
                      (uuid.uuid4().hex[:12],))
         store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]

@@ -58,12 +58,19 @@ def _first_type_wins(name: str, values: list[Any], bad: dict[int, str]) -> pa.Ar
                 one = conform(pa.table({name: one}), pa.schema([(name, target)]),
                               lenient=True).column(0).combine_chunks()
             kept.append(one)
-        except (*_BUILD_ERRORS, *EXPORT_ERRORS) as exc:
-            bad.setdefault(i, f"output column {name!r}: value {value!r:.80} does not fit "
-                              f"this block's type {target}: {type(exc).__name__}")
+        except (*_BUILD_ERRORS, *EXPORT_ERRORS):
+            bad.setdefault(i, f"output column {name!r} holds {_type_of(value)} values (e.g. "
+                              f"{value!r:.80}) beside {target} values in one batch")
             kept.append(pa.nulls(1, target or pa.null()))
     target = target or pa.null()
     return pa.concat_arrays([a.cast(target) if a.type != target else a for a in kept])
+
+
+def _type_of(value: Any) -> str:
+    try:
+        return str(pa.array([value]).type)
+    except _BUILD_ERRORS:
+        return type(value).__name__
 
 
 def fit_rows(table: pa.Table, schema: pa.Schema | None) -> tuple[pa.Table, dict[int, str]]:
@@ -85,7 +92,7 @@ def fit_rows(table: pa.Table, schema: pa.Schema | None) -> tuple[pa.Table, dict[
         try:  # typed by its block (e.g. [] as a list of lists): retype from its own values
             fitted.append(conform(pa.Table.from_pylist(row.to_pylist()), schema, lenient=True))
         except EXPORT_ERRORS as exc:
-            bad[i] = f"output does not fit this integration's column types: {exc}"[:500]
+            bad[i] = str(exc)[:500]
     return concat_conformed(fitted) if fitted else table.slice(0, 0), bad
 
 

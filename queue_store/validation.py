@@ -24,6 +24,9 @@ _TIMESTAMP = (rf"^\d{{4}}-\d{{2}}-\d{{2}}(-{_TIME}:[0-5]\d|([T ]{_TIME}(:[0-5]\d
 
 # Checked in this order; a post gets the first reason that applies.
 REASONS = (
+    "uri is not valid UTF-8",
+    "text is not valid UTF-8",
+    "timestamp is not valid UTF-8",
     "missing uri",
     "uri is not a string",
     "text is not a string",
@@ -36,8 +39,16 @@ REASONS = (
 )
 
 
+# A column ``as_post_table`` adds when some values are not valid UTF-8: the reason per row.
+BAD_BYTES = "__bad_bytes"
+
+
 def as_post_table(posts: Any) -> pa.Table:
-    """Accept a pyarrow Table/RecordBatch, a pandas DataFrame or an iterable of dicts."""
+    """Accept a pyarrow Table/RecordBatch, a pandas DataFrame or an iterable of dicts.
+
+    Text columns of any Arrow text type (dictionary-encoded, large, view) become ``string``;
+    a value that is not valid UTF-8 becomes null and its row's reason goes to ``BAD_BYTES``
+    (only present when some row has one), so one bad byte rejects one post."""
     if isinstance(posts, pa.RecordBatch):
         table = pa.Table.from_batches([posts])
     elif isinstance(posts, pa.Table):
@@ -51,12 +62,29 @@ def as_post_table(posts: Any) -> pa.Table:
     missing = [c for c in POST_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"posts are missing column(s) {missing}; need {list(POST_COLUMNS)}")
-    return pa.table({c: _as_string(table.column(c)) for c in POST_COLUMNS})
+    columns = {c: _as_string(table.column(c)) for c in POST_COLUMNS}
+    bad = table.column(BAD_BYTES) if BAD_BYTES in table.column_names else None  # found before
+    for name, what in zip(POST_COLUMNS, ("uri", "text", "timestamp")):
+        if not pa.types.is_string(columns[name].type):
+            continue
+        mask = _invalid_utf8(columns[name])
+        if mask is None:
+            continue
+        columns[name] = _null_where(columns[name], mask)
+        why = pa.array(np.where(mask, f"{what} is not valid UTF-8", None), pa.string())
+        bad = why if bad is None else pc.coalesce(bad, why)
+    if bad is not None:
+        columns[BAD_BYTES] = bad
+    return pa.table(columns)
 
 
 def is_text_type(typ: pa.DataType) -> bool:
-    """A column type that holds text (or nothing at all)."""
-    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)
+    """A column type that holds text (or nothing at all): any Arrow string type, or a
+    dictionary of strings (pandas ``category`` columns read back)."""
+    if pa.types.is_dictionary(typ):
+        return is_text_type(typ.value_type)
+    return (pa.types.is_string(typ) or pa.types.is_large_string(typ)
+            or pa.types.is_string_view(typ) or pa.types.is_null(typ))
 
 
 def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -65,9 +93,39 @@ def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
         return col
     if pa.types.is_null(col.type):
         return pa.chunked_array([pa.nulls(len(col), pa.string())])
-    if pa.types.is_large_string(col.type):
+    if is_text_type(col.type):
         return pc.cast(col, pa.string())
     return col
+
+
+def _invalid_utf8(col: pa.ChunkedArray) -> np.ndarray | None:
+    """Which values are not valid UTF-8 (None when all are: one C++ pass, the usual case)."""
+    try:
+        col.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    return np.array([value is not None and not _decodes(value)
+                     for value in _as_bytes(col).to_pylist()], dtype=bool)
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _as_bytes(col: pa.ChunkedArray) -> pa.Array:
+    """The column's values as binary, unvalidated (one array)."""
+    return pa.concat_arrays([c.view(pa.binary()) for c in col.chunks]) if col.num_chunks \
+        else pa.array([], pa.binary())
+
+
+def _null_where(col: pa.ChunkedArray, mask: np.ndarray) -> pa.ChunkedArray:
+    cleaned = pc.if_else(pa.array(mask), pa.scalar(None, pa.binary()), _as_bytes(col))
+    return pa.chunked_array([cleaned.view(pa.string())])
 
 
 def _flags(n: int, value: bool) -> pa.Array:
@@ -87,6 +145,7 @@ def reason_codes(table: pa.Table) -> pa.Array | None:
     n = len(table)
     uri, text, ts = (table.column(c) for c in POST_COLUMNS)
     uri_typed, text_typed = is_text_type(uri.type), is_text_type(text.type)
+    bytes_bad = table.column(BAD_BYTES) if BAD_BYTES in table.column_names else None
     # A column of another type fails every row with its own reason; the other checks then
     # run on an empty stand-in.
     uri = uri if uri_typed else pa.chunked_array([pa.nulls(n, pa.string())])
@@ -96,6 +155,9 @@ def reason_codes(table: pa.Table) -> pa.Array | None:
     n_chars = pc.utf8_length(stripped)
     ts_text = pc.fill_null(ts, "")
     checks: list = [
+        *(_flags(n, False) if bytes_bad is None else
+          pc.fill_null(pc.equal(bytes_bad, f"{what} is not valid UTF-8"), False)
+          for what in ("uri", "text", "timestamp")),
         pc.equal(pc.utf8_length(pc.fill_null(uri, "")), 0) if uri_typed
         else _flags(n, False),
         _flags(n, not uri_typed),
@@ -133,6 +195,7 @@ def _first_occurrence(uri: pa.ChunkedArray) -> pa.Array:
 def split_valid(table: pa.Table) -> tuple[pa.Table, list[tuple[str | None, str]]]:
     """Return (valid posts, [(uri, reason)] for the rejected ones)."""
     codes = reason_codes(table)
+    table = table.select(list(POST_COLUMNS))
     if codes is None:
         return table, []
     bad = pc.is_valid(codes)

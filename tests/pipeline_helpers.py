@@ -26,10 +26,19 @@ def pipeline_config(data_dir: Path, classifier: dict | None = None, **integ: Any
     return parse_config(raw)
 
 
-def enqueue(data_dir: Path, posts: list[dict], batch_size: int = 500) -> Any:
+def version_of(config: BackfillConfig) -> str:
+    """The config_hash a run of ``config`` labels under (and claims batches queued for)."""
+    return config.integrations[NAME].classifier.config_hash
+
+
+def enqueue(data_dir: Path, posts: list[dict], batch_size: int = 500,
+            config: BackfillConfig | None = None) -> Any:
+    """Queue ``posts`` for the version ``config`` labels (the store's default version
+    otherwise)."""
     store = QueueStore(data_dir, NAME)
     try:
-        return store.enqueue(posts, batch_size=batch_size)
+        return store.enqueue(posts, batch_size=batch_size,
+                             version=version_of(config) if config else "")
     finally:
         store.close()
 

@@ -112,7 +112,7 @@ def test_registry_errors(tmp_path):
         build_classifier("nope")
     with pytest.raises(ClassifierConfigError, match="cannot import"):
         build_classifier("tests.nothing_here:Clf")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="local model folder .* not found"):
         build_classifier("hf_sequence_classification", {"model": str(tmp_path / "missing")})
     with pytest.raises(ValueError, match="no CUDA GPU"):
         build_classifier("tests.plugins:KeywordClassifier")  # fine

@@ -10,14 +10,20 @@ from tests.cli_helpers import write_config, write_posts
 PLUGIN = {"type": "tests.plugins:KeywordClassifier"}
 
 
-def _err(capsys, argv) -> str:
+def _errs(capsys, argv) -> list[str]:
+    """Exit 2 with one ``error:`` line per problem and nothing else on stderr."""
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 2, captured
     lines = [x for x in captured.err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert lines and all(x.startswith("error: ") for x in lines), captured.err
     assert "Traceback" not in captured.err
-    return lines[0]
+    return lines
+
+
+def _err(capsys, argv) -> str:
+    [line] = _errs(capsys, argv)
+    return line
 
 
 def test_unknown_integration(tmp_path, capsys):
@@ -68,7 +74,7 @@ def test_missing_model_path_fails_before_any_stage(tmp_path, capsys):
                                   "params": {"model": str(tmp_path / "models" / "ime")}})
     line = _err(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
                          "--run-integrations"])
-    assert "does not exist" in line and "model" in line
+    assert "local model folder" in line and "not found" in line
     assert not (tmp_path / "data" / "queue").exists()  # nothing was enqueued
 
 
@@ -142,11 +148,12 @@ def test_shipped_ime_config_fails_in_preflight_with_nothing_created(tmp_path, ca
     from tests.cli_helpers import ROOT
 
     data = tmp_path / "data"
-    line = _err(capsys, ["--config", str(ROOT / "configs" / "ime.yaml"), "--data-dir",
-                         str(data), "-r", "posts", "--add-to-queue", "-i", "i",
-                         "--run-integrations"])
-    assert "'models/ime' is neither a local folder nor in the Hugging Face cache" in line
-    assert "huggingface-cli download" in line
+    lines = _errs(capsys, ["--config", str(ROOT / "configs" / "ime.yaml"), "--data-dir",
+                           str(data), "-r", "posts", "--add-to-queue", "-i", "i",
+                           "--run-integrations"])
+    [model] = [x for x in lines if "model" in x]
+    assert f"local model folder '{ROOT / 'configs' / 'models' / 'ime'}' not found" in model
+    assert "download" not in model  # a folder of yours is not fetched from the hub
     assert not data.exists()
 
 

@@ -27,7 +27,7 @@ def _labelled_output(tmp_path):
     for version, stamp, labels in (("v1", "2026-01-01T00:00:00+00:00", ["b"] * 10),
                                    ("v2", "2026-02-01T00:00:00+00:00", PRED)):
         store.enqueue(posts, version=version, relabel=True)
-        [b] = store.claim(1)
+        [b] = store.claim(1, version=version)
         store.complete(b.batch_id, b.lease_id, {
             p["uri"]: {"was_successfully_labeled": True, "reason": None,
                        "label_timestamp": stamp, "label": lab,

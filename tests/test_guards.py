@@ -14,7 +14,8 @@ import queue_store.parquet_export as parquet_export
 from jobs.inference import run_inference, write_cache
 from queue_store import QueueStore, export_output
 from tests.conftest import make_posts
-from tests.pipeline_helpers import NAME, PLUGIN, driver_command, output_uris, pipeline_config
+from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, output_uris, pipeline_config,
+                                    version_of)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,9 +77,9 @@ def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tm
 @pytest.mark.ray
 @pytest.mark.slow
 def test_final_export_writes_what_no_periodic_export_covered(ray_session, tmp_path):
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(1000), batch_size=250)
     cfg = pipeline_config(tmp_path, batch_size=250)
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(1000), batch_size=250, version=version_of(cfg))
     cfg.pipeline.export_rows = 100_000          # larger than the run
     cfg.pipeline.export_every_seconds = 3600    # and no timed export either
     summary = run_inference(cfg, NAME)
@@ -93,11 +94,11 @@ def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session
     """One batch takes ~3x lease_seconds to classify. The run holding it must keep it
     (heartbeat), so a second run polling meanwhile never claims it and the first run's
     completion is accepted."""
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(100), batch_size=100)
     slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 10.0}},
                            batch_size=100)
     slow.queue.lease_seconds = 3
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(100), batch_size=100, version=version_of(slow))
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen(driver_command(slow, address, tmp_path / "slow.json"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -105,8 +106,7 @@ def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session
     while not store.status().processing_posts:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.1)
-    poller = pipeline_config(tmp_path, batch_size=100)
-    poller.queue.lease_seconds = 3
+    poller = slow  # the same command in a second process: it would claim the batch if free
     polls, leased = [], []
     while proc.poll() is None:  # keep trying to take the batch until the first run ends
         summary = run_inference(poller, NAME)

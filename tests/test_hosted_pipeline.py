@@ -13,7 +13,8 @@ from queue_store import QueueStore
 from tests.cli_helpers import write_config
 from tests.conftest import make_posts
 from tests.fake_hosted import KEY, FakeHosted
-from tests.pipeline_helpers import NAME, output_table, output_uris, pipeline_config
+from jobs.config import load_config
+from tests.pipeline_helpers import NAME, output_table, output_uris, pipeline_config, version_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 PROMPT = str(Path(__file__).resolve().parents[1] / "configs" / "prompts" / "intergroup.yaml")
@@ -36,11 +37,11 @@ def test_every_post_once_bad_answers_dead_lettered_key_nowhere(ray_session, tmp_
     for i, marker in ((3, "RATE429"), (50, "ERR500"), (120, "SLOW"), (200, "BADJSON"),
                       (250, "OUTOFSET")):
         posts[i]["text"] = f"{marker} {posts[i]['text']}"
-    QueueStore(tmp_path, NAME).enqueue(posts, batch_size=100)
     with FakeHosted(slow_s=3.0) as server:
         cfg = pipeline_config(tmp_path, {"type": "openai_chat", "params": _params(server)},
                               batch_size=100)
         cfg.queue.max_attempts = 2
+        QueueStore(tmp_path, NAME).enqueue(posts, batch_size=100, version=version_of(cfg))
         summary = run_inference(cfg, NAME)
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 298
@@ -60,7 +61,9 @@ def test_rejected_key_stops_the_run_with_exit_2_and_leaves_posts_claimable(
     monkeypatch.setenv("TEST_LLM_KEY", KEY)
     with FakeHosted(unauthorized=True) as server:
         cfg = write_config(tmp_path, {"type": "openai_chat", "params": _params(server)})
-        QueueStore(tmp_path / "data", NAME).enqueue(make_posts(200), batch_size=100)
+        version = load_config(cfg).integrations[NAME].classifier.config_hash
+        QueueStore(tmp_path / "data", NAME).enqueue(make_posts(200), batch_size=100,
+                                                    version=version)
         t0 = time.monotonic()
         code = main(["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()

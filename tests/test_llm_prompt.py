@@ -147,7 +147,7 @@ def test_a_post_that_makes_it_raise_fails_alone(tiny_llm):
     ({"template": "Post: {text}", "choices": {1: "caf\u00e9", 0: "cafe\u0301"}},
      "same answer tokens"),
     ({"prompt_file": PROMPT, "chat": True, "use": "raw"}, "no chat template"),
-    ({"prompt_file": PROMPT, "model": "someorg/not-downloaded-7b"}, "huggingface-cli download"),
+    ({"prompt_file": PROMPT, "model": "someorg/not-downloaded-7b"}, "hf download"),
 ])
 def test_clear_errors_before_any_weights_load(tiny_llm, params, needle):
     params = dict(params)
@@ -167,13 +167,13 @@ def test_pipeline_with_llm_prompt_writes_integer_labels_and_probabilities(ray_se
     from jobs.inference import run_inference
     from queue_store import QueueStore
     from tests.conftest import make_posts
-    from tests.pipeline_helpers import NAME, output_table, pipeline_config
+    from tests.pipeline_helpers import NAME, output_table, pipeline_config, version_of
 
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(300), batch_size=100)
     cfg = pipeline_config(tmp_path, {"type": "llm_prompt", "params": {
         "model": tiny_llm["chat"], "prompt_file": PROMPT, "chat": True,
         "mini_batch_size": 16}}, batch_size=100)
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(300), batch_size=100, version=version_of(cfg))
     summary = run_inference(cfg, NAME)
     table = output_table(tmp_path)
     assert summary.labelled == 300 and table.num_rows == 300

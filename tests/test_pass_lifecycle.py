@@ -18,10 +18,11 @@ def _flaky_queue(tmp_path, n: int, batch_size: int):
     posts = make_posts(n)
     for p in posts[::7]:
         p["text"] += " FLAKY"
-    enqueue(tmp_path, posts, batch_size=100)
     flaky = {"type": "tests.plugins:FlakyOnce", "params": {"state_dir": str(state)}}
-    return posts, state, pipeline_config(tmp_path, flaky, batch_size=batch_size,
-                                         actors={"min": 1, "max": 1})
+    config = pipeline_config(tmp_path, flaky, batch_size=batch_size,
+                             actors={"min": 1, "max": 1})
+    enqueue(tmp_path, posts, batch_size=100, config=config)
+    return posts, state, config
 
 
 def _assert_each_post_once(tmp_path, posts) -> None:
@@ -61,8 +62,8 @@ def test_classifier_actors_load_while_the_enqueue_runs(ray_session, tmp_path):
             assert time.monotonic() < deadline, "no classifier actor started during enqueue"
             time.sleep(0.1)
         assert queue_status(tmp_path).processing_posts == 0  # nothing claimed before the end
-        enqueue(tmp_path, posts[:150], batch_size=50)
-        enqueue(tmp_path, posts[100:], batch_size=50)  # overlapping: 100–149 queued once
+        enqueue(tmp_path, posts[:150], batch_size=50, config=config)
+        enqueue(tmp_path, posts[100:], batch_size=50, config=config)  # 100–149 queued once
 
     summary = run_inference(config, NAME, quiet=True, feed=feed)
     assert summary.labelled == 300

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
@@ -21,8 +22,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _enqueue(data_dir, posts, batch_size=500):
-    return enqueue(data_dir, posts, batch_size)
+def _enqueue(data_dir, posts, batch_size=500, config=None):
+    return enqueue(data_dir, posts, batch_size, config)
 
 
 _status = queue_status
@@ -31,18 +32,21 @@ _status = queue_status
 def test_end_to_end_tiny_model_each_post_once(ray_session, tmp_path, tiny_models):
     posts = make_posts(5000, days=4)
     posts[7]["text"] = "  "  # invalid: rejected at enqueue, counted
-    assert _enqueue(tmp_path, posts).enqueued_posts == 4999
     cfg = pipeline_config(tmp_path, {"type": "hf_sequence_classification",
                                      "params": {"model": tiny_models["single"]}}, batch_size=500)
+    assert _enqueue(tmp_path, posts, config=cfg).enqueued_posts == 4999
     summary = run_inference(cfg, "g")
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 4999
     table = output_table(tmp_path)
+    assert "was_successfully_labeled" not in table.column_names  # failures never get here
+    assert "reason" not in table.column_names
+    assert table.schema.field("label_timestamp").type == pa.timestamp("us", tz="UTC")
     dates = Counter(table.column("partition_date").to_pylist())
     assert sorted(dates) == ["2024-10-01", "2024-10-02", "2024-10-03", "2024-10-04"]
     for row in table.slice(0, 50).to_pylist():
         assert row["partition_date"] == row["preprocessing_timestamp"][:10]
-        assert row["was_successfully_labeled"] and row["run_id"] == summary.run_id
+        assert row["run_id"] == summary.run_id
         assert row["classifier"] == "hf_sequence_classification" and "@" in row["model"]
     st = _status(tmp_path)
     assert st.pending_posts == st.processing_posts == st.dead_posts == 0
@@ -58,8 +62,9 @@ def test_end_to_end_tiny_model_each_post_once(ray_session, tmp_path, tiny_models
 def test_poison_post_dead_lettered_batch_mates_labelled(ray_session, tmp_path):
     posts = make_posts(1000)
     posts[123]["text"] = "this post is POISON for the model"
-    _enqueue(tmp_path, posts)
-    summary = run_inference(pipeline_config(tmp_path), NAME)
+    cfg = pipeline_config(tmp_path)
+    _enqueue(tmp_path, posts, config=cfg)
+    summary = run_inference(cfg, NAME)
     assert sorted(output_uris(tmp_path)) == sorted(p["uri"] for i, p in enumerate(posts)
                                                    if i != 123)
     store = QueueStore(tmp_path, NAME)
@@ -71,10 +76,10 @@ def test_poison_post_dead_lettered_batch_mates_labelled(ray_session, tmp_path):
 
 def test_classifier_actor_killed_once_loses_nothing(ray_session, tmp_path):
     posts = make_posts(2000)
-    _enqueue(tmp_path, posts)
     marker = tmp_path / "crashed-once"
     cfg = pipeline_config(tmp_path, {"type": PLUGIN,
                                      "params": {"crash_marker_file": str(marker)}})
+    _enqueue(tmp_path, posts, config=cfg)
     summary = run_inference(cfg, NAME)
     assert marker.exists()  # the actor process really died
     uris = output_uris(tmp_path)
@@ -83,7 +88,7 @@ def test_classifier_actor_killed_once_loses_nothing(ray_session, tmp_path):
 
 
 def test_max_records_per_run_claims_whole_batches(ray_session, tmp_path):
-    _enqueue(tmp_path, make_posts(3000))  # 6 batches of 500
+    _enqueue(tmp_path, make_posts(3000), config=pipeline_config(tmp_path))  # 6 batches of 500
     summary = run_inference(pipeline_config(tmp_path), NAME, max_records_per_run=1400)
     assert summary.claimed == 1000 and summary.claimed_batches == 2
     assert summary.pending_left == 2000  # reported after the run
@@ -118,9 +123,9 @@ def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
     driver's budget is half the queue: both then must claim and complete work, and the
     fencing must still keep every post exactly once."""
     posts = make_posts(4000)
-    _enqueue(tmp_path, posts, batch_size=250)
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.05}},
                           num_cpus=0.25)
+    _enqueue(tmp_path, posts, batch_size=250, config=cfg)
     address = ray_session.get_runtime_context().gcs_address
     procs = [subprocess.Popen(driver_command(cfg, address, tmp_path / f"cfg{i}.json",
                                              max_records=2000),

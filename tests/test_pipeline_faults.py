@@ -12,20 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from classifiers.registry import ClassifierConfigError
+from jobs.pipeline_errors import RunStopped
 from jobs.inference import run_inference
 from queue_store import QueueStore
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_uris,
-                                    pipeline_config, queue_status)
+                                    pipeline_config, queue_status, version_of)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _enqueue(data_dir, posts, batch_size=1000):
-    return enqueue(data_dir, posts, batch_size)
+def _enqueue(data_dir, posts, batch_size=1000, config=None):
+    return enqueue(data_dir, posts, batch_size, config)
 
 
 _status = queue_status
@@ -42,8 +42,8 @@ def _default_config(data_dir, classifier):
 def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_path):
     posts = make_posts(1000)
     posts[611]["text"] = "this post KILLME takes the process down"
-    _enqueue(tmp_path, posts)
     cfg = _default_config(tmp_path, {"type": PLUGIN, "params": {"kill_marker": "KILLME"}})
+    _enqueue(tmp_path, posts, config=cfg)
     t0 = time.monotonic()
     summary = run_inference(cfg, NAME)
     seconds = time.monotonic() - t0
@@ -61,12 +61,13 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
 
 
 def test_classifier_that_cannot_be_built_stops_with_its_own_error(ray_session, tmp_path):
-    _enqueue(tmp_path, make_posts(300))
     cfg = pipeline_config(tmp_path, {"type": PLUGIN,
                                      "params": {"fail_init": "labels.yaml is missing"}})
+    _enqueue(tmp_path, make_posts(300), config=cfg)
     t0 = time.monotonic()
-    with pytest.raises(ClassifierConfigError, match="FileNotFoundError: labels.yaml is missing"):
+    with pytest.raises(RunStopped, match="FileNotFoundError: labels.yaml is missing") as stop:
         run_inference(cfg, NAME)
+    assert stop.value.exit_code == 2 and stop.value.summary.labelled == 0
     assert time.monotonic() - t0 < 60
     st = _status(tmp_path)
     assert st.pending_posts == 300 and st.processing_posts == 0 and st.dead_posts == 0
@@ -85,9 +86,9 @@ def _wait_for_progress(data_dir, proc, deadline_s=120):
 def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_session,
                                                                           tmp_path):
     posts = make_posts(4000)
-    _enqueue(tmp_path, posts, batch_size=500)
     slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.3}},
                            batch_size=250)
+    _enqueue(tmp_path, posts, batch_size=500, config=slow)
     slow.queue.lease_seconds = 60  # the default: the rerun must not wait for it
     slow.pipeline.read_block_bytes = 16_384  # a block per claim: results come in steadily
     address = ray_session.get_runtime_context().gcs_address
@@ -98,9 +99,7 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
     proc.wait()
     assert _status(tmp_path).processing_posts > 0  # its leases are still there, unexpired
     t0 = time.monotonic()
-    cfg = pipeline_config(tmp_path, batch_size=250)
-    cfg.queue.lease_seconds = 60
-    rerun = run_inference(cfg, NAME)  # no sleep, no SQL, one rerun
+    rerun = run_inference(slow, NAME)  # the same command: no sleep, no SQL, one rerun
     assert rerun.reaped_dead_holder_batches > 0
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 4000
@@ -164,9 +163,9 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
 
     from jobs.inference import PipelineActorDied
 
-    _enqueue(tmp_path, make_posts(3000), batch_size=250)
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.5}},
                           batch_size=250)
+    _enqueue(tmp_path, make_posts(3000), batch_size=250, config=cfg)
     outcome: list[BaseException | None] = []
 
     def run() -> None:
@@ -196,12 +195,13 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
 def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(ray_session, tmp_path):
     """The queue actor hands payloads on undecoded; the read task that cannot decode one
     buries it (fenced) and the rest of the run goes on."""
+    cfg = pipeline_config(tmp_path, batch_size=250)
     store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(1000), batch_size=250)
+    store.enqueue(make_posts(1000), batch_size=250, version=version_of(cfg))
     t = store.tables["input"]
     [(bad_id,)] = store.conn.execute(f"SELECT id FROM {t} ORDER BY id LIMIT 1 OFFSET 2")
     store.conn.execute(f"UPDATE {t} SET payload = ? WHERE id = ?", ('[{"uri": "x", "te', bad_id))
-    summary = run_inference(pipeline_config(tmp_path, batch_size=250), NAME)
+    summary = run_inference(cfg, NAME)
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 750 and summary.labelled == 750
     st = _status(tmp_path)

@@ -59,18 +59,30 @@ def test_reenqueue_counts_done_and_queued_from_the_ledger(tmp_path):
     assert (res.enqueued_posts, res.skipped_done, res.skipped_queued) == (2, 5, 5)
 
 
-def test_ledger_is_filled_for_a_queue_file_made_before_it(tmp_path):
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(6), batch_size=3)
-    [b] = store.claim(1)
-    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
-    with store._tx() as c:  # an old file: no ledger, no marker
-        c.execute(f"DELETE FROM {store.tables['ledger']}")
-        c.execute("DELETE FROM meta WHERE key = 'ledger'")
-    store.close()
-    again = QueueStore(tmp_path, NAME)
-    res = again.enqueue(make_posts(7))
-    assert (res.enqueued_posts, res.skipped_done, res.skipped_queued) == (1, 3, 3)
+def test_a_queue_file_of_an_older_format_is_refused_with_one_line(tmp_path):
+    """A file written by the previous layout (no version column, no format marker): one
+    line naming the file and the way out, nothing changed in it."""
+    path = tmp_path / "queue" / f"{NAME}.db"
+    path.parent.mkdir()
+    old = sqlite3.connect(path)
+    old.executescript(f"""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('store_id', 'abc123'), ('ledger', '1');
+        CREATE TABLE input_{NAME} (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL,
+            metadata TEXT NOT NULL, n_posts INTEGER NOT NULL, status TEXT NOT NULL DEFAULT
+            'pending', lease_id TEXT, lease_owner TEXT, lease_expires REAL,
+            attempt INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+        INSERT INTO input_{NAME} (payload, metadata, n_posts, created_at)
+            VALUES ('[{{"uri": "a", "text": "hello there", "preprocessing_timestamp": "x"}}]',
+                    '{{}}', 1, 0);""")
+    old.commit()
+    old.close()
+    before = path.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(QueueFileError, match="another version of this tool") as err:
+            QueueStore(tmp_path, NAME, readonly=readonly)
+        assert str(path) in str(err.value) and "move the file away" in str(err.value)
+    assert path.read_bytes() == before
 
 
 @pytest.mark.slow

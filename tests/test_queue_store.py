@@ -168,8 +168,8 @@ def test_reap_buries_batches_that_keep_losing_their_worker(store, clock):
 def test_corrupt_rows_go_to_dead_letters(store, payload):
     store.enqueue(make_posts(3))
     conn = sqlite3.connect(store.path)
-    conn.execute(f"INSERT INTO input_{NAME} (payload, metadata, n_posts, created_at) "
-                 "VALUES (?, '{}', 1, 0)", (payload,))
+    conn.execute(f"INSERT INTO input_{NAME} (payload, metadata, n_posts, version, created_at) "
+                 "VALUES (?, '{}', 1, '', 0)", (payload,))
     conn.commit()
     conn.close()
     store.enqueue(make_posts(3, start=3))

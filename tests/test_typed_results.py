@@ -1,6 +1,6 @@
 """Label columns travel typed, from the classifier stage to parquet: the first rows fix each
-column's type, a later value that does not fit fails its post (retried, then dead-lettered),
-and the whole output reads with pyarrow.dataset, pandas and DuckDB."""
+column's type, a later value that does not fit stops the run (a type clash is never
+retried), and the whole output reads with pyarrow.dataset, pandas and DuckDB."""
 from __future__ import annotations
 
 import json
@@ -70,53 +70,67 @@ def test_complete_rows_is_fenced_and_counts_every_post_once(tmp_path, posts_fact
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_types_fixed_by_the_first_export_hold_across_runs_and_readers(ray_session, tmp_path):
+def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_session, tmp_path):
+    """Runs 1–3 fix and then fill the output's types (values that fit are cast); run 4 brings
+    text into the integer label column (the writer's check) and run 5 mixes types within one
+    classify call (the stage's check): each stops with exit 2 and one line naming the
+    column and both types — nothing retried, dead-lettered or written, claims handed back.
+    The whole output reads with pyarrow, pandas and DuckDB."""
     duckdb = pytest.importorskip("duckdb")
     import pandas as pd
+
+    from jobs.pipeline_errors import RunStopped
 
     config = pipeline_config(tmp_path, {"type": PLUGIN}, batch_size=4)
     runs = [
         # run 1 fixes the types: label int64, tags list<int64>, note (no value yet) text
         [{"label": 1, "tags": [1, 2], "note": None}] * 8,
-        # run 2: 0.5 and "x" into int64 and a nested list fail; 2.0, [] and None fit
-        [{"label": 0.5}, {"label": 2, "tags": []}, {"label": "x"}, {"label": 2.0},
-         {"label": 3, "tags": [[1]]}, {"label": None, "tags": None, "note": None}],
-        # run 3: text fits the note column, an int does not
-        [{"label": 4, "tags": [5], "note": "seen"}, {"label": 5, "note": 7}],
+        # run 2: 2.0 (with 2 in its call), [] and None fit
+        [{"label": 2, "tags": []}, {"label": 2.0}, {"label": None, "tags": None, "note": None},
+         {"label": 3, "tags": [3]}],
+        # run 3: text fits the note column
+        [{"label": 4, "tags": [5], "note": "seen"}, {"label": 5, "note": "again"}],
     ]
     start = 0
     for outputs in runs:
-        enqueue(tmp_path, _posts(start, outputs), batch_size=4)
+        enqueue(tmp_path, _posts(start, outputs), batch_size=4, config=config)
         start += len(outputs)
         summary = run_inference(config, NAME, quiet=True)
-        assert summary.incomplete_batches == 0
-    st = queue_status(tmp_path)
-    assert (st.pending_posts, st.processing_posts) == (0, 0)
-    store = QueueStore(tmp_path, NAME)
-    dead = {d.uri: d.reason for d in store.dead_letters(limit=100)}
-    store.close()
-    bad = {"at://typed/8", "at://typed/10", "at://typed/12", "at://typed/15"}
-    assert set(dead) == bad, dead
-    assert "label" in dead["at://typed/8"] and "int64" in dead["at://typed/8"]
-    assert "note" in dead["at://typed/15"]
+        assert summary.incomplete_batches == 0 and summary.labelled == len(outputs)
+    clashes = {"text into the integer column": [{"label": "x"}] * 4,
+               "two types in one call": [{"label": 6}, {"label": "y"}] * 2}
+    for what, outputs in clashes.items():
+        enqueue(tmp_path, _posts(start, outputs), batch_size=4, config=config)
+        start += len(outputs)
+        with pytest.raises(RunStopped) as stopped:
+            run_inference(config, NAME, quiet=True)
+        message, summary = str(stopped.value), stopped.value.summary
+        assert stopped.value.exit_code == 2, what
+        assert "'label'" in message and "int64" in message and "string" in message, message
+        if what == "text into the integer column":  # the way out: another place
+            assert "another name" in message and "data_dir" in message, message
+        assert summary.retried == summary.failed == summary.dead_lettered == 0, what
+        st = queue_status(tmp_path)
+        assert (st.pending_posts, st.processing_posts, st.dead_posts) == (len(outputs), 0, 0)
+        store = QueueStore(tmp_path, NAME)  # the next clash is a new run: clear this one
+        store.conn.execute(f"DELETE FROM {store.tables['input']}")
+        store.close()
 
     root = tmp_path / NAME
     table = pads.dataset(root, partitioning="hive").to_table()
-    assert table.num_rows == 16 - len(bad)
-    assert sorted(table.column("uri").to_pylist()) == sorted(
-        f"at://typed/{i}" for i in range(16) if f"at://typed/{i}" not in bad)
+    assert table.num_rows == 14
     assert table.schema.field("label").type == pa.int64()
     assert table.schema.field("tags").type == pa.list_(pa.int64())
     assert table.schema.field("note").type == pa.string()
     by_uri = {r["uri"]: r for r in table.to_pylist()}
-    assert by_uri["at://typed/11"]["label"] == 2 and by_uri["at://typed/9"]["tags"] == []
-    assert by_uri["at://typed/14"]["note"] == "seen"
+    assert by_uri["at://typed/9"]["label"] == 2 and by_uri["at://typed/8"]["tags"] == []
+    assert by_uri["at://typed/12"]["note"] == "seen"
     frame = pd.read_parquet(root)
-    assert len(frame) == table.num_rows and frame["label"].dropna().astype(int).sum() == 16
+    assert len(frame) == table.num_rows and frame["label"].dropna().astype(int).sum() == 25
     con = duckdb.connect()
     got = con.execute(f"SELECT count(*), count(DISTINCT uri), sum(label) FROM read_parquet("
                       f"'{root}/*/*.parquet', hive_partitioning = true)").fetchone()
-    assert got == (table.num_rows, table.num_rows, 16)
+    assert got == (14, 14, 25)
     types = {row[0]: row[1] for row in con.execute(
         f"DESCRIBE SELECT * FROM read_parquet('{root}/*/*.parquet', hive_partitioning = true)"
     ).fetchall()}

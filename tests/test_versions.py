@@ -48,7 +48,7 @@ def test_config_hash_follows_what_changes_labels(tmp_path, tiny_models):
 def test_store_relabels_other_versions_only_when_asked(tmp_path):
     store = QueueStore(tmp_path, NAME)
     assert store.enqueue(make_posts(10), version="A").enqueued_posts == 10
-    [b] = store.claim(1)
+    [b] = store.claim(1, version="A")
     store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
     res = store.enqueue(make_posts(12), version="B")
     assert (res.enqueued_posts, res.skipped_other_version) == (2, 10)
