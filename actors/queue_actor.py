@@ -168,14 +168,16 @@ class QueueActor:
         locked by another process, a disk error) is retried at the next beat; once no renewal
         has succeeded for ``SAFE_FRACTION`` of a lease, claiming stops."""
         interval = max(self.lease_seconds / 3, 0.05)
-        store = QueueStore(data_dir, integration, max_attempts=max_attempts,
-                           busy_timeout_s=max(self.lease_seconds / 4, 0.05))
+        store: QueueStore | None = None
         renewed = time.monotonic()
         try:
             while not self._stop.wait(interval):
                 with self._lock:
                     leases = list(self.outstanding.items())
                 try:
+                    if store is None:  # opened here: opening may meet the lock too
+                        store = QueueStore(data_dir, integration, max_attempts=max_attempts,
+                                           busy_timeout_s=max(self.lease_seconds / 4, 0.05))
                     if leases:
                         store.extend(leases, self.lease_seconds)
                         self.stats.heartbeats += 1
@@ -189,4 +191,5 @@ class QueueActor:
                             "claiming so another run may take over — rerun to go on, nothing "
                             "is lost or duplicated")
         finally:
-            store.close()
+            if store is not None:
+                store.close()

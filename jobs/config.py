@@ -47,6 +47,9 @@ class PipelineConfig(Strict):
     export_rows: int = Field(50_000, ge=1)
     export_every_seconds: float = Field(60, gt=0)
     no_progress_timeout_s: float = Field(600, gt=0)
+    # A run whose actors stop answering this long (the Ray cluster went away) stops with
+    # one line and its summary; Ray's own limit (then a bare exit) is set above it.
+    cluster_lost_after_s: float = Field(30, gt=0, le=100)
 
 
 class ClassifierConfig(Strict):

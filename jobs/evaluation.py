@@ -68,6 +68,8 @@ class Evaluation(BaseModel):
 
 
 def read_gold(path: str, column: str) -> pa.Table:
+    """The gold file's (uri, gold label) pairs, as text, one per uri. Empty files, repeated
+    uris with conflicting labels and uris that are not text are one clear line each."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"gold file {path!r} not found")
@@ -76,16 +78,35 @@ def read_gold(path: str, column: str) -> pa.Table:
             table = pq.read_table(p)
         else:
             table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
-                column_types={"uri": pa.string()}))
+                column_types={"uri": pa.string(), column: pa.string()}))
     except (pa.ArrowException, OSError) as exc:
-        raise ConfigError(f"gold file {path}: cannot be read ({exc})") from None
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Empty CSV file" in text or p.stat().st_size == 0:
+            raise ConfigError(f"gold file {path} is empty: it needs a header (uri and the "
+                              "gold label column) and one row per hand-labelled post") from None
+        raise ConfigError(f"gold file {path}: cannot be read ({text})") from None
     missing = [c for c in ("uri", column) if c not in table.column_names]
     if missing:
         raise ConfigError(f"gold file {path} lacks column(s) {missing}; it needs uri and the "
                           "gold label column (--gold-column)")
+    if not table.num_rows:
+        raise ConfigError(f"gold file {path} has no rows: nothing to evaluate against")
+    uri = table.column("uri")
+    if not pa.types.is_string(uri.type) and not pa.types.is_large_string(uri.type):
+        if not (pa.types.is_integer(uri.type) or pa.types.is_null(uri.type)):
+            raise ConfigError(f"gold file {path}: column uri holds {uri.type}, not post uris")
+        uri = pc.cast(uri, pa.string())  # numeric ids, compared as the text they print as
     gold = pc.cast(table.column(column), pa.string())
-    keep = pc.is_valid(gold)
-    return pa.table({"uri": table.column("uri"), "gold": gold}).filter(keep)
+    pairs = pa.table({"uri": pc.cast(uri, pa.string()), "gold": gold}).filter(
+        pc.and_(pc.is_valid(gold), pc.is_valid(uri)))
+    distinct = pairs.group_by(["uri", "gold"]).aggregate([])
+    labels_per_uri = distinct.group_by("uri").aggregate([("gold", "count")])
+    conflicting = labels_per_uri.filter(pc.greater(labels_per_uri.column("gold_count"), 1))
+    if conflicting.num_rows:
+        shown = ", ".join(conflicting.column("uri").to_pylist()[:3])
+        raise ConfigError(f"gold file {path}: {conflicting.num_rows} uri(s) have conflicting "
+                          f"gold labels (e.g. {shown}); keep one label per post")
+    return distinct
 
 
 def evaluate(config: BackfillConfig, integration: str, gold_path: str,

@@ -17,6 +17,7 @@ was labelled and end with a partial summary.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -78,6 +79,11 @@ class InferenceRun:
         self.t0 = time.monotonic()
         self.out_dir = str((config.output_root / self.name).resolve())
         self.actors: list[Any] = []
+        self.passes: Background | None = None
+        if not verbose:
+            # Ray Data's errors reach the run as exceptions; a stopped run's executor
+            # shutting down is not news for the console.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
     def _start_actors(self, feeding: bool) -> None:
         ray, config = self.ray, self.config
@@ -99,11 +105,13 @@ class InferenceRun:
 
     def execute(self, feed: Callable[[], Any] | None, quiet: bool) -> RunSummary:
         self._start_actors(feeding=feed is not None)
-        guard = RunGuard(self.ray, self.queue, self.monitor,
-                         self.config.pipeline.no_progress_timeout_s, ray_where(self.ray))
+        pipe = self.config.pipeline
+        guard = RunGuard(self.ray, self.queue, self.monitor, pipe.no_progress_timeout_s,
+                         ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s)
         try:
             with guard, Progress(f"inference {self.name}", None, guard.figures, quiet=quiet):
-                passes = Background(functools.partial(self._run_passes, feed is not None))
+                passes = self.passes = Background(
+                    functools.partial(self._run_passes, feed is not None))
                 if feed is not None:
                     guard.feeding = True
                     try:
@@ -186,11 +194,15 @@ class InferenceRun:
         ) / 1000, 6)
 
     def close(self) -> None:
+        """Stop this run's actors; a pass still going (after an early stop) then fails fast,
+        and is given a few seconds to wind down here rather than later, elsewhere."""
         for actor in self.actors:
             try:
                 self.ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        if self.passes is not None:
+            self.passes.thread.join(timeout=15)
 
     # -- passes ----------------------------------------------------------------------------
     def _run_passes(self, first_pass_always: bool = False) -> None:

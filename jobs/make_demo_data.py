@@ -85,17 +85,21 @@ def write_demo(out: Path, posts: int, days: int, start: date, seed: int = 7) -> 
 def write_gold(posts: Path, out: Path, sample: int | None = None, seed: int = 0) -> int:
     """A gold file for the demo posts, known from how they were made: a post made from a
     conflict or cooperation template is ``intergroup``, a personal one ``not_intergroup``.
-    Writes ``uri,label`` CSV (a random ``sample`` of them, or all)."""
+    Only the posts enqueue accepts are in it (the same validation: text, timestamp, the first
+    of a repeated uri). Writes ``uri,label`` CSV (a random ``sample`` of them, or all). It
+    checks the plumbing, not a model: the templates are the labels."""
     import csv
 
     import pyarrow.dataset as pads
 
+    from queue_store.validation import as_post_table, split_valid
+
+    table = pads.dataset(posts, partitioning="hive").to_table(
+        columns=["uri", "text", "preprocessing_timestamp"])
+    valid, _ = split_valid(as_post_table(table))
     rows = {}
-    for r in pads.dataset(posts, partitioning="hive").to_table(
-            columns=["uri", "text"]).to_pylist():
-        text = (r["text"] or "").strip()
-        if len(text) < 5 or text.lower() in ("null", "none", "nan"):
-            continue
+    for r in valid.to_pylist():
+        text = r["text"].strip()
         rows[r["uri"]] = ("not_intergroup" if any(text.startswith(p) for p in PERSONAL)
                           else "intergroup")
     uris = sorted(rows)

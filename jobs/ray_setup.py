@@ -78,9 +78,7 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = Fals
         if not quiet:
             print(f"ray: {ray_where(ray)}", file=sys.stderr)
         if not verbose:
-            # Ray Data's errors reach the job as exceptions; a stopped run's executor
-            # shutting down is not news for the console.
-            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         # Ray's own SIGTERM handler exits at once; ours unwinds like Ctrl-C, so the run
         # hands its claims back first (``ray job stop`` and ``kill`` send SIGTERM).
         if threading.current_thread() is threading.main_thread():

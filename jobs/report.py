@@ -72,11 +72,11 @@ def collect(config: BackfillConfig, integration: str,
     fig.histograms = {p: h.tolist() for p, h in hist.items()}
     if queue_path(config.data_dir, integration).is_file():
         store = QueueStore(config.data_dir, integration, readonly=True)
-        try:
-            st = store.status()
+        try:  # this version's dead letters and pending posts only
+            st = store.status(version or None)
             fig.dead_lettered = st.dead_posts + st.dead_undecodable_rows
             fig.pending = st.pending_posts + st.processing_posts
-            fig.top_dead_reasons = store.dead_reasons(5)
+            fig.top_dead_reasons = store.dead_reasons(5, version or None)
         finally:
             store.close()
     return fig

@@ -6,9 +6,11 @@ stop — the thread that waits on the pass then raises ``RunStopped`` — when:
 
 - an actor reported a fatal error (classifier not buildable, key rejected, a label of the
   wrong type, a disk that cannot be written): that error, its own exit code;
-- nothing was classified and nothing completed for ``no_progress_s`` (Ray Data's own
-  no-progress guard is off: it cannot tell a slow model from a hang, this one counts posts
-  through ``classify``): what the stage was waiting for, exit 1;
+- nothing was classified and nothing completed for ``no_progress_s`` once a classifier actor
+  is up, or for ``STARTUP_LIMIT_S`` (at least) while none is — starting workers and loading a
+  model may take minutes (Ray Data's own no-progress guard is off: it cannot tell a slow model
+  from a hang, this one counts posts through ``classify``): what the stage was waiting for,
+  exit 1;
 - the pipeline's actors stopped answering for ``lost_after_s`` (the Ray cluster went away):
   exit 1, with the last figures.
 
@@ -27,6 +29,7 @@ from jobs.progress import Figures
 
 POLL_S = 1.0
 LOST_AFTER_S = 30.0
+STARTUP_LIMIT_S = 900.0
 
 
 class RunGuard:
@@ -48,7 +51,7 @@ class RunGuard:
         self.stop_reason: RunStopped | None = None
         self._moved_at = clock()
         self._answered_at = clock()
-        self._last_marks: tuple[int, int] = (-1, -1)
+        self._last_marks: tuple[int, ...] = ()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -82,10 +85,13 @@ class RunGuard:
         if ss.fatal is not None and self.stop_reason is None:
             self.stop_reason = RunStopped(ss.fatal.message, ss.fatal.exit_code)
             return
-        marks = (ss.classified, qs.labelled + qs.dead_lettered + qs.failed)
+        # An actor coming up counts as movement: the no-progress clock starts from there.
+        marks = (ss.classified, qs.labelled + qs.dead_lettered + qs.failed, ss.actors_ready)
+        limit = self.no_progress_s if ss.actors_ready else max(self.no_progress_s,
+                                                                STARTUP_LIMIT_S)
         if marks != self._last_marks or self.feeding:
             self._last_marks, self._moved_at = marks, now
-        elif now - self._moved_at >= self.no_progress_s and self.stop_reason is None:
+        elif now - self._moved_at >= limit and self.stop_reason is None:
             self.stop_reason = RunStopped(
                 f"no post was labelled for {now - self._moved_at:.0f} s "
                 f"(pipeline.no_progress_timeout_s {self.no_progress_s:g}); the stage was "

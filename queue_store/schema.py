@@ -227,6 +227,10 @@ def _create_tables(conn: sqlite3.Connection, path: Path, integration: str,
         store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # already rolled back by SQLite (disk full, I/O error)
         raise
     return store_id

@@ -21,6 +21,7 @@ def write_config(tmp_path: Path, classifier: dict, posts: Path | None = None,
             "code": "g", "classifier": classifier, "batch_size": 100, "num_cpus": 0.5, **integ}},
     }
     path = tmp_path / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
 

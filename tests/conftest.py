@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A Hugging Face cache of the test session's own (never the user's): tests put models in it
+# under real hub ids; Ray workers started by the session inherit it.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="backfill-hf-home-")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,3 +59,16 @@ def tiny_llm(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_llm")
     return {"chat": save_tiny_llm(root / "chat"),
             "raw": save_tiny_llm(root / "raw", chat=False)}
+
+
+QWEN = "Qwen/Qwen2.5-1.5B-Instruct"  # the shipped LLM config's model id
+
+
+@pytest.fixture(scope="session")
+def qwen_in_cache(tiny_llm):
+    """The tiny chat LM, in the session's HF cache under the shipped config's hub id."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from tests.hf_cache import put_in_cache
+
+    return put_in_cache(tiny_llm["chat"], QWEN, Path(HF_HUB_CACHE))

@@ -4,8 +4,10 @@
 answer by markers in the post text, so a test scripts failures per post:
 ``RATE429`` (429 with Retry-After once), ``ERR500`` (500 twice), ``SLOW`` (slower than the
 client's timeout once), ``BADJSON`` (malformed answer, always), ``OUTOFSET`` (a label outside
-the choices, always). ``unauthorized=True`` answers 401 to everything. Every request's time
-is recorded so a test can check the rate the server saw.
+the choices, always), ``ECHO`` (200 with a body that echoes the request: its URL and
+headers, the key included), ``FOREVER429`` (429 with ``Retry-After: 1e9``, always).
+``unauthorized=True`` answers 401 to everything. Every request's time is recorded (per post
+text too) so a test can check the rate and the waits the server saw.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class FakeHosted:
         self.unauthorized = unauthorized
         self.seen: Counter = Counter()
         self.times: list[float] = []
+        self.times_by_text: dict[str, list[float]] = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -66,17 +69,26 @@ class FakeHosted:
         await self._stop.wait()
         await runner.cleanup()
 
-    async def _scripted(self, text: str):
+    async def _scripted(self, text: str, request=None):
         """A failure response for this request, or None to answer normally."""
         from aiohttp import web
 
-        self.times.append(time.monotonic())
+        now = time.monotonic()
+        self.times.append(now)
+        self.times_by_text.setdefault(text, []).append(now)
         self.seen[text] += 1
         n = self.seen[text]
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if self.unauthorized:
             return web.json_response({"error": {"message": "invalid key"}}, status=401)
+        if "ECHO" in text and request is not None:  # a misbehaving server quoting the request
+            return web.json_response({"you_sent": {
+                "authorization": request.headers.get("Authorization"), "url": str(request.url),
+                "headers": dict(request.headers)}})
+        if "FOREVER429" in text:
+            return web.json_response({"error": "rate limited"}, status=429,
+                                     headers={"Retry-After": "1e9"})
         if "RATE429" in text and n == 1:
             return web.json_response({"error": "slow down"}, status=429,
                                      headers={"Retry-After": "1"})
@@ -93,7 +105,7 @@ class FakeHosted:
             return web.json_response({"error": "bad key"}, status=401)
         body = await request.json()
         text = body["messages"][-1]["content"]
-        failed = await self._scripted(text)
+        failed = await self._scripted(text, request)
         if failed is not None:
             return failed
         if "BADJSON" in text:
@@ -120,7 +132,7 @@ class FakeHosted:
             return web.json_response({"error": "bad key"}, status=403)
         body = await request.json()
         text = body["comment"]["text"]
-        failed = await self._scripted(text)
+        failed = await self._scripted(text, request)
         if failed is not None:
             return failed
         if "BADJSON" in text:

@@ -103,3 +103,59 @@ def test_report_opens_and_its_numbers_match_the_parquet(tmp_path):
     assert cells[cells.index("labelled (this config_hash)") + 1] == "10"
     assert cells[cells.index("a") + 1] == "5" and cells[cells.index("b") + 1] == "5"
     assert sum(1 for c in cells if c.startswith("post number")) == 10  # samples per label
+
+
+def test_report_counts_only_the_chosen_versions_dead_letters(tmp_path):
+    config, _ = _labelled_output(tmp_path)
+    store = QueueStore(tmp_path, NAME, max_attempts=1)
+    for version, n in (("v1", 3), ("v2", 1)):  # dead letters of both versions
+        posts = [{"uri": f"dead-{version}-{i}", "text": "a post that keeps failing",
+                  "preprocessing_timestamp": "2024-10-01"} for i in range(n)]
+        store.enqueue(posts, version=version)
+        [b] = store.claim(1, version=version)
+        assert store.fail(b.batch_id, b.lease_id, f"broken under {version}")
+    page = write_report(config, NAME, "v2").read_text()
+    assert "<td>dead-lettered</td><td class=n>1</td>" in page
+    assert "broken under v2" in page and "broken under v1" not in page
+    page = write_report(config, NAME, "v1").read_text()
+    assert "<td>dead-lettered</td><td class=n>3</td>" in page
+
+
+def test_gold_files_with_repeats_other_uri_types_or_no_rows_get_one_clear_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.config import ConfigError
+
+    config, gold = _labelled_output(tmp_path)
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text(gold.read_text() + "u0,a\nu1,a\n")  # the same labels again
+    assert evaluate(config, NAME, str(repeated)).gold_posts == 12
+    conflicting = tmp_path / "conflicting.csv"
+    conflicting.write_text(gold.read_text() + "u0,b\n")  # u0 is 'a' above
+    with pytest.raises(ConfigError, match="1 uri.*conflicting gold labels.*u0"):
+        evaluate(config, NAME, str(conflicting))
+    numeric = tmp_path / "numeric.parquet"
+    pq.write_table(pa.table({"uri": [1, 2, 3], "label": ["a", "b", "a"]}), numeric)
+    with pytest.raises(ConfigError, match="none of the 3 gold posts has a label"):
+        evaluate(config, NAME, str(numeric))
+    for empty, text in (("empty.csv", ""), ("header.csv", "uri,label\n")):
+        (tmp_path / empty).write_text(text)
+        with pytest.raises(ConfigError, match="is empty|has no rows"):
+            evaluate(config, NAME, str(tmp_path / empty))
+
+
+def test_demo_gold_holds_exactly_the_posts_enqueue_accepts(tmp_path):
+    from datetime import date
+
+    from jobs.make_demo_data import write_demo, write_gold
+
+    write_demo(tmp_path / "posts", 800, 2, date(2024, 10, 1))
+    write_gold(tmp_path / "posts", tmp_path / "gold.csv")
+    gold = {line.split(",")[0] for line in (tmp_path / "gold.csv").read_text().splitlines()[1:]}
+    store = QueueStore(tmp_path / "data", NAME)
+    import pyarrow.dataset as pads
+
+    store.enqueue(pads.dataset(tmp_path / "posts", partitioning="hive").to_table(
+        columns=["uri", "text", "preprocessing_timestamp"]))
+    assert gold == set(store.known_uris())

@@ -61,6 +61,17 @@ def test_shared_prompt_cache_is_exact_in_a_padded_mini_batch(tiny_llm):
     assert torch.allclose(torch.softmax(cached, -1), hand, atol=1e-4)
 
 
+def test_the_cache_stays_exact_over_many_mini_batches_and_calls(tiny_llm):
+    """A cache that a mini-batch mutated would give the next ones wrong results: several
+    cached mini-batches in a row, over three calls, single- and multi-token answers."""
+    posts = [f"post {i} about " + "groups " * (i % 7) for i in range(23)]
+    for choices in ({1: "1", 0: "0"}, {"yes": " yes, between groups", "no": " no"}):
+        clf = _clf(tiny_llm["chat"], chat=True, mini_batch_size=3, choices=choices)
+        full = clf.choice_logprobs(posts, use_cache=False)
+        for _ in range(3):  # 8 cached mini-batches per call
+            assert torch.allclose(clf.choice_logprobs(posts, use_cache=True), full, atol=1e-4)
+
+
 def test_multi_token_answers_sum_their_token_log_probs(tiny_llm):
     choices = {"yes": " yes, between groups", "no": " no", "unsure": " cannot tell"}
     clf = _clf(tiny_llm["raw"], choices=choices)

@@ -126,11 +126,11 @@ def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_sess
     assert by_uri["at://typed/9"]["label"] == 2 and by_uri["at://typed/8"]["tags"] == []
     assert by_uri["at://typed/12"]["note"] == "seen"
     frame = pd.read_parquet(root)
-    assert len(frame) == table.num_rows and frame["label"].dropna().astype(int).sum() == 25
+    assert len(frame) == table.num_rows and frame["label"].dropna().astype(int).sum() == 24
     con = duckdb.connect()
     got = con.execute(f"SELECT count(*), count(DISTINCT uri), sum(label) FROM read_parquet("
                       f"'{root}/*/*.parquet', hive_partitioning = true)").fetchone()
-    assert got == (14, 14, 25)
+    assert got == (14, 14, 24)
     types = {row[0]: row[1] for row in con.execute(
         f"DESCRIBE SELECT * FROM read_parquet('{root}/*/*.parquet', hive_partitioning = true)"
     ).fetchall()}

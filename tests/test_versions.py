@@ -92,3 +92,30 @@ def test_changed_config_is_skipped_then_relabelled_beside_the_old_rows(ray_sessi
         assert len(uris) == len(set(uris)) == first.num_rows
     resolved = [r for r in runs if r["stage"] == "inference"][0]["resolved_config"]
     assert resolved["data_dir"] == str(tmp_path / "data")
+
+
+def test_a_plugins_source_or_declared_version_is_part_of_config_hash(tmp_path, monkeypatch):
+    """Editing a plugin's code relabels (its module file is hashed), unless the plugin
+    declares a ``version``, which then decides."""
+    import importlib
+    import sys
+
+    module = tmp_path / "my_labels.py"
+    body = ("class Clf:\n{extra}    def classify(self, texts):\n"
+            "        return [{{'label': {value!r}}} for _ in texts]\n")
+    module.write_text(body.format(extra="", value="a"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fresh_hash() -> str:
+        sys.modules.pop("my_labels", None)
+        importlib.invalidate_caches()
+        return config_hash("my_labels:Clf", {})
+
+    first = fresh_hash()
+    module.write_text(body.format(extra="", value="b"))  # the plugin's labels changed
+    edited = fresh_hash()
+    assert edited != first
+    module.write_text(body.format(extra="    version = '2'\n", value="b"))
+    declared = fresh_hash()
+    module.write_text(body.format(extra="    version = '2'\n", value="c") + "# tidied\n")
+    assert fresh_hash() == declared != edited  # the declared version decides

@@ -1,0 +1,115 @@
+"""The RunGuard's decisions on a controlled clock: what the progress line says the run waits
+for, when it stops for no progress, for a fatal error or for a cluster that went away."""
+from __future__ import annotations
+
+from actors.stats import Fatal, QueueStats, StageStats
+from jobs.run_guard import STARTUP_LIMIT_S, RunGuard
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Answer:
+    def __init__(self, owner: "_Actors", which: str) -> None:
+        self.owner, self.which = owner, which
+
+    def remote(self) -> str:
+        return self.which
+
+
+class _Actors:
+    """Plays the QueueActor, the StageMonitor and ``ray.get`` over them."""
+
+    def __init__(self) -> None:
+        self.queue_stats, self.stage_stats, self.down = QueueStats(), StageStats(), False
+        self.get_stats = _Answer(self, "stats")
+
+    def get(self, refs: list, timeout: float) -> list:
+        if self.down:
+            raise ConnectionError("the cluster is gone")
+        return [self.queue_stats, self.stage_stats]
+
+
+def _guard(no_progress_s: float = 60, lost_after_s: float = 30):
+    actors, clock = _Actors(), _Clock()
+    guard = RunGuard(actors, actors, actors, no_progress_s, "the cluster at 10.0.0.1:6379",
+                     lost_after_s=lost_after_s, clock=clock)
+    return guard, actors, clock
+
+
+def test_the_progress_line_says_what_the_run_waits_for():
+    guard, actors, clock = _guard()
+    guard.feeding = True
+    guard.check()
+    assert "enqueue" in guard.figures().waiting
+    guard.feeding = False
+    guard.check()
+    assert guard.figures().waiting == "starting classifier actors"
+    actors.stage_stats = StageStats(actors_loading=1)
+    guard.check()
+    assert guard.figures().waiting == "loading the model (1 classifier actor(s))"
+    actors.stage_stats = StageStats(actors_ready=1, classified=50)
+    guard.check()
+    assert guard.figures().waiting is None  # it moves
+    actors.stage_stats = StageStats(actors_ready=1, classified=50, waiting_on={
+        "last_error": "chat completion: connection error (ClientConnectorError)"})
+    clock.now += 5  # and then it does not
+    guard.check()
+    assert "the hosted model: chat completion: connection error" in guard.figures().waiting
+    actors.stage_stats = StageStats(actors_ready=1, classified=50, waiting_on={
+        "rate_limit": "the server asked to wait 30 s (HTTP 429); waiting 12 s more"})
+    guard.check()
+    assert guard.figures().waiting.startswith("a rate limit: the server asked to wait 30 s")
+    assert guard.stop_reason is None
+
+
+def test_no_progress_stops_the_run_saying_what_it_waited_for():
+    guard, actors, clock = _guard(no_progress_s=60)
+    guard.check()
+    clock.now += 120  # no actor yet: start-up may take minutes
+    guard.check()
+    assert guard.stop_reason is None
+    clock.now += STARTUP_LIMIT_S
+    guard.check()
+    assert "no post was labelled" in str(guard.stop_reason)
+    assert "starting classifier actors" in str(guard.stop_reason)
+
+    guard, actors, clock = _guard(no_progress_s=60)
+    actors.stage_stats = StageStats(actors_ready=1, classified=10)
+    guard.check()
+    clock.now += 59
+    guard.check()
+    assert guard.stop_reason is None
+    actors.stage_stats = StageStats(actors_ready=1, classified=11)  # one more post: moving
+    clock.now += 59
+    guard.check()
+    assert guard.stop_reason is None
+    clock.now += 61
+    guard.check()
+    assert guard.stop_reason.exit_code == 1 and "for 61 s" in str(guard.stop_reason)
+
+
+def test_a_fatal_error_stops_the_run_with_its_own_line_and_exit_code():
+    guard, actors, _ = _guard()
+    actors.stage_stats = StageStats(fatal=Fatal(message="the key was refused", exit_code=2))
+    guard.check()
+    assert str(guard.stop_reason) == "the key was refused" and guard.stop_reason.exit_code == 2
+
+
+def test_a_cluster_that_stops_answering_stops_the_run_after_the_limit():
+    guard, actors, clock = _guard(lost_after_s=30)
+    actors.queue_stats = QueueStats(labelled=500)
+    guard.check()
+    actors.down = True
+    clock.now += 29
+    guard.check()
+    assert guard.stop_reason is None and guard.figures().done == 500  # last figures kept
+    clock.now += 2
+    guard.check()
+    assert "lost contact with the Ray cluster (the cluster at 10.0.0.1:6379)" in str(
+        guard.stop_reason)

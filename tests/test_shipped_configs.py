@@ -1,0 +1,179 @@
+"""Every file in configs/ as shipped, through the CLI's own path: only the model, the endpoint
+or the data locations are swapped (a hosted endpoint for a local server, a checkpoint folder
+for a tiny one), never the config's shape. The LLM config (a hub id and a GPU) runs against a
+real cluster in test_cluster.py."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from jobs.backfill import main
+from jobs.config import load_config
+from jobs.make_demo_data import write_demo
+from tests.fake_hosted import KEY, FakeHosted
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+COVERED = {  # each shipped config and the test that runs it
+    "demo.yaml": "test_hosted_labels_of_another_type_stop_the_run_before_any_retry "
+                 "(and test_cluster.py)",
+    "intergroup.yaml": "test_intergroup_cluster_config_reports_every_problem_at_once",
+    "intergroup_llm.yaml": "test_cluster.py::test_shipped_llm_config_runs_with_the_model_"
+                           "cached_under_its_real_hub_id",
+    "intergroup_api.yaml": "test_hosted_configs_run_against_a_local_server",
+    "sociopolitical.yaml": "test_hosted_configs_run_against_a_local_server",
+    "perspective.yaml": "test_hosted_configs_run_against_a_local_server",
+    "valence.yaml": "test_valence_config_runs_as_shipped",
+    "ime.yaml": "test_ime_config_runs_with_a_checkpoint_folder_swapped_in",
+}
+
+
+def test_every_shipped_config_has_a_test():
+    assert {p.name for p in CONFIGS.glob("*.yaml")} == set(COVERED)
+
+
+def test_shipped_configs_never_share_an_output_unless_they_are_the_same_labels():
+    places: dict[tuple[str, str], list[str]] = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        config = load_config(path)
+        for name in config.integrations:
+            places.setdefault((str(config.output_root / name), name), []).append(path.name)
+    shared = {k: v for k, v in places.items() if len(v) > 1}
+    assert shared == {}, shared
+
+
+def _posts(tmp_path: Path, n: int = 120) -> Path:
+    write_demo(tmp_path / "posts", n, 2, date(2024, 10, 1))
+    return tmp_path / "posts"
+
+
+def _run(capsys, config: Path, tmp_path: Path, *extra: str, code: int = 0) -> tuple[str, str]:
+    got = main(["--config", str(config), "--data-dir", str(tmp_path / "data"), "--set",
+                f"posts.path={tmp_path / 'posts'}", "--set", f"output_dir={tmp_path / 'out'}",
+                "-r", "posts", "--add-to-queue", "-i", "all", "--run-integrations",
+                "--write-cache", "all", "--quiet", *extra])
+    out = capsys.readouterr()
+    assert got == code, out.err
+    assert "Traceback" not in out.err
+    return out.out, out.err
+
+
+def _output(tmp_path: Path, name: str) -> pa.Table:
+    return pads.dataset(tmp_path / "out" / name, partitioning="hive").to_table()
+
+
+def test_intergroup_cluster_config_reports_every_problem_at_once(ray_session, tmp_path,
+                                                                  capsys):
+    """As shipped on this machine: no GPU, and no posts at /mnt/backfill — both reported by
+    one run, before anything is written."""
+    if ray_session.cluster_resources().get("GPU"):
+        pytest.skip("this cluster has a GPU")
+    got = main(["--config", str(CONFIGS / "intergroup.yaml"), "--data-dir",
+                str(tmp_path / "data"), "-r", "posts", "--add-to-queue", "-i", "g",
+                "--run-integrations"])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert got == 2 and all(x.startswith("error: ") for x in lines), err
+    assert any("num_gpus=1" in x for x in lines) and any("posts path" in x for x in lines)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_valence_config_runs_as_shipped(ray_session, tmp_path, capsys):
+    _posts(tmp_path)
+    _run(capsys, CONFIGS / "valence.yaml", tmp_path)
+    table = _output(tmp_path, "ml_inference_valence")
+    assert table.num_rows > 100
+    assert set(table.column("valence_label").to_pylist()) <= {"positive", "neutral",
+                                                                "negative"}
+    assert table.schema.field("compound").type == pa.float64()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ime_config_runs_with_a_checkpoint_folder_swapped_in(ray_session, tmp_path, capsys,
+                                                             tiny_models):
+    _posts(tmp_path)
+    _run(capsys, CONFIGS / "ime.yaml", tmp_path, "--set",
+         f"integrations.ml_inference_ime.classifier.params.model={tiny_models['multi']}")
+    table = _output(tmp_path, "ml_inference_ime")
+    assert table.num_rows > 100
+    for name in ("emotion", "intergroup", "moral", "other"):
+        assert table.schema.field(f"label_{name}").type == pa.int64()
+    none_fired = [r for r in table.to_pylist()
+                  if not any(r[f"label_{n}"] for n in ("emotion", "intergroup", "moral"))]
+    assert all(r["label_other"] == 1 for r in none_fired)  # the IME "other" rule
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_hosted_configs_run_against_a_local_server(ray_session, tmp_path, capsys,
+                                                  monkeypatch):
+    """The three hosted configs, their endpoint swapped for a local server (the README's
+    ``--set …base_url=`` recipe) and their key in the variable they name."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+    with FakeHosted() as server:
+        for config, name, url in (
+                ("intergroup_api.yaml", "ml_inference_intergroup_llm", server.base_url),
+                ("sociopolitical.yaml", "ml_inference_sociopolitical", server.base_url),
+                ("perspective.yaml", "ml_inference_perspective_api", server.perspective_url)):
+            where = tmp_path / config
+            _posts(where, n=8 if "perspective" in config else 120)  # 1 request/s as shipped
+            _run(capsys, CONFIGS / config, where, "--set",
+                 f"integrations.{name}.classifier.params.base_url={url}")
+            table = _output(where, name)
+            assert table.num_rows == len(set(table.column("uri").to_pylist())) > 5, config
+            if config == "intergroup_api.yaml":
+                assert table.schema.field("label").type == pa.int64()
+            if config == "sociopolitical.yaml":
+                assert set(table.column("political_ideology_label").to_pylist()) <= {
+                    "left", "moderate", "right", "unclear"}
+            if config == "perspective.yaml":
+                assert len([c for c in table.column_names if c.startswith("prob_")]) == 22
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(ray_session, tmp_path,
+                                                                    capsys, monkeypatch):
+    """The demo labels ``ml_inference_intergroup`` with text; a researcher then points the
+    hosted intergroup config (integer labels) at the same integration and relabels: the first
+    batch stops the run with exit 2 — no request retried, nothing dead-lettered."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    _posts(tmp_path, n=150)
+    _run(capsys, CONFIGS / "demo.yaml", tmp_path)
+    demo = _output(tmp_path, "ml_inference_intergroup")
+    assert demo.schema.field("label").type == pa.string()
+    import shutil
+
+    shutil.copytree(CONFIGS / "prompts", tmp_path / "prompts")  # the config's relative file
+    clash = tmp_path / "intergroup_api_reused.yaml"  # the same integration name as the demo
+    clash.write_text((CONFIGS / "intergroup_api.yaml").read_text().replace(
+        "ml_inference_intergroup_llm:", "ml_inference_intergroup:"))
+    with FakeHosted() as server:
+        url = f"integrations.ml_inference_intergroup.classifier.params.base_url={server.base_url}"
+        _, err = _run(capsys, clash, tmp_path, "--set", url)  # without relabelling: skipped
+        counted = int(re.search(r"(\d+) post\(s\) were labelled by another version", err)[1])
+        assert counted == demo.num_rows  # the posts actually in the output, each once
+        _, err = _run(capsys, clash, tmp_path, "--set", url, "--relabel-other-versions",
+                      code=2)
+        requests = len(server.times)
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "ml_inference_intergroup" in line and "'label'" in line
+    assert "int64" in line and "string" in line and "another name" in line
+    assert 0 < requests <= demo.num_rows  # no post was asked twice
+    demo_hash = demo.column("config_hash")[0].as_py()
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "data" / "runs").glob("*.json")]
+    [summary] = [r for r in runs if r["stage"] == "inference" and r["claimed"]
+                 and r["config_hash"] != demo_hash]
+    assert summary["retried"] == summary["dead_lettered"] == 0
+    assert summary["usage"].get("requests_retried", 0) == 0
+    assert _output(tmp_path, "ml_inference_intergroup").num_rows == demo.num_rows
