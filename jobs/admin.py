@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
+from classifiers.scrub import scrub
 from jobs.config import BackfillConfig
 from queue_store import QueueStore, queue_path
 
@@ -70,5 +71,6 @@ def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
     lines: list[str] = []
     for name, store in _stores(config, names, lines):
         for d in store.dead_letters(limit):
-            lines.append(f"{name}\t{d.uri or '(undecodable row)'}\tattempt {d.attempt}\t{d.reason}")
+            lines.append(scrub(f"{name}\t{d.uri or '(undecodable row)'}\tattempt {d.attempt}\t"
+                               f"{d.reason}"))
     return "\n".join(lines) or "no dead letters"

@@ -170,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except RunStopped as stop:
         print(f"{stop.prefix}: {scrub(stop)}", file=sys.stderr)
+        if stop.cluster_lost:  # Ray's own shutdown would wait on the lost cluster: end now
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(stop.exit_code)
         return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted: this run's claims were handed back; rerun the same command to "

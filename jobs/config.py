@@ -43,7 +43,6 @@ class PipelineConfig(Strict):
     # Measured (constant classifier, 50k posts): 64 KiB 2.0k, 256 KiB 5.3k, 512 KiB 8.4k,
     # 1 MiB 7.9k posts/s. A model-bound run can take smaller blocks at no cost.
     read_block_bytes: int = Field(512 << 10, ge=1024)
-    writer_max_in_flight: int = Field(8, ge=1)
     export_rows: int = Field(50_000, ge=1)
     export_every_seconds: float = Field(60, gt=0)
     no_progress_timeout_s: float = Field(600, gt=0)

@@ -80,6 +80,7 @@ class InferenceRun:
         self.out_dir = str((config.output_root / self.name).resolve())
         self.actors: list[Any] = []
         self.passes: Background | None = None
+        self.abandoned = False
         if not verbose:
             # Ray Data's errors reach the run as exceptions; a stopped run's executor
             # shutting down is not news for the console.
@@ -148,7 +149,8 @@ class InferenceRun:
     def _stopped(self, guard: RunGuard, stop: RunStopped) -> RunStopped:
         """Wind down after an early stop: claim nothing more, export what was labelled (at
         most ``WIND_DOWN_S``), hand the claims back; the partial summary rides on ``stop``."""
-        reachable = "lost contact" not in str(stop)
+        reachable = not stop.cluster_lost
+        self.abandoned = not reachable  # nothing there to stop or wait for
         writer_stats = None
         if reachable:
             self._ask(self.queue.stop_claiming.remote(str(stop)[:200]), 10)
@@ -196,6 +198,8 @@ class InferenceRun:
     def close(self) -> None:
         """Stop this run's actors; a pass still going (after an early stop) then fails fast,
         and is given a few seconds to wind down here rather than later, elsewhere."""
+        if self.abandoned:
+            return
         for actor in self.actors:
             try:
                 self.ray.kill(actor)

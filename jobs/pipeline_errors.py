@@ -19,11 +19,12 @@ class RunStopped(Exception):
     what it did before (printed, and saved, by the CLI)."""
 
     def __init__(self, message: str, exit_code: int, summary: Any = None,
-                 prefix: str = "error") -> None:
+                 prefix: str = "error", cluster_lost: bool = False) -> None:
         super().__init__(scrub(message))
         self.exit_code = exit_code
         self.summary = summary
         self.prefix = prefix
+        self.cluster_lost = cluster_lost  # nothing of the run can be reached any more
 
 
 def true_cause(ray: Any, exc: BaseException, queue: Any, writer: Any,

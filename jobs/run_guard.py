@@ -69,18 +69,20 @@ class RunGuard:
 
     def check(self) -> None:
         """One poll: refresh the figures and decide whether the run must stop."""
-        now = self.clock()
         try:
             qs, ss = self.ray.get([self.queue.get_stats.remote(),
-                                   self.monitor.get_stats.remote()], timeout=10)
+                                   self.monitor.get_stats.remote()],
+                                  timeout=min(10.0, self.lost_after_s / 2))
         except Exception as exc:  # noqa: BLE001 - an actor or the cluster is gone
+            now = self.clock()
             if now - self._answered_at >= self.lost_after_s and self.stop_reason is None:
                 self.stop_reason = RunStopped(
                     f"lost contact with the Ray cluster ({self.where}): the run's actors have "
                     f"not answered for {now - self._answered_at:.0f} s ({type(exc).__name__}); "
-                    "rerun when the cluster is back: nothing is lost or duplicated", 1)
+                    "rerun when the cluster is back: nothing is lost or duplicated", 1,
+                    cluster_lost=True)
             return
-        self._answered_at = now
+        now = self._answered_at = self.clock()
         self.queue_stats, self.stage_stats = qs, ss
         if ss.fatal is not None and self.stop_reason is None:
             self.stop_reason = RunStopped(ss.fatal.message, ss.fatal.exit_code)

@@ -6,7 +6,6 @@ away stops within a minute with one line and its summary. Every process started 
 stopped by its own PID."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -89,15 +88,12 @@ def _wait_ready(head: Head, dashboard: bool, timeout: float = 120) -> None:
 
 
 def _stop_head(head: Head) -> None:
-    head.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its cluster on exit
+    """Every process of this head (its own session: `ray start` and all it started)."""
     try:
-        head.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(head.proc.pid, signal.SIGKILL)  # anything of this head still left
+        os.killpg(head.proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    head.proc.wait(timeout=60)
     shutil.rmtree(head.tmp, ignore_errors=True)
 
 
@@ -121,7 +117,7 @@ def _uris(root: Path) -> list[str]:
         "uri").to_pylist()
 
 
-def _study(tmp_path: Path, posts: int = 150) -> Path:
+def _study(tmp_path: Path, posts: int = 80) -> Path:
     """The shipped configs copied, with their relative paths, into a study folder."""
     from jobs.make_demo_data import write_demo
 
@@ -132,13 +128,11 @@ def _study(tmp_path: Path, posts: int = 150) -> Path:
 
 
 def _head_actor_names(head: Head) -> list[str]:
-    code = ("import json, sys; from ray.util.state import list_actors; "
-            "print(json.dumps([a.name or '' for a in list_actors("
-            f"address={head.dashboard!r}, limit=1000, raise_on_missing_output=False)]))")
-    out = subprocess.run([sys.executable, "-c", code], env=head.env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Every actor the head has seen (dead ones too), through its dashboard's state API."""
+    from ray.util.state import list_actors
+
+    return [a.name or "" for a in list_actors(address=head.dashboard, limit=1000,
+                                              raise_on_missing_output=False)]
 
 
 def test_a_plain_run_starts_its_own_ray_beside_a_foreign_head_and_joins_only_when_told(
@@ -154,7 +148,7 @@ def test_a_plain_run_starts_its_own_ray_beside_a_foreign_head_and_joins_only_whe
     assert "joined" not in local.stderr and "joining" not in local.stderr
     assert not [n for n in _head_actor_names(head) if n.startswith("backfill-")]
     first = _uris(data / "ml_inference_intergroup")
-    assert len(first) == len(set(first)) > 130
+    assert len(first) == len(set(first)) > 70
     shutil.rmtree(data)
     joined = _cli(dict(head.env, RAY_ADDRESS=head.gcs), *argv, cwd=tmp_path)
     assert joined.returncode == 0, joined.stderr[-3000:]
@@ -178,7 +172,7 @@ def test_ray_job_submit_runs_the_shipped_demo_config_on_the_cluster(head, tmp_pa
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout and "joined the Ray cluster" in job.stdout
     uris = _uris(project / "data" / "ml_inference_intergroup")
-    assert len(uris) == len(set(uris)) > 130
+    assert len(uris) == len(set(uris)) > 70
     assert not (ROOT / "configs" / "data").exists()  # nothing inside the uploaded copy
 
 

@@ -71,8 +71,8 @@ def test_complete_rows_is_fenced_and_counts_every_post_once(tmp_path, posts_fact
 @pytest.mark.ray
 @pytest.mark.slow
 def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_session, tmp_path):
-    """Runs 1–3 fix and then fill the output's types (values that fit are cast); run 4 brings
-    text into the integer label column (the writer's check) and run 5 mixes types within one
+    """Runs 1–2 fix and then fill the output's types (values that fit are cast); run 3 brings
+    text into the integer label column (the writer's check) and run 4 mixes types within one
     classify call (the stage's check): each stops with exit 2 and one line naming the
     column and both types — nothing retried, dead-lettered or written, claims handed back.
     The whole output reads with pyarrow, pandas and DuckDB."""
@@ -85,11 +85,10 @@ def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_sess
     runs = [
         # run 1 fixes the types: label int64, tags list<int64>, note (no value yet) text
         [{"label": 1, "tags": [1, 2], "note": None}] * 8,
-        # run 2: 2.0 (with 2 in its call), [] and None fit
+        # run 2: 2.0 (with 2 in its call), [] and None fit; text fits the note column
         [{"label": 2, "tags": []}, {"label": 2.0}, {"label": None, "tags": None, "note": None},
-         {"label": 3, "tags": [3]}],
-        # run 3: text fits the note column
-        [{"label": 4, "tags": [5], "note": "seen"}, {"label": 5, "note": "again"}],
+         {"label": 3, "tags": [3]}, {"label": 4, "tags": [5], "note": "seen"},
+         {"label": 5, "note": "again"}],
     ]
     start = 0
     for outputs in runs:
