@@ -31,7 +31,7 @@ from classifiers.poison import Outcome
 from classifiers.protocol import FatalClassifierError
 from classifiers.registry import build_classifier
 from classifiers.scrub import register_secret, scrub
-from queue_store.typed_rows import POST_FIELDS, typed_columns
+from queue_store.typed_rows import POST_FIELDS, fit_rows, typed_columns
 
 # Columns the writer and the output layout own; a classifier may not overwrite them.
 CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a result row answers
@@ -93,11 +93,20 @@ class OutputTypeClash(FatalClassifierError):
     """The classifier's outputs for one column have two types: no retry can change that."""
 
 
+def type_clash_message(integration: str, why: str, where: str) -> str:
+    """The one line for labels whose type the integration's fixed column types cannot take."""
+    return (f"integration {integration}: {why} (fixed by the labels already written under "
+            f"{where} or queued for it); labels of another type need their own place — give "
+            "this integration block another name, or use another data_dir and output_dir. "
+            "Nothing was retried; this run's claims were handed back")
+
+
 class ClassifierStage:
     def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
                  integration: str = "", monitor: Any = None, writer: Any = None,
                  config_hash: str = "", secrets: dict[str, str] | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, fixed_types: pa.Schema | None = None,
+                 output_dir: str = "") -> None:
         for name, value in (secrets or {}).items():  # e.g. an API key, never logged
             os.environ.setdefault(name, value)
             register_secret(value)
@@ -105,6 +114,11 @@ class ClassifierStage:
         self.writer = writer
         self.integration = integration
         self.batch_size = batch_size  # Ray Data hands whole blocks: split them here
+        # The output's column types when the run started: a call whose labels cannot take
+        # them stops the run here, before the next call spends more (the writer checks the
+        # types fixed during the run).
+        self.fixed_types = fixed_types
+        self.output_dir = output_dir
         self.actor_key = f"{os.getpid()}-{id(self)}"
         self._tell("report_actor", self.actor_key, "loading")
         try:
@@ -205,6 +219,13 @@ class ClassifierStage:
                        "type — fix the classifier so every post gets the same type")
             self._fatal(message)
             raise OutputTypeClash(message)
+        if self.fixed_types is not None and names:
+            _, misfits = fit_rows(pa.table(dict(zip(names, arrays))), self.fixed_types)
+            if misfits:
+                message = type_clash_message(self.integration, next(iter(misfits.values())),
+                                             self.output_dir)
+                self._fatal(message)
+                raise OutputTypeClash(message)
         why = pa.array(reasons, pa.string())
         columns = {name: part.column(name) for name in (*CONTROL, *POST_FIELDS)}
         columns["was_successfully_labeled"] = pc.is_null(why)

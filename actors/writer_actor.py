@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.classifier_stage import CONTROL, STATUS
+from actors.classifier_stage import CONTROL, STATUS, type_clash_message
 from actors.stats import WriterStats
 from queue_store import QueueStore, export_output
-from queue_store.export_types import merge_schema
+from queue_store.export_types import concat_conformed, conform, merge_schema
 from queue_store.models import ExportPlan
 from queue_store.typed_rows import POST_FIELDS, fit_rows, post_of
 
@@ -148,13 +148,14 @@ class WriterActor:
             return
         self._tally(table)
         self.stats.result_rows += table.num_rows
+        table = self._fitted(table)  # a type clash stops the run at the first call, not batch
         for key, expected, part in claim_runs(table):
             group = self.open.setdefault(key, {"expected": expected, "parts": [], "rows": 0})
             group["parts"].append(part)
             group["rows"] += part.num_rows
             if group["rows"] < expected:
                 continue
-            rows = distinct_posts(pa.concat_tables(group["parts"]))
+            rows = distinct_posts(concat_conformed(group["parts"]))
             if rows.num_rows < expected:  # a post delivered twice counts once
                 group["parts"], group["rows"] = [rows], rows.num_rows
                 continue
@@ -170,32 +171,34 @@ class WriterActor:
                 or time.monotonic() - self.last_export >= self.export_every_seconds):
             self._export()
 
-    def _split(self, rows: pa.Table) -> tuple[pa.Table | None, list[tuple[dict, str]]]:
-        """A completed batch's labelled rows, fitted to the integration's column types, and
-        ``(post, reason)`` for its failed posts. Labels that cannot take the fixed types stop
-        the run (``LabelTypeError``)."""
-        ok = rows.column("was_successfully_labeled")
-        failed = [(post_of(r), r["reason"]) for r in
-                  rows.filter(pc.invert(ok)).select([*POST_FIELDS, "reason"]).to_pylist()]
-        done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])
-        if not done.num_rows:
-            return None, failed
-        wanted = merge_schema(self.schema, done.schema)
+    def _fitted(self, table: pa.Table) -> pa.Table:
+        """A call's result rows with their label columns cast to the integration's fixed types
+        (new or newly typed columns are fixed in the queue file first). Labels that cannot
+        take them stop the run (``LabelTypeError``)."""
+        labels = table.drop_columns([*CONTROL, *STATUS])
+        wanted = merge_schema(self.schema, labels.schema)
         if wanted != self.schema:  # new or newly typed columns: fixed in the queue file
             import ray
 
             self.schema = ray.get(self.queue.save_export_schema.remote(wanted))
-        fitted, misfits = fit_rows(done, self.schema)
+        fitted, misfits = fit_rows(labels, self.schema)
         if misfits:
             self._clash(next(iter(misfits.values())))
-        return fitted, failed
+        for name in (*CONTROL, *STATUS):
+            fitted = fitted.append_column(name, table.column(name))
+        return fitted
+
+    def _split(self, rows: pa.Table) -> tuple[pa.Table | None, list[tuple[dict, str]]]:
+        """A completed batch's labelled rows, in the integration's column types, and
+        ``(post, reason)`` for its failed posts."""
+        ok = rows.column("was_successfully_labeled")
+        failed = [(post_of(r), r["reason"]) for r in
+                  rows.filter(pc.invert(ok)).select([*POST_FIELDS, "reason"]).to_pylist()]
+        done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])
+        return (conform(done, self.schema) if done.num_rows else None), failed
 
     def _clash(self, why: str) -> None:
-        message = (f"integration {self.integration}: {why} (fixed by the labels already "
-                   f"written under {self.out_dir} or queued for it); labels of "
-                   "another type need their own place — give this integration block another "
-                   "name, or use another data_dir and output_dir. Nothing was retried; this "
-                   "run's claims were handed back")
+        message = type_clash_message(self.integration, why, self.out_dir)
         self._report_fatal(message, 2)
         raise LabelTypeError(message)
 

@@ -254,7 +254,8 @@ class InferenceRun:
                         "run_id": self.run_id, "integration": self.name,
                         "monitor": self.monitor, "writer": self.writer,
                         "config_hash": self.summary.config_hash,
-                        "batch_size": integ.batch_size, "secrets": _secrets(params)}
+                        "batch_size": integ.batch_size, "secrets": _secrets(params),
+                        "fixed_types": self._fixed_types(), "output_dir": self.out_dir}
         map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
         ds = map_batches(
             ClassifierStage, fn_constructor_kwargs=stage_kwargs,
@@ -265,6 +266,15 @@ class InferenceRun:
         # a count per block, never held or deserialised by the driver.
         for _ in ds.iter_internal_ref_bundles():
             pass
+
+
+    def _fixed_types(self) -> Any:
+        """The output's column types as the queue file holds them now (None: not fixed yet)."""
+        store = QueueStore(self.config.data_dir, self.name, readonly=True)
+        try:
+            return store.export_schema()
+        finally:
+            store.close()
 
 
 class Background:
