@@ -27,7 +27,7 @@ test-fast: install
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -m "not slow"
 
 demo: install
-	@test -d $(DEMO_POSTS) || $(BIN)/python -m jobs.make_demo_data --posts 5000 --days 7 --out $(DEMO_POSTS)
+	@test -d $(DEMO_POSTS) || $(BIN)/python -m jobs.tools.demo_data --posts 5000 --days 7 --out $(DEMO_POSTS)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m jobs.backfill --config configs/demo.yaml \
 		-r posts --add-to-queue -i g --run-integrations --write-cache all
 

@@ -31,13 +31,10 @@ from classifiers.poison import Outcome
 from classifiers.protocol import FatalClassifierError
 from classifiers.registry import build_classifier
 from classifiers.scrub import register_secret, scrub
-from queue_store.typed_rows import POST_FIELDS, fit_rows, typed_columns
+from queue_store.rows.shapes import (CONTROL, LABEL_TIME, LABEL_TIME_TYPE, POST_COLUMNS,
+                                    RESERVED)
+from queue_store.rows.typed import fit_rows, typed_columns
 
-# Columns the writer and the output layout own; a classifier may not overwrite them.
-CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a result row answers
-STATUS = ("was_successfully_labeled", "reason")    # whether it was labelled (stage → writer)
-RESERVED = frozenset({*CONTROL, *POST_FIELDS, *STATUS, "label_timestamp", "classifier",
-                      "model", "run_id", "config_hash", "partition_date"})
 MAX_SENDS_IN_FLIGHT = 2  # result tables on their way to the writer, per actor
 STATUS_EVERY_S = 2.0
 
@@ -227,12 +224,11 @@ class ClassifierStage:
                 self._fatal(message)
                 raise OutputTypeClash(message)
         why = pa.array(reasons, pa.string())
-        columns = {name: part.column(name) for name in (*CONTROL, *POST_FIELDS)}
-        columns["was_successfully_labeled"] = pc.is_null(why)
+        columns = {name: part.column(name) for name in (*CONTROL, *POST_COLUMNS)}
+        columns["was_successfully_labeled"] = pc.is_null(why)  # the STATUS columns
         columns["reason"] = why
         now = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us")
-        columns["label_timestamp"] = pa.array(np.full(n, now),
-                                              pa.timestamp("us", tz="UTC"))
+        columns[LABEL_TIME] = pa.array(np.full(n, now), LABEL_TIME_TYPE)
         columns.update(zip(names, arrays))
         for name, value in self.fixed.items():
             columns[name] = pa.array([value] * n, pa.string())

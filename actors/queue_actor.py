@@ -1,4 +1,4 @@
-"""QueueActor: the only writer of an integration's queue during a run.
+"""QueueActor: claims, leases and completions of an integration's queue during a run.
 
 Claims are serialised because a (non-concurrent) actor runs one method at a time; it claims
 only batches queued for this run's ``version`` (config_hash). A heartbeat thread extends every
@@ -49,7 +49,7 @@ class QueueActor:
         list means nothing is claimable now (stop)."""
         if self.budget_used() or self.stats.stopped_claiming:
             return []
-        batches = self.store.claim(max_batches, self.lease_seconds, self.owner, decode=False,
+        batches = self.store.claim(max_batches, self.lease_seconds, self.owner,
                                    version=self.version)
         if self.max_records is not None:
             batches = self._trim_to_budget(batches)
@@ -139,20 +139,6 @@ class QueueActor:
             self.stats.retried += result.retried
             self.stats.dead_lettered += result.dead_lettered
         return result.model_dump()
-
-    # -- export (the writer asks; the queue file is only written here) -----------------------
-    def plan_export(self, max_rows: int) -> Any:
-        return self.store.plan_export(max_rows)
-
-    def mark_exported(self, export_id: int) -> None:
-        self.store.mark_exported(export_id)
-
-    def save_export_schema(self, schema: Any) -> Any:
-        return self.store.save_export_schema(schema)
-
-    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
-        self.stats.export_dead_lettered += len(bad)
-        return self.store.bury_export_lines(bad)
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> QueueStats:

@@ -24,11 +24,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from queue_store import codec
-
-BATCH_SCHEMA = pa.schema([("uri", pa.string()), ("text", pa.string()),
-                          ("preprocessing_timestamp", pa.string()),
-                          ("batch_id", pa.int64()), ("lease_id", pa.string()),
-                          ("batch_posts", pa.int64())])
+from queue_store.rows.shapes import CLAIM_SCHEMA
 
 
 def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> pa.Table:
@@ -52,7 +48,7 @@ def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> 
         ids.extend([batch_id] * n)
         leases.extend([lease_id] * n)
         sizes.extend([n] * n)
-    return pa.table([uris, texts, stamps, ids, leases, sizes], schema=BATCH_SCHEMA)
+    return pa.table([uris, texts, stamps, ids, leases, sizes], schema=CLAIM_SCHEMA)
 
 
 POLL_SECONDS = 0.2
@@ -89,5 +85,5 @@ class QueueDatasource(Datasource):
         queue, per_claim = self.queue, self.batches_per_claim
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
         pull = functools.partial(pull_from_queue, queue, per_claim, self.waves > 1)
-        return [ReadTask(pull, meta, schema=BATCH_SCHEMA)
+        return [ReadTask(pull, meta, schema=CLAIM_SCHEMA)
                 for _ in range(self.read_tasks * self.waves)]

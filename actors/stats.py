@@ -19,7 +19,6 @@ class QueueStats(BaseModel):
     dead_lettered: int = 0
     stale_completions: int = 0
     heartbeats: int = 0
-    export_dead_lettered: int = 0
     reaped_dead_holder_batches: int = 0
     undecodable_rows: int = 0
     in_flight_batches: int = 0
@@ -36,6 +35,7 @@ class WriterStats(BaseModel):
     stale_batches: int = 0
     exported_rows: int = 0
     parquet_files: int = 0
+    export_dead_lettered: int = 0  # output rows that could not be exported (dead letters)
     open_batches: int = 0
     provenance: dict[str, str] = Field(default_factory=dict)
     label_counts: dict[str, int] = Field(default_factory=dict)

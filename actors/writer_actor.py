@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.classifier_stage import CONTROL, STATUS, type_clash_message
+from actors.classifier_stage import type_clash_message
 from actors.stats import WriterStats
 from queue_store import QueueStore, export_output
-from queue_store.export_types import concat_conformed, conform, merge_schema
-from queue_store.models import ExportPlan
-from queue_store.typed_rows import POST_FIELDS, fit_rows, post_of
+from queue_store.rows.column_types import concat_conformed, conform, merge_schema
+from queue_store.rows.shapes import CONTROL, POST_COLUMNS, STATUS, post_of
+from queue_store.rows.typed import fit_rows
 
 
 def claim_runs(table: pa.Table) -> Iterator[tuple[tuple[int, str], int, pa.Table]]:
@@ -58,45 +58,6 @@ class LabelTypeError(RuntimeError):
     """Labels whose type cannot take the integration's fixed column type (fatal)."""
 
 
-class QueueActorExportSource:
-    """``export_output``'s source: bookkeeping writes go through the QueueActor (the queue's
-    only writer); the rows are read here over a read-only connection, so they are never
-    pickled across processes."""
-
-    def __init__(self, queue: Any, reader: QueueStore) -> None:
-        self.queue = queue
-        self.reader = reader
-
-    def plan_export(self, max_rows: int) -> ExportPlan | None:
-        import ray
-
-        return ray.get(self.queue.plan_export.remote(max_rows))
-
-    def export_payloads(self, export_id: int) -> Iterator[str | bytes]:
-        return self.reader.export_payloads(export_id)
-
-    def export_rows(self, export_id: int) -> Iterator[tuple[int, str | bytes]]:
-        return self.reader.export_rows(export_id)
-
-    def export_schema(self) -> pa.Schema | None:
-        return self.reader.export_schema()
-
-    def save_export_schema(self, schema: pa.Schema) -> pa.Schema:
-        import ray
-
-        return ray.get(self.queue.save_export_schema.remote(schema))
-
-    def bury_export_lines(self, bad: list[tuple[int, int, str]]) -> int:
-        import ray
-
-        return ray.get(self.queue.bury_export_lines.remote(bad))
-
-    def mark_exported(self, export_id: int) -> None:
-        import ray
-
-        ray.get(self.queue.mark_exported.remote(export_id))
-
-
 def fixed_mmap_threshold(nbytes: int = 131_072) -> None:
     """The writer frees a large buffer per export; glibc's adaptive mmap threshold would then
     serve those from the heap and fragment it (measured: 100 MB → 430 MB over a 1M-post run).
@@ -121,17 +82,14 @@ def storage_message(out_dir: str, exc: OSError) -> str:
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
                  export_rows: int, export_every_seconds: float, monitor: Any = None) -> None:
-        import ray
-
         fixed_mmap_threshold()
 
-        self.queue = queue
+        self.queue = queue  # completions go through the QueueActor (one fenced call each)
         self.monitor = monitor
         self.integration = integration
-        # The QueueActor creates the queue file; a read-only connection cannot, so wait for it.
-        ray.get(queue.get_stats.remote())
-        self.source = QueueActorExportSource(queue, QueueStore(data_dir, integration,
-                                                               readonly=True))
+        # Exports and column types on a connection of the writer's own: they are rare, and
+        # their transactions are as fenced as anyone's.
+        self.store = QueueStore(data_dir, integration)
         self.out_dir = out_dir
         self.export_rows = export_rows
         self.export_every_seconds = export_every_seconds
@@ -140,7 +98,7 @@ class WriterActor:
         self.unexported_rows = 0
         self.last_export = time.monotonic()
         self.stats = WriterStats()
-        self.schema = self.source.export_schema()  # the integration's fixed column types
+        self.schema = self.store.export_schema()  # the integration's fixed column types
 
     def consume(self, table: pa.Table) -> None:
         """The result rows of one ``classify`` call (or a part of one)."""
@@ -178,9 +136,7 @@ class WriterActor:
         labels = table.drop_columns([*CONTROL, *STATUS])
         wanted = merge_schema(self.schema, labels.schema)
         if wanted != self.schema:  # new or newly typed columns: fixed in the queue file
-            import ray
-
-            self.schema = ray.get(self.queue.save_export_schema.remote(wanted))
+            self.schema = self.store.save_export_schema(wanted)
         fitted, misfits = fit_rows(labels, self.schema)
         if misfits:
             self._clash(next(iter(misfits.values())))
@@ -193,7 +149,7 @@ class WriterActor:
         ``(post, reason)`` for its failed posts."""
         ok = rows.column("was_successfully_labeled")
         failed = [(post_of(r), r["reason"]) for r in
-                  rows.filter(pc.invert(ok)).select([*POST_FIELDS, "reason"]).to_pylist()]
+                  rows.filter(pc.invert(ok)).select([*POST_COLUMNS, "reason"]).to_pylist()]
         done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])
         return (conform(done, self.schema) if done.num_rows else None), failed
 
@@ -242,16 +198,17 @@ class WriterActor:
     def _export(self) -> None:
         self._settle()
         try:
-            stats = export_output(self.source, self.out_dir, self.export_rows)
+            stats = export_output(self.store, self.out_dir, self.export_rows)
         except OSError as exc:
             message = storage_message(self.out_dir, exc)
             self._report_fatal(message, 1)
             raise OSError(exc.errno, message) from None
         self.stats.exported_rows += stats.rows
         self.stats.parquet_files += stats.files
+        self.stats.export_dead_lettered += stats.dead_lettered
         self.unexported_rows = 0
         self.last_export = time.monotonic()
-        self.schema = self.source.export_schema()  # an export may have fixed open columns
+        self.schema = self.store.export_schema()  # an export may have fixed open columns
 
     def get_stats(self) -> WriterStats:
         return self.stats.model_copy(update={"open_batches": len(self.open)})

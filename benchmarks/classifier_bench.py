@@ -15,12 +15,14 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from classifiers.embedding_prototypes import EmbeddingPrototypeClassifier  # noqa: E402
+from classifiers.registry import build_classifier  # noqa: E402
 
 WORDS = ("the people group city vote party team policy friends coffee rain match they we our "
          "government immigrants workers fans church neighbours morning happy tired").split()
@@ -50,7 +52,7 @@ def matmul_gflops(device: torch.device, seconds: float = 2.0) -> float:
     return flops / (time.perf_counter() - t0) / 1e9
 
 
-def naive(clf: EmbeddingPrototypeClassifier, texts: list[str], batch: int, padding) -> None:
+def naive(clf: Any, texts: list[str], batch: int, padding) -> None:
     for start in range(0, len(texts), batch):
         enc = clf.tokenizer(texts[start:start + batch], padding=padding, truncation=True,
                             max_length=clf.max_length, return_tensors="pt").to(clf.device)
@@ -74,9 +76,10 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--quantize", default=None)
     args = ap.parse_args()
-    clf = EmbeddingPrototypeClassifier(labels_file="configs/labels/intergroup.yaml",
-                                       device=args.device, precision=args.precision,
-                                       quantize=args.quantize, mini_batch_size=args.batch)
+    clf = build_classifier("embedding_prototypes", {
+        "labels_file": str(ROOT / "configs" / "labels" / "intergroup.yaml"),
+        "device": args.device, "precision": args.precision, "quantize": args.quantize,
+        "mini_batch_size": args.batch})
     texts = synthetic_posts(args.posts)
     real_tokens = sum(len(ids) for ids in clf.tokenizer(texts, truncation=True,
                                                         max_length=clf.max_length)["input_ids"])

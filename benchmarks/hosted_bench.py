@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from classifiers.openai_chat import OpenAIChatClassifier  # noqa: E402
+from classifiers.registry import build_classifier  # noqa: E402
 from tests.fake_hosted import KEY  # noqa: E402
 
 BLOCK = 500
@@ -33,9 +33,10 @@ TEMPLATE = "Is this post about relations between groups? Post: {text}"
 
 def ours(server: "ServerProcess", posts: list[str], concurrency: int) -> float:
     os.environ["BENCH_KEY"] = KEY
-    clf = OpenAIChatClassifier(base_url=server.base_url, model="bench", api_key_env="BENCH_KEY",
-                               template=TEMPLATE, choices={1: "1", 0: "0"}, json_mode=True,
-                               max_concurrency=concurrency, timeout_s=30)
+    clf = build_classifier("openai_chat", {
+        "base_url": server.base_url, "model": "bench", "api_key_env": "BENCH_KEY",
+        "template": TEMPLATE, "choices": {1: "1", 0: "0"}, "json_mode": True,
+        "max_concurrency": concurrency, "timeout_s": 30})
     clf.classify(posts[:concurrency])  # warm-up: connections
     t0 = time.perf_counter()
     for i in range(0, len(posts), BLOCK):

@@ -16,14 +16,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from classifiers.llm_prompt import LLMPromptClassifier  # noqa: E402
-from jobs.make_demo_data import make_text  # noqa: E402
+from classifiers.registry import build_classifier  # noqa: E402
+from jobs.tools.demo_data import make_text  # noqa: E402
 from tests.tiny_llm import save_tiny_llm  # noqa: E402
 
 SHAPES = {  # name: layers, hidden, heads, kv heads (random weights: speed only)
@@ -32,7 +33,7 @@ SHAPES = {  # name: layers, hidden, heads, kv heads (random weights: speed only)
 }
 
 
-def timed(clf: LLMPromptClassifier, posts: list[str], use_cache: bool) -> float:
+def timed(clf: Any, posts: list[str], use_cache: bool) -> float:
     clf.choice_logprobs(posts[:32], use_cache=use_cache)  # warm-up
     if clf.device.type == "cuda":
         torch.cuda.synchronize()
@@ -58,10 +59,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = save_tiny_llm(Path(tmp) / "lm", layers=layers, hidden=hidden, heads=heads,
                              kv_heads=kv)
-        clf = LLMPromptClassifier(model=path, prompt_file=str(ROOT / "configs" / "prompts" /
-                                                             "intergroup.yaml"),
-                                  chat=True, device=args.device, precision=args.precision,
-                                  mini_batch_size=args.mini_batch_size, torch_threads=2)
+        clf = build_classifier("llm_prompt", {
+            "model": path, "prompt_file": str(ROOT / "configs" / "prompts" / "intergroup.yaml"),
+            "chat": True, "device": args.device, "precision": args.precision,
+            "mini_batch_size": args.mini_batch_size, "torch_threads": 2})
         post_tokens = [len(clf.tokenizer(p, add_special_tokens=False)["input_ids"])
                        for p in posts]
         cached = timed(clf, posts, use_cache=True)

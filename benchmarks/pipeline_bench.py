@@ -34,12 +34,13 @@ from old_tool_baseline import old_tool_backfill  # noqa: E402
 from rss_sampler import RssSampler  # noqa: E402
 
 from jobs.config import parse_config  # noqa: E402
-from jobs.enqueue_stage import enqueue_posts  # noqa: E402
-from jobs.posts_source import find_post_files  # noqa: E402
-from jobs.inference import run_inference  # noqa: E402
+from jobs.stages.enqueue import enqueue_posts  # noqa: E402
+from jobs.posts.source import find_post_files  # noqa: E402
+from jobs.stages.inference import run_inference  # noqa: E402
 
 NAME = "ml_inference_intergroup"
-MODEL_PARAMS = {"labels_file": "configs/labels/intergroup.yaml", "torch_threads": 2,
+MODEL_PARAMS = {"labels_file": str(ROOT / "configs" / "labels" / "intergroup.yaml"),
+                "torch_threads": 2,
                 "mini_batch_size": 64}
 
 
@@ -54,7 +55,7 @@ def _make_posts(root: Path, n: int) -> Path:
     """In a child process, so generating 1M posts does not count in the driver's memory."""
     posts = root / f"posts_{n}"
     if not posts.exists():
-        subprocess.run([sys.executable, "-m", "jobs.make_demo_data", "--posts", str(n),
+        subprocess.run([sys.executable, "-m", "jobs.tools.demo_data", "--posts", str(n),
                         "--days", "7", "--out", str(posts)], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
     return posts
@@ -87,7 +88,7 @@ def part_model(root: Path, n: int) -> dict:
     import pyarrow.dataset as pads
 
     from classifiers.registry import build_classifier
-    from queue_store.validation import as_post_table, split_valid
+    from queue_store.rows.validation import as_post_table, split_valid
 
     posts = _make_posts(root, n)
     ours = _pipeline(root, posts, {"type": "embedding_prototypes", "params": MODEL_PARAMS}, 512)

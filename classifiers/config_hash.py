@@ -1,32 +1,26 @@
 """``config_hash``: a short, stable name for everything that changes an integration's labels.
 
-Hashed: the classifier type; its params in canonical form (sorted keys, JSON), except those
-that only change speed or placement (``RUNTIME_PARAMS``); the *contents* of the files the
-params name (``labels_file``, ``prompt_file``: editing a label description or the prompt
-changes the hash, moving the file does not); and the model's weights (a content hash of a
-local folder or of the packaged default; the cached snapshot revision of a hub id).
-Precision counts (bf16 scores differ from fp32); batch sizes, devices and actor counts do not.
-A plugin classifier (``package.module:Class``) adds its declared ``version`` attribute, or the
-content of its module's source file: editing a plugin relabels.
+Hashed: the classifier type, and its params as written, in canonical form (sorted keys,
+JSON) — each as its class declares it (``classifiers.params``): ``labels`` params by value,
+``file`` params by the *contents* of the file they name (editing a label description or the
+prompt changes the hash, moving the file does not), ``model`` params by the model's weights (a
+content hash of a local folder or of the packaged default; the cached snapshot revision of a
+hub id), ``runtime`` params (speed, placement, budgets) not at all. A plugin without declared
+params has all its params hashed, and every plugin adds its declared ``version`` attribute or
+the content of its module's source file: editing a plugin relabels.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
-from classifiers.packaged_model import cached_snapshot, resolve_model_path
-from classifiers.torch_runtime import weights_hash
-
-RUNTIME_PARAMS = frozenset({"device", "mini_batch_size", "torch_threads", "prompt_cache",
-                            "max_concurrency", "requests_per_minute", "tokens_per_minute",
-                            "requests_per_second", "timeout_s", "max_retries", "api_key_env",
-                            "max_retry_wait_s", "retry_budget_s",
-                            "cost_per_1k_prompt_tokens", "cost_per_1k_completion_tokens"})
-FILE_PARAMS = ("labels_file", "prompt_file")
-MODEL_TYPES_WITH_DEFAULT = frozenset({"embedding_prototypes"})
+from classifiers.hf.weights import cached_snapshot, resolve_model_path, weights_hash
+from classifiers.params import FILE, MODEL, RUNTIME
+from classifiers.registry import BUILTIN, params_model, resolve_class
 
 
 def _file_digest(path: str) -> str:
@@ -54,19 +48,11 @@ def model_identity(model: str | None) -> str:
     return str(path)
 
 
-def plugin_identity(classifier_type: str) -> str | None:
-    """A plugin's declared ``version``, else a digest of its module's source file (None for
-    the built-in types, whose code ships with this project)."""
-    from classifiers.registry import BUILTIN, resolve_class
-
-    if classifier_type in BUILTIN:
-        return None
-    cls = resolve_class(classifier_type)
+def plugin_identity(cls: type) -> str:
+    """A plugin's declared ``version``, else a digest of its module's source file."""
     declared = getattr(cls, "version", None)
     if isinstance(declared, (str, int, float)) and not isinstance(declared, bool):
         return f"version:{declared}"
-    import inspect
-
     try:
         source = inspect.getsourcefile(cls)
     except TypeError:
@@ -76,20 +62,23 @@ def plugin_identity(classifier_type: str) -> str | None:
 
 def config_hash(classifier_type: str, params: dict[str, Any]) -> str:
     """12 hex characters; the same for any run whose labels would be the same."""
+    cls = resolve_class(classifier_type)
+    model = params_model(cls)
     canon: dict[str, Any] = {}
     for key, value in sorted(params.items()):
-        if key in RUNTIME_PARAMS:
+        kind = model.kind_of(key) if model is not None and key in model.model_fields else None
+        if kind == RUNTIME:
             continue
-        if key in FILE_PARAMS and isinstance(value, str):
+        if kind == FILE and isinstance(value, str):
             value = {"file_content": _file_digest(value)}
-        elif key == "model":
+        elif kind == MODEL:
             value = {"weights": model_identity(value)}
         canon[key] = value
-    if "model" not in params and classifier_type in MODEL_TYPES_WITH_DEFAULT:
-        canon["model"] = {"weights": model_identity(None)}
+    for key in model.default_models() if model is not None else ():
+        if key not in params:  # the default model's weights count too
+            canon[key] = {"weights": model_identity(None)}
     spec: dict[str, Any] = {"type": classifier_type, "params": canon}
-    plugin = plugin_identity(classifier_type)
-    if plugin is not None:
-        spec["plugin"] = plugin
+    if classifier_type not in BUILTIN:
+        spec["plugin"] = plugin_identity(cls)
     blob = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(blob.encode(), digest_size=6).hexdigest()

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from classifiers.params import ClassifierParams, param
 from classifiers.protocol import Provenance
 
 
+class ConstantParams(ClassifierParams):
+    labels: dict[str, Any] = param({"label": "constant"}, "the label columns every post gets")
+
+
 class ConstantClassifier:
-    def __init__(self, labels: dict[str, Any] | None = None) -> None:
-        self.labels = dict(labels or {"label": "constant"})
+    Params = ConstantParams
+
+    def __init__(self, params: ConstantParams) -> None:
+        self.labels = dict(params.labels)
         self.provenance = Provenance(classifier="constant", model="none")
 
     def classify(self, texts: list[str]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import math
 from typing import Any, NamedTuple, Sequence
 
 from classifiers.protocol import FatalClassifierError, PostFailure
+from queue_store.isolate import isolate_failures
 
 MAX_REASON_CHARS = 500
 
@@ -71,26 +72,17 @@ def _reason(exc: BaseException) -> str:
 
 
 def classify_isolating(classifier: Any, texts: Sequence[str]) -> list[Outcome]:
-    """Outcome per text, in order; never raises for an ``Exception`` inside ``classify``."""
+    """Outcome per text, in order; never raises for an ``Exception`` inside ``classify``
+    (``FatalClassifierError`` excepted: nothing can succeed, the run stops)."""
+    done, failed = isolate_failures(
+        list(range(len(texts))),
+        lambda idx: checked(classifier.classify([texts[i] for i in idx]), len(idx)),
+        passthrough=(FatalClassifierError,))
     outcomes: list[Outcome | None] = [None] * len(texts)
-
-    def run(idx: list[int]) -> None:
-        try:
-            rows = checked(classifier.classify([texts[i] for i in idx]), len(idx))
-        except FatalClassifierError:
-            raise  # nothing can succeed: the run stops, no post is failed
-        except Exception as exc:  # noqa: BLE001 - any model error is a per-post failure
-            if len(idx) == 1:
-                outcomes[idx[0]] = Outcome(None, _reason(exc))
-                return
-            mid = len(idx) // 2
-            run(idx[:mid])
-            run(idx[mid:])
-            return
+    for idx, rows in done:
         for i, row in zip(idx, rows):
             outcomes[i] = (Outcome(None, row.reason[:MAX_REASON_CHARS])
                            if isinstance(row, PostFailure) else Outcome(row, None))
-
-    if texts:
-        run(list(range(len(texts))))
+    for i, exc in failed:
+        outcomes[i] = Outcome(None, _reason(exc))
     return outcomes  # type: ignore[return-value]

@@ -1,26 +1,29 @@
 """``vader``: VADER sentiment (``vaderSentiment``), the original tool's valence integration.
 
 ``compound`` is VADER's normalised score in [-1, 1]; ``valence_label`` is ``positive`` when
-compound >= 0.05, ``negative`` when <= -0.05, else ``neutral`` (VADER's own thresholds).
+compound >= threshold, ``negative`` when <= -threshold, else ``neutral``.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from classifiers.params import ClassifierParams, param
 from classifiers.protocol import Provenance
 
-THRESHOLD = 0.05
+
+class VaderParams(ClassifierParams):
+    threshold: float = param(0.05, "compound at or beyond ±threshold is positive/negative "
+                             "(VADER's own cut-off)", ge=0, lt=1)
 
 
 class VaderClassifier:
     classifier_name = "vader"
+    Params = VaderParams
 
-    def __init__(self, threshold: float = THRESHOLD) -> None:
+    def __init__(self, params: VaderParams) -> None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-        if not 0 <= threshold < 1:
-            raise ValueError("threshold must be in [0, 1)")
-        self.threshold = threshold
+        self.threshold = params.threshold
         self.analyzer = SentimentIntensityAnalyzer()
         self.provenance = Provenance(classifier=self.classifier_name, model="vaderSentiment-3.3.2")
 

@@ -53,7 +53,14 @@ class PipelineConfig(Strict):
 
 class ClassifierConfig(Strict):
     type: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)  # as written, paths resolved
+
+    @cached_property
+    def typed(self) -> Any:
+        """The params as the classifier declares them (validated at load)."""
+        from classifiers.registry import typed_params
+
+        return typed_params(self.type, self.params)
 
     @cached_property
     def config_hash(self) -> str:
@@ -62,6 +69,17 @@ class ClassifierConfig(Strict):
         from classifiers.config_hash import config_hash
 
         return config_hash(self.type, self.params)
+
+    def problems(self, where: str) -> list[str]:
+        """What is wrong with the type or the params, each naming its place in the config."""
+        from classifiers.registry import (ClassifierConfigError, param_problems, params_model,
+                                          resolve_class)
+
+        try:
+            model = params_model(resolve_class(self.type))
+        except ClassifierConfigError as exc:
+            return [f"{where}.type: {exc}"]
+        return [f"{where}.{p}" for p in param_problems(model, self.params)] if model else []
 
 
 class RayConfig(Strict):
@@ -159,14 +177,17 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> BackfillConfig:
+    """The config as models; every classifier's params checked against what its class
+    declares, before anything runs."""
     try:
-        return BackfillConfig.model_validate(raw)
+        config = BackfillConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_one_line(exc)}") from None
-
-
-# Classifier params that name files; relative values resolve against the config's folder.
-FILE_PARAMS = ("labels_file", "prompt_file")
+    problems = [p for name, integ in config.integrations.items()
+                for p in integ.classifier.problems(f"integrations.{name}.classifier")]
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
+    return config
 
 
 def _is_uri(value: str) -> bool:
@@ -181,12 +202,13 @@ def _resolve(base: Path, value: str | None) -> str | None:
 
 
 def _resolve_model(base: Path, model: Any) -> Any:
-    """A ``model`` that is a folder next to the config, or is written as a path, becomes an
+    """A model that is a folder next to the config, or is written as a path, becomes an
     absolute path; anything else stays a hub id (``org/name``)."""
+    from classifiers.hf.weights import written_as_path
+
     if not isinstance(model, str) or not model or model.startswith("packaged:"):
         return model
-    local = base / Path(model).expanduser()
-    if model.startswith((".", "/", "~")) or local.is_dir():
+    if written_as_path(model) or (base / Path(model).expanduser()).is_dir():
         return _resolve(base, model)
     return model
 
@@ -211,15 +233,24 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def _resolve_integration(base: Path, block: Any) -> Any:
+    """The classifier's file and model params (as its class declares them) resolved."""
+    from classifiers.params import FILE, MODEL
+    from classifiers.registry import ClassifierConfigError, params_model, resolve_class
+
     if not isinstance(block, dict) or not isinstance(block.get("classifier"), dict):
         return block
     clf = dict(block["classifier"])
+    try:
+        model = params_model(resolve_class(str(clf.get("type"))))
+    except ClassifierConfigError:
+        return block  # reported by validation, with the config's path
     params = dict(clf.get("params") or {})
-    for key in FILE_PARAMS:
+    for key in model.fields_of_kind(FILE) if model else ():
         if isinstance(params.get(key), str):
             params[key] = _resolve(base, params[key])
-    if "model" in params:
-        params["model"] = _resolve_model(base, params["model"])
+    for key in model.fields_of_kind(MODEL) if model else ():
+        if key in params:
+            params[key] = _resolve_model(base, params[key])
     clf["params"] = params
     return dict(block, classifier=clf)
 

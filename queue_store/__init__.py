@@ -1,11 +1,19 @@
-"""SQLite-backed work queue for backfill inference (plain Python, no Ray)."""
+"""The work queue of one integration: a SQLite file of input batches with leases, output rows
+and dead letters, and its export to parquet.
+
+Plain Python — no Ray, nothing from ``actors``, ``jobs`` or ``classifiers``: the bottom layer
+every other package builds on. ``store`` holds the verbs (``QueueStore``), ``schema`` the file
+layout, ``ledger`` the enqueue-time dedupe, ``parquet`` the export, ``rows/`` the shapes and
+types of what is stored (posts and their validation, result rows, output column types).
+"""
 from queue_store.models import (ClaimedBatch, CompleteResult, DeadLetter, EnqueueResult,
                                 ExportPlan, QueueStatus, ReapResult)
-from queue_store.parquet_export import ExportStats, export_output
-from queue_store.store import DEFAULT_MAX_ATTEMPTS, QueueStore, queue_path
+from queue_store.parquet import ExportStats, export_output
+from queue_store.schema import QueueFileError
+from queue_store.store import DEFAULT_MAX_ATTEMPTS, QueueStore, Transaction, queue_path
 
 __all__ = [
     "ClaimedBatch", "CompleteResult", "DeadLetter", "EnqueueResult", "ExportPlan",
-    "ExportStats", "QueueStatus", "QueueStore", "ReapResult", "DEFAULT_MAX_ATTEMPTS",
-    "export_output", "queue_path",
+    "ExportStats", "QueueFileError", "QueueStatus", "QueueStore", "ReapResult", "Transaction",
+    "DEFAULT_MAX_ATTEMPTS", "export_output", "queue_path",
 ]

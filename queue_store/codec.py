@@ -1,4 +1,5 @@
-"""JSON encoding for queue payloads: strict JSON, never pickle.
+"""How a queued batch's posts are stored: a JSON array of post objects (strict JSON, never
+pickle). Output rows are typed Arrow IPC streams instead (``rows/typed.py``).
 
 orjson writes standard JSON only (it never emits the non-standard NaN/Infinity tokens that
 ``json.dumps(allow_nan=True)`` would), which is the guarantee ``allow_nan=False`` exists for.
@@ -35,27 +36,3 @@ def loads_posts(raw: str | bytes) -> list[dict]:
         if not isinstance(post, dict) or not isinstance(post.get("uri"), str):
             raise PayloadError(f"post {i} is not an object with a string 'uri'")
     return posts
-
-
-def merge_objects(first: str, second: str) -> str:
-    """Concatenate two encoded JSON objects with disjoint keys into one, without decoding."""
-    if len(second) <= 2:  # "{}"
-        return first
-    if len(first) <= 2:
-        return second
-    return f"{first[:-1]},{second[1:]}"
-
-
-def join_lines(objects: list[str]) -> str:
-    """A JSON array with one element per line.
-
-    Encoded JSON never holds a raw newline (it is escaped inside strings), so the array's body
-    turns into newline-delimited JSON by one replace (``ndjson_body``): Arrow's JSON reader then
-    parses whole export chunks in C++.
-    """
-    return "[" + ",\n".join(objects) + "]"
-
-
-def ndjson_body(array_text: str) -> str:
-    """The elements of a ``join_lines`` array as newline-delimited JSON (no decoding)."""
-    return array_text[1:-1].replace(",\n", "\n")

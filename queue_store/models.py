@@ -39,15 +39,24 @@ class EnqueueResult(BaseModel):
 
 
 class ClaimedBatch(BaseModel):
-    """A leased input row: only the holder of ``lease_id`` may complete or fail it."""
+    """A leased input row: only the holder of ``lease_id`` may complete or fail it. The posts
+    travel as stored (``payload``) and are decoded by whoever works on them (``posts``); a
+    payload that cannot be decoded is that worker's to bury (``QueueStore.bury_undecodable``).
+    """
 
     batch_id: int
     lease_id: str
     attempt: int
-    posts: list[dict[str, Any]]
-    metadata: dict[str, Any]
-    payload: str = Field("", repr=False)  # the posts as stored (JSON), to forward undecoded
-    n_posts: int = 0
+    n_posts: int
+    version: str = ""
+    payload: str = Field("", repr=False)
+
+    @property
+    def posts(self) -> list[dict[str, Any]]:
+        """The batch's posts (raises ``codec.PayloadError`` for a payload damaged on disk)."""
+        from queue_store import codec
+
+        return codec.loads_posts(self.payload)
 
 
 class CompleteResult(BaseModel):

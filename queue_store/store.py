@@ -1,37 +1,47 @@
 """One integration's SQLite queue: input batches with leases, output rows, dead letters.
 
-Verbs (message-queue style; every write is one ``BEGIN IMMEDIATE`` transaction):
+Verbs, message-queue style. Every verb that writes is atomic: it runs in one
+``BEGIN IMMEDIATE`` transaction of its own, or in the caller's (``tx=``, from
+``with store.transaction() as tx``), so several verbs can commit together.
 
 - ``enqueue(posts, metadata=None, batch_size=1000, dedupe=True, version="", relabel=False)``
-  — validate; queue the posts whose uri the integration has not seen for this version.
-- ``claim(max_batches=1, lease_seconds=60, owner="", version="")`` — lease pending rows of one
-  version (reaps first).
+  — validate; queue the posts whose (uri, version) the integration has not seen.
+- ``claim(max_batches=1, lease_seconds=60, owner="", version="")`` — lease pending batches of
+  one version (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
-- ``complete(batch_id, lease_id, successes, failures)`` — fenced ack: output, retries, delete.
-- ``complete_rows(batch_id, lease_id, labelled, failed)`` — the same, output rows already typed.
-- ``fail(batch_id, lease_id, reason)`` — fenced nack: batch back to pending (dead at max).
+- ``complete(batch_id, lease_id, labelled, failed)`` — fenced ack: typed output rows, retries
+  (or dead letters at ``max_attempts``) and the batch's removal.
+- ``fail(batch_id, lease_id, reason)`` — fenced nack: the batch back to pending (dead at max).
 - ``release(batch_id, lease_id)`` — fenced undo of a claim: pending again, attempt not spent.
-- ``reap()`` — expired leases, and leases of provably dead holders, back to pending (or dead
-  at max_attempts).
-- ``requeue_dead(batch_size=1000)``, ``dead_letters(limit=20)``, ``status()``, ``known_uris()``.
+- ``bury_undecodable(batch_id, lease_id, reason)`` — fenced: a damaged batch to dead letters.
+- ``reap()`` — expired leases, and leases of provably dead holders, back to pending.
+- ``requeue_dead(batch_size=1000)`` — dead posts back to pending, fresh attempts.
+- export: ``plan_export(max_rows=50000)``, ``export_rows(export_id)``,
+  ``bury_export_rows(bad)``, ``export_schema()``, ``save_export_schema(schema)``,
+  ``mark_exported(export_id)``, ``clear_exported()`` — see ``parquet.export_output``.
+- reads: ``status(version=None)``, ``pending_versions()``, ``has_pending(version="")``,
+  ``dead_letters(limit=20)``, ``dead_reasons(limit=5, version=None)``, ``known_uris()``.
 """
 from __future__ import annotations
 
+import base64
 import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import pyarrow as pa
 
-from queue_store import codec
-from queue_store.admin import AdminVerbs
-from queue_store.completing import CompleteVerbs
-from queue_store.enqueueing import EnqueueVerbs
-from queue_store.export_bookkeeping import ExportBookkeeping
+from queue_store import codec, ledger
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import ClaimedBatch, ReapResult
+from queue_store.models import (ClaimedBatch, CompleteResult, DeadLetter, EnqueueResult,
+                                ExportPlan, InvalidPost, QueueStatus, ReapResult)
+from queue_store.rows.column_types import merge_schema
+from queue_store.rows.shapes import POST_COLUMNS, post_of
+from queue_store.rows.typed import from_ipc, to_ipc
+from queue_store.rows.validation import as_post_table, split_valid
 from queue_store.schema import (BUSY_TIMEOUT_MS, QueueFileError, connect, file_identity,
                                 storage_error, table_names)
 
@@ -42,7 +52,15 @@ def queue_path(data_dir: str | Path, integration: str) -> Path:
     return Path(data_dir) / "queue" / f"{integration}.db"
 
 
-class QueueStore(CompleteVerbs, EnqueueVerbs, AdminVerbs, ExportBookkeeping):
+class Transaction:
+    """An open ``BEGIN IMMEDIATE`` transaction of one store (``QueueStore.transaction``)."""
+
+    def __init__(self, store: "QueueStore", cursor: sqlite3.Connection) -> None:
+        self.store = store
+        self.cursor = cursor
+
+
+class QueueStore:
     def __init__(self, data_dir: str | Path, integration: str,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, readonly: bool = False,
                  clock: Callable[[], float] = time.time,
@@ -61,10 +79,11 @@ class QueueStore(CompleteVerbs, EnqueueVerbs, AdminVerbs, ExportBookkeeping):
     def close(self) -> None:
         self.conn.close()
 
+    # -- transactions ----------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        """One ``BEGIN IMMEDIATE`` transaction. A full disk or a failing one is reported as
-        itself (SQLite has already rolled back then; the ROLLBACK is not the news)."""
+    def transaction(self) -> Iterator[Transaction]:
+        """One ``BEGIN IMMEDIATE`` transaction for several verbs (``tx=``). A full or failing
+        disk is reported as itself (SQLite has already rolled back then)."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -73,7 +92,7 @@ class QueueStore(CompleteVerbs, EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                 if file_identity(self.path) != self.identity:
                     raise QueueFileError(f"queue file {self.path} was replaced during the "
                                          "run; it must stay in place while a run uses it")
-                yield self.conn
+                yield Transaction(self, self.conn)
                 self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
@@ -89,115 +108,377 @@ class QueueStore(CompleteVerbs, EnqueueVerbs, AdminVerbs, ExportBookkeeping):
         except sqlite3.DatabaseError as exc:
             raise storage_error(self.path, exc) from None
 
+    @contextmanager
+    def _within(self, tx: Transaction | None) -> Iterator[sqlite3.Connection]:
+        """The caller's transaction, or a new one of this verb's own."""
+        if tx is not None:
+            if tx.store is not self:
+                raise ValueError("a transaction belongs to the store that opened it")
+            yield tx.cursor
+            return
+        with self.transaction() as own:
+            yield own.cursor
+
+    # -- producers -------------------------------------------------------------------------
+    def enqueue(self, posts: Any, metadata: Mapping[str, Any] | None = None,
+                batch_size: int = 1000, dedupe: bool = True, version: str = "",
+                relabel: bool = False, tx: Transaction | None = None) -> EnqueueResult:
+        """Validate posts and queue the valid ones for ``version`` (the config_hash that will
+        label them) in rows of at most ``batch_size`` posts.
+
+        With ``dedupe`` a post whose uri this integration has seen before is skipped (see
+        ``ledger.only_new``) — unless ``relabel`` and only other versions saw it. The decision
+        and the insert are one transaction: concurrent enqueues queue each post once per
+        version."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        valid, invalid = split_valid(as_post_table(posts))
+        result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in invalid])
+        if not valid.num_rows:
+            return result
+        with self._within(tx) as c:
+            if dedupe:
+                valid = ledger.only_new(c, self.tables, valid, result, version, relabel)
+            now = self.clock()
+            rows = []
+            for start in range(0, valid.num_rows, batch_size):
+                chunk = valid.slice(start, batch_size)
+                meta = dict(metadata or {}, batch_size=batch_size,
+                            actual_batch_size=chunk.num_rows)
+                rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, version,
+                             now))
+            c.executemany(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, "
+                          "version, created_at) VALUES (?, ?, ?, ?, ?)", rows)
+        result.enqueued_posts = valid.num_rows
+        result.enqueued_batches = len(rows)
+        return result
+
     # -- consumers -------------------------------------------------------------------------
     def claim(self, max_batches: int = 1, lease_seconds: float = 60, owner: str = "",
-              decode: bool = True, version: str = "") -> list[ClaimedBatch]:
-        """Lease up to ``max_batches`` pending rows queued for ``version`` (a run labels only
-        what was queued for its config_hash); undecodable rows go to dead letters.
-
-        ``decode=False`` hands out the stored payload and ``n_posts`` undecoded (``posts`` is
-        empty): the pipeline decodes in its read tasks, off the serial queue actor, and buries
-        a row it cannot decode with ``bury_undecodable``.
-        """
+              version: str = "", tx: Transaction | None = None) -> list[ClaimedBatch]:
+        """Lease up to ``max_batches`` pending batches queued for ``version`` (a run labels
+        only what was queued for its config_hash). Payloads are handed on as stored."""
         now = self.clock()
         lease_id = uuid.uuid4().hex
-        claimed: list[ClaimedBatch] = []
         t = self.tables["input"]
-        with self._tx() as c:
+        with self._within(tx) as c:
             self._reap(c, now)
             rows = c.execute(
                 f"UPDATE {t} SET status = 'processing', lease_id = ?, lease_owner = ?, "
                 "lease_expires = ?, attempt = attempt + 1 "
                 f"WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND version = ? "
-                "ORDER BY id LIMIT ?) RETURNING id, payload, metadata, attempt, n_posts",
+                "ORDER BY id LIMIT ?) RETURNING id, payload, attempt, n_posts",
                 (lease_id, owner, now + lease_seconds, version, max_batches)).fetchall()
-            for batch_id, payload, metadata, attempt, n_posts in sorted(rows):
-                if not decode:
-                    claimed.append(ClaimedBatch.model_construct(
-                        batch_id=batch_id, lease_id=lease_id, attempt=attempt, posts=[],
-                        metadata={}, payload=payload, n_posts=n_posts))
-                    continue
-                try:
-                    posts = codec.loads_posts(payload)
-                    meta = codec.loads(metadata)
-                    if not isinstance(meta, dict):
-                        raise codec.PayloadError("metadata is not a JSON object")
-                except codec.PayloadError as exc:
-                    self._dead_letter_raw(c, batch_id, payload, str(exc), attempt, version)
-                    continue
-                # Shapes were checked while decoding: skip pydantic's per-post re-validation.
-                claimed.append(ClaimedBatch.model_construct(
-                    batch_id=batch_id, lease_id=lease_id, attempt=attempt, posts=posts,
-                    metadata=meta, payload=payload, n_posts=len(posts)))
-        return claimed
+        return [ClaimedBatch.model_construct(batch_id=batch_id, lease_id=lease_id,
+                                             attempt=attempt, n_posts=n_posts,
+                                             version=version, payload=payload)
+                for batch_id, payload, attempt, n_posts in sorted(rows)]
 
-    def has_pending(self, version: str = "") -> bool:
-        """Is any batch of ``version`` waiting to be claimed? (one index probe)"""
-        return self.conn.execute(f"SELECT 1 FROM {self.tables['input']} WHERE status = "
-                                 "'pending' AND version = ? LIMIT 1", (version,)
-                                 ).fetchone() is not None
-
-    def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
-        """Fenced: a claimed row whose payload cannot be decoded goes to dead letters."""
-        t = self.tables["input"]
-        with self._tx() as c:
-            row = c.execute(f"SELECT payload, attempt, version FROM {t} WHERE id = ? AND "
-                            "lease_id = ? AND status = 'processing'",
-                            (batch_id, lease_id)).fetchone()
-            if row is None:
-                return False
-            self._dead_letter_raw(c, batch_id, row[0], reason, row[1], row[2])
-        return True
-
-    def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float = 60) -> int:
+    def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float = 60,
+               tx: Transaction | None = None) -> int:
         """Push the expiry of each (batch_id, lease_id) still held; returns how many were."""
         if not leases:
             return 0
         expires = self.clock() + lease_seconds
-        with self._tx() as c:
+        with self._within(tx) as c:
             before = c.total_changes
             c.executemany(f"UPDATE {self.tables['input']} SET lease_expires = ? "
                           "WHERE id = ? AND lease_id = ? AND status = 'processing'",
                           [(expires, b, lease) for b, lease in leases])
             return c.total_changes - before
 
-    def fail(self, batch_id: int, lease_id: str, reason: str) -> bool:
+    def complete(self, batch_id: int, lease_id: str, labelled: pa.Table | None,
+                 failed: Sequence[tuple[dict, str]],
+                 tx: Transaction | None = None) -> CompleteResult:
+        """Fenced ack: ``labelled`` holds one typed row per labelled post (the post's fields,
+        then its output columns), ``failed`` is ``(post, reason)`` per failed post.
+
+        Together they must account for each of the batch's posts once (its stored
+        ``n_posts``; the payload is not decoded again). The rows are stored as one Arrow
+        IPC stream; failed posts go back as a retry batch, or to dead letters at
+        ``max_attempts``. Returns ``accepted=False`` and writes nothing when ``lease_id`` no
+        longer holds the batch."""
+        n_labelled = 0 if labelled is None else labelled.num_rows
+        missing = [f for f in POST_COLUMNS if n_labelled and f not in labelled.column_names]
+        if missing:
+            raise ValueError(f"complete({batch_id}): labelled rows lack {missing}")
+        t = self.tables
+        with self._within(tx) as c:
+            row = c.execute(f"SELECT attempt, n_posts, version FROM {t['input']} WHERE id = ? "
+                            "AND lease_id = ? AND status = 'processing'",
+                            (batch_id, lease_id)).fetchone()
+            if row is None:
+                return CompleteResult(accepted=False)
+            attempt, n_posts, version = row
+            if n_labelled + len(failed) != n_posts:
+                raise ValueError(f"complete({batch_id}) must account for each of its "
+                                 f"{n_posts} posts once: got {n_labelled} labelled and "
+                                 f"{len(failed)} failed")
+            uris = labelled.column("uri").to_pylist() if n_labelled else []
+            if len({*uris, *(post["uri"] for post, _ in failed)}) != n_posts:
+                raise ValueError(f"complete({batch_id}) names a post twice")
+            if n_labelled:
+                c.execute(f"INSERT INTO {t['output']} (batch_id, version, payload, n_rows, "
+                          "created_at) VALUES (?, ?, ?, ?, ?)",
+                          (batch_id, version, to_ipc(labelled), n_labelled, self.clock()))
+                ledger.log_labelled(c, t, version, uris)
+            retried, dead = self._retry_or_bury(c, batch_id, list(failed), attempt, version)
+            c.execute(f"DELETE FROM {t['input']} WHERE id = ?", (batch_id,))
+        return CompleteResult(accepted=True, labelled=n_labelled, retried=retried,
+                              dead_lettered=dead)
+
+    def fail(self, batch_id: int, lease_id: str, reason: str,
+             tx: Transaction | None = None) -> bool:
         """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""
-        with self._tx() as c:
+        with self._within(tx) as c:
             held = self._held(c, batch_id, lease_id)
             if held is None:
                 return False
-            posts, attempt, version = held
-            if attempt >= self.max_attempts:
-                self._bury_posts(c, batch_id, [(p, reason) for p in posts], attempt, version)
-                c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
-            else:
+            payload, attempt, version = held
+            if attempt < self.max_attempts:
                 self._back_to_pending(c, batch_id)
+            else:
+                self._bury_batch(c, batch_id, payload, reason, attempt, version)
         return True
 
-    def release(self, batch_id: int, lease_id: str) -> bool:
+    def release(self, batch_id: int, lease_id: str, tx: Transaction | None = None) -> bool:
         """Fenced undo of a claim that was never worked on: pending again, attempt not spent."""
-        with self._tx() as c:
+        with self._within(tx) as c:
             return c.execute(
                 f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
                 "lease_owner = NULL, lease_expires = NULL, attempt = attempt - 1 "
                 "WHERE id = ? AND lease_id = ? AND status = 'processing'",
                 (batch_id, lease_id)).rowcount == 1
 
-    def reap(self) -> ReapResult:
+    def bury_undecodable(self, batch_id: int, lease_id: str, reason: str,
+                         tx: Transaction | None = None) -> bool:
+        """Fenced: a claimed batch whose payload cannot be decoded goes to dead letters."""
+        with self._within(tx) as c:
+            held = self._held(c, batch_id, lease_id)
+            if held is None:
+                return False
+            payload, attempt, version = held
+            self._dead_letter_raw(c, batch_id, payload, reason, attempt, version)
+        return True
+
+    def reap(self, tx: Transaction | None = None) -> ReapResult:
         """Return expired leases to pending (or dead letters once max_attempts is used)."""
-        with self._tx() as c:
+        with self._within(tx) as c:
             return self._reap(c, self.clock())
 
+    def requeue_dead(self, batch_size: int = 1000) -> int:
+        """Move decodable dead posts back to pending with a fresh attempt count, each for the
+        version it was queued for (one transaction per batch)."""
+        moved = 0
+        t = self.tables
+        while True:
+            with self.transaction() as tx:
+                c = tx.cursor
+                first = c.execute(f"SELECT version FROM {t['dead']} WHERE decodable = 1 "
+                                  "ORDER BY id LIMIT 1").fetchone()
+                if first is None:
+                    return moved
+                rows = c.execute(f"SELECT id, payload FROM {t['dead']} WHERE decodable = 1 "
+                                 "AND version = ? ORDER BY id LIMIT ?",
+                                 (first[0], batch_size)).fetchall()
+                posts = [codec.loads(p) for _, p in rows]
+                meta = {"requeued_from_dead": True, "batch_size": batch_size,
+                        "actual_batch_size": len(posts)}
+                c.execute(f"INSERT INTO {t['input']} (payload, metadata, n_posts, version, "
+                          "created_at) VALUES (?, ?, ?, ?, ?)",
+                          (codec.dumps(posts), codec.dumps(meta), len(posts), first[0],
+                           self.clock()))
+                c.executemany(f"DELETE FROM {t['dead']} WHERE id = ?", [(i,) for i, _ in rows])
+                moved += len(rows)
+
+    # -- export bookkeeping (parquet.export_output) ------------------------------------------
+    # An export is *planned* (rows tagged with a new export id), then its files are written
+    # under names derived from that id, then it is marked *written*. A crash anywhere leaves a
+    # planned export that the next ``plan_export`` returns again: the rerun rewrites the same
+    # file names with the same rows, so nothing is duplicated. Only rows of written exports
+    # are ever cleared.
+    def plan_export(self, max_rows: int = 50_000, tx: Transaction | None = None
+                    ) -> ExportPlan | None:
+        """Reserve up to ~max_rows unexported rows (whole output rows); resumes a crashed plan."""
+        t = self.tables
+        with self._within(tx) as c:
+            row = c.execute(f"SELECT id FROM {t['exports']} WHERE state = 'planned' "
+                            "ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                total, last_id = 0, None
+                for out_id, n_rows in c.execute(f"SELECT id, n_rows FROM {t['output']} "
+                                                "WHERE export_id IS NULL ORDER BY id"):
+                    total += n_rows
+                    last_id = out_id
+                    if total >= max_rows:
+                        break
+                if last_id is None:
+                    return None
+                row = c.execute(f"INSERT INTO {t['exports']} (state, n_rows, created_at) "
+                                "VALUES ('planned', ?, ?) RETURNING id",
+                                (total, self.clock())).fetchone()
+                c.execute(f"UPDATE {t['output']} SET export_id = ? "
+                          "WHERE export_id IS NULL AND id <= ?", (row[0], last_id))
+            n = c.execute(f"SELECT COUNT(*) FROM {t['output']} WHERE export_id = ?",
+                          (row[0],)).fetchone()[0]
+        return ExportPlan(export_id=row[0], n_batches=n,
+                          file_stem=f"part-{self.store_id}-{row[0]:08d}")
+
+    def export_rows(self, export_id: int) -> Iterator[tuple[int, bytes]]:
+        """The output rows of one planned export, ``(row id, Arrow IPC stream)``, in pages."""
+        last = 0
+        while True:
+            page = self.conn.execute(f"SELECT id, payload FROM {self.tables['output']} "
+                                     "WHERE export_id = ? AND id > ? ORDER BY id LIMIT 64",
+                                     (export_id, last)).fetchall()
+            if not page:
+                return
+            yield from page
+            last = page[-1][0]
+
+    def bury_export_rows(self, bad: Sequence[tuple[int, int | None, str]],
+                         tx: Transaction | None = None) -> int:
+        """Move output rows that cannot be exported — ``(output row id, index in its table,
+        reason)``; index None for a stored table that cannot be read at all — to dead letters
+        (``--requeue-dead`` relabels them). The rest of each stored table stays for export."""
+        t = self.tables
+        by_row: dict[int, dict[int | None, str]] = {}
+        for row_id, index, reason in bad:
+            by_row.setdefault(row_id, {})[index] = reason
+        with self._within(tx) as c:
+            for row_id, lines in by_row.items():
+                found = c.execute(f"SELECT batch_id, version, payload FROM {t['output']} "
+                                  "WHERE id = ?", (row_id,)).fetchone()
+                if found is None:
+                    continue
+                batch_id, version, payload = found
+                if None in lines:  # the stored table itself is damaged: kept as it is
+                    self._dead_letter_raw(c, batch_id, payload, lines[None], 0, version,
+                                          table="output", row_id=row_id)
+                    continue
+                table = from_ipc(payload)
+                rows = table.to_pylist()
+                for index, reason in lines.items():
+                    post = post_of(rows[index])
+                    self._insert_dead(c, [(post, reason)], 0, version, batch_id)
+                    ledger.not_done(c, t, post["uri"], version)
+                keep = [i for i in range(table.num_rows) if i not in lines]
+                if keep:
+                    c.execute(f"UPDATE {t['output']} SET payload = ?, n_rows = ? WHERE id = ?",
+                              (to_ipc(table.take(pa.array(keep, pa.int64()))), len(keep),
+                               row_id))
+                else:
+                    c.execute(f"DELETE FROM {t['output']} WHERE id = ?", (row_id,))
+        return len(bad)
+
+    def export_schema(self) -> pa.Schema | None:
+        """The output's column types, fixed by the first rows to give each a type."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'export_schema'").fetchone()
+        return _schema_of(row[0]) if row else None
+
+    def save_export_schema(self, schema: pa.Schema, tx: Transaction | None = None
+                           ) -> pa.Schema:
+        """Fix the output's column types: merged into what is stored (the first to give a
+        column a type wins, concurrent runs included); returns the stored result."""
+        with self._within(tx) as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'export_schema'").fetchone()
+            merged = merge_schema(_schema_of(row[0]) if row else None, schema)
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('export_schema', ?)",
+                      (base64.b64encode(merged.serialize().to_pybytes()).decode(),))
+        return merged
+
+    def mark_exported(self, export_id: int, tx: Transaction | None = None) -> None:
+        with self._within(tx) as c:
+            c.execute(f"UPDATE {self.tables['exports']} SET state = 'written' WHERE id = ?",
+                      (export_id,))
+
+    def clear_exported(self, tx: Transaction | None = None) -> int:
+        """Delete output rows whose parquet is written; rows added since then survive."""
+        t = self.tables
+        with self._within(tx) as c:
+            return c.execute(f"DELETE FROM {t['output']} WHERE export_id IN "
+                             f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
+
+    # -- reads -----------------------------------------------------------------------------
+    def has_pending(self, version: str = "") -> bool:
+        """Is any batch of ``version`` waiting to be claimed? (one index probe)"""
+        return self.conn.execute(f"SELECT 1 FROM {self.tables['input']} WHERE status = "
+                                 "'pending' AND version = ? LIMIT 1", (version,)
+                                 ).fetchone() is not None
+
+    def status(self, version: str | None = None) -> QueueStatus:
+        """Batches and posts per state, dead letters, output rows exported/unexported — of
+        every version, or of one config_hash (``pending_other_versions`` counts the rest)."""
+        t = self.tables
+        st = QueueStatus(integration=self.integration)
+        mine, args = ("version = ?", (version,)) if version is not None else ("1", ())
+        for status, same, batches, posts in self.conn.execute(
+                f"SELECT status, {mine}, COUNT(*), COALESCE(SUM(n_posts), 0) FROM {t['input']} "
+                "GROUP BY 1, 2", args):
+            if same:
+                setattr(st, f"{status}_batches", batches)
+                setattr(st, f"{status}_posts", posts)
+            elif status == "pending":
+                st.pending_other_versions = posts
+        st.next_lease_expiry = self.conn.execute(
+            f"SELECT MIN(lease_expires) FROM {t['input']} WHERE status = 'processing' AND "
+            f"{mine}", args).fetchone()[0]
+        for decodable, n in self.conn.execute(
+                f"SELECT decodable, COUNT(*) FROM {t['dead']} WHERE {mine} GROUP BY decodable",
+                args):
+            if decodable:
+                st.dead_posts = n
+            else:
+                st.dead_undecodable_rows = n
+        for exported, n in self.conn.execute(
+                f"SELECT export_id IS NOT NULL AND export_id IN "
+                f"(SELECT id FROM {t['exports']} WHERE state = 'written'), "
+                f"COALESCE(SUM(n_rows), 0) FROM {t['output']} WHERE {mine} GROUP BY 1", args):
+            if exported:
+                st.output_rows_exported = n
+            else:
+                st.output_rows_unexported = n
+        return st
+
+    def pending_versions(self) -> dict[str, int]:
+        """Pending posts per config_hash they were queued for."""
+        return dict(self.conn.execute(
+            f"SELECT version, SUM(n_posts) FROM {self.tables['input']} WHERE status = "
+            "'pending' GROUP BY version ORDER BY version").fetchall())
+
+    def dead_letters(self, limit: int = 20) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters with their reasons."""
+        rows = self.conn.execute(f"SELECT id, uri, reason, attempt, version FROM "
+                                 f"{self.tables['dead']} ORDER BY id LIMIT ?",
+                                 (limit,)).fetchall()
+        return [DeadLetter(id=i, uri=u, reason=r, attempt=a, version=v)
+                for i, u, r, a, v in rows]
+
+    def dead_reasons(self, limit: int = 5, version: str | None = None) -> list[tuple[str, int]]:
+        """The most frequent dead-letter reasons with their counts (of one version, or all)."""
+        mine, args = ("version = ?", (version,)) if version is not None else ("1", ())
+        return [(r, n) for r, n in self.conn.execute(
+            f"SELECT reason, COUNT(*) AS n FROM {self.tables['dead']} WHERE {mine} "
+            "GROUP BY reason ORDER BY n DESC, reason LIMIT ?", (*args, limit))]
+
+    def known_uris(self) -> Iterator[str]:
+        """Stream every uri ever enqueued for this integration (the ledger), in pages."""
+        last = ""
+        while True:  # keyset pages: no long-lived read transaction, bounded memory
+            rows = self.conn.execute(f"SELECT DISTINCT uri FROM {self.tables['ledger']} "
+                                     "WHERE uri > ? ORDER BY uri LIMIT 10000",
+                                     (last,)).fetchall()
+            if not rows:
+                return
+            for (uri,) in rows:
+                yield uri
+            last = rows[-1][0]
+
     # -- internals -------------------------------------------------------------------------
-    def _held(self, c: Any, batch_id: int, lease_id: str
-              ) -> tuple[list[dict], int, str] | None:
-        row = c.execute(f"SELECT payload, attempt, version FROM {self.tables['input']} "
-                        "WHERE id = ? AND lease_id = ? AND status = 'processing'",
-                        (batch_id, lease_id)).fetchone()
-        if row is None:
-            return None
-        return codec.loads_posts(row[0]), row[1], row[2]
+    def _held(self, c: Any, batch_id: int, lease_id: str) -> tuple[str, int, str] | None:
+        return c.execute(f"SELECT payload, attempt, version FROM {self.tables['input']} "
+                         "WHERE id = ? AND lease_id = ? AND status = 'processing'",
+                         (batch_id, lease_id)).fetchone()
 
     def _back_to_pending(self, c: Any, batch_id: int) -> None:
         c.execute(f"UPDATE {self.tables['input']} SET status = 'pending', lease_id = NULL, "
@@ -224,30 +505,64 @@ class QueueStore(CompleteVerbs, EnqueueVerbs, AdminVerbs, ExportBookkeeping):
                 self._back_to_pending(c, batch_id)
                 result.requeued_batches += 1
                 continue
-            reason = f"lease expired on attempt {attempt} (worker lost each time)"
-            try:
-                posts = codec.loads_posts(payload)
-            except codec.PayloadError as exc:
-                self._dead_letter_raw(c, batch_id, payload, str(exc), attempt, version)
-            else:
-                self._bury_posts(c, batch_id, [(p, reason) for p in posts], attempt, version)
-                c.execute(f"DELETE FROM {t} WHERE id = ?", (batch_id,))
+            self._bury_batch(c, batch_id, payload, f"lease expired on attempt {attempt} "
+                             "(worker lost each time)", attempt, version)
             result.dead_lettered_batches += 1
         return result
 
-    def _bury_posts(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
-                    attempt: int, version: str) -> None:
+    def _retry_or_bury(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
+                       attempt: int, version: str) -> tuple[int, int]:
+        if not failed:
+            return 0, 0
+        if attempt >= self.max_attempts:
+            self._insert_dead(c, failed, attempt, version, batch_id)
+            return 0, len(failed)
+        posts = [p for p, _ in failed]
+        meta = {"retry_of": batch_id, "last_reasons": sorted({r for _, r in failed})[:5],
+                "batch_size": len(posts), "actual_batch_size": len(posts)}
+        c.execute(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, version, "
+                  "attempt, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                  (codec.dumps(posts), codec.dumps(meta), len(posts), version, attempt,
+                   self.clock()))
+        return len(failed), 0
+
+    def _bury_batch(self, c: Any, batch_id: int, payload: str, reason: str, attempt: int,
+                    version: str) -> None:
+        """Every post of an input batch to dead letters (the payload itself if it cannot be
+        decoded), and the batch removed."""
+        try:
+            posts = codec.loads_posts(payload)
+        except codec.PayloadError as exc:
+            self._dead_letter_raw(c, batch_id, payload, f"{reason}; {exc}", attempt, version)
+            return
+        self._insert_dead(c, [(p, reason) for p in posts], attempt, version, batch_id)
+        c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
+
+    def _insert_dead(self, c: Any, failed: Sequence[tuple[dict, str]], attempt: int,
+                     version: str, batch_id: int) -> None:
         now = self.clock()
         c.executemany(f"INSERT INTO {self.tables['dead']} (uri, payload, decodable, reason, "
                       "attempt, version, source_batch_id, created_at) "
                       "VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
-                      [(p["uri"], codec.dumps(p), r, attempt, version, batch_id, now)
+                      [(p["uri"], codec.dumps(post_of(p)), r, attempt, version, batch_id, now)
                        for p, r in failed])
 
-    def _dead_letter_raw(self, c: Any, batch_id: int, payload: str, reason: str,
-                         attempt: int, version: str) -> None:
+    def _dead_letter_raw(self, c: Any, batch_id: int, payload: Any, reason: str, attempt: int,
+                         version: str, table: str = "input", row_id: int | None = None
+                         ) -> None:
+        """A stored row that cannot be decoded, kept whole in dead letters (never requeued),
+        and removed from its table."""
         c.execute(f"INSERT INTO {self.tables['dead']} (uri, payload, decodable, reason, attempt, "
                   "version, source_batch_id, created_at) VALUES (NULL, ?, 0, ?, ?, ?, ?, ?)",
                   (payload, reason, attempt, version, batch_id, self.clock()))
-        c.execute(f"DELETE FROM {self.tables['input']} WHERE id = ?", (batch_id,))
+        c.execute(f"DELETE FROM {self.tables[table]} WHERE id = ?",
+                  (batch_id if row_id is None else row_id,))
 
+
+def _posts_json(chunk: pa.Table) -> str:
+    cols = [chunk.column(c).to_pylist() for c in POST_COLUMNS]
+    return codec.dumps([dict(zip(POST_COLUMNS, vals)) for vals in zip(*cols)])
+
+
+def _schema_of(value: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(value)))

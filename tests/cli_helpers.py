@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from jobs.make_demo_data import write_demo
+from jobs.tools.demo_data import write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,7 +60,7 @@ def test_multi_label_thresholds_and_other_rule(tiny_models):
         assert (r["label_emotion"], r["label_intergroup"], r["label_moral"], r["label_other"]) \
             == (0, 0, 0, 1)
         assert 0 < r["prob_moral"] < 1
-    with pytest.raises(ClassifierConfigError, match="bad params"):
+    with pytest.raises(ClassifierConfigError, match="params.bogus: unknown param"):
         build(bogus=1)
     with pytest.raises(ValueError, match="unknown labels"):
         build(thresholds={"nope": 0.2})
@@ -116,7 +116,7 @@ def test_registry_errors(tmp_path):
         build_classifier("hf_sequence_classification", {"model": str(tmp_path / "missing")})
     with pytest.raises(ValueError, match="no CUDA GPU"):
         build_classifier("tests.plugins:KeywordClassifier")  # fine
-        from classifiers.torch_runtime import pick_device
+        from classifiers.hf.runtime import pick_device
         import torch
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")

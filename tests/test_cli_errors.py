@@ -168,9 +168,10 @@ def test_typo_in_hub_id_fails_in_preflight(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("params,needle", [
-    ({"precision": "fp8"}, "precision must be one of"),
-    ({"quantize": "int4"}, "quantize must be null or 'int8'"),
-    ({"max_length": 0}, "max_length must be a whole number"),
+    ({"precision": "fp8"}, "params.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
+    ({"quantize": "int4"}, "params.quantize: Input should be 'int8'"),
+    ({"max_length": 0}, "params.max_length: Input should be greater than or equal to 1"),
+    ({"temprature": 0.1}, "params.temprature: unknown param (allowed: "),
 ])
 def test_bad_runtime_params_fail_in_preflight(tmp_path, capsys, params, needle):
     from tests.cli_helpers import ROOT

@@ -10,6 +10,7 @@ import pytest
 from jobs.backfill import main
 from queue_store import QueueStore
 from tests.cli_helpers import write_config, write_posts
+from tests.queue_helpers import complete
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 NAME = "ml_inference_intergroup"
@@ -102,7 +103,7 @@ def test_clear_queue_keeps_rows_added_after_export(ray_session, tmp_path, capsys
     store.enqueue([{"uri": "late-1", "text": "a late post about groups",
                     "preprocessing_timestamp": "2024-10-01"}])
     [b] = store.claim(1)
-    store.complete(b.batch_id, b.lease_id, {"late-1": {"label": "x"}}, {})
+    complete(store, b, {"late-1": {"label": "x"}}, {})
     # The run already exported its rows; the late row arrived after that export.
     _run(capsys, "--config", cfg, "--write-cache", "g", "--clear-queue")
     st = store.status()

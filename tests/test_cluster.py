@@ -59,7 +59,7 @@ def _start_head(dashboard: bool = True, gpus: int = 0) -> Head:
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rte}",
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
             "--object-store-memory=200000000"]
-    args += ([f"--include-dashboard=true", "--dashboard-host=127.0.0.1",
+    args += (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
               f"--dashboard-port={dash}"] if dashboard else ["--include-dashboard=false"])
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -119,7 +119,7 @@ def _uris(root: Path) -> list[str]:
 
 def _study(tmp_path: Path, posts: int = 80) -> Path:
     """The shipped configs copied, with their relative paths, into a study folder."""
-    from jobs.make_demo_data import write_demo
+    from jobs.tools.demo_data import write_demo
 
     project = tmp_path / "study"
     shutil.copytree(ROOT / "configs", project / "configs")
@@ -181,7 +181,7 @@ def test_shipped_llm_config_runs_with_the_model_cached_under_its_real_hub_id(
     """configs/intergroup_llm.yaml as shipped — Qwen/Qwen2.5-1.5B-Instruct by hub id, one GPU
     per actor, bf16 — with only the data locations swapped: the model comes from the HF cache,
     offline, under its real id (a tiny random model stands in for its weights)."""
-    from jobs.make_demo_data import write_demo
+    from jobs.tools.demo_data import write_demo
 
     write_demo(tmp_path / "posts", 120, 2, date(2024, 10, 1))
     run = _cli(dict(head.env, RAY_ADDRESS=head.gcs), "--config",

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from jobs.config import load_config
-from jobs.progress import Figures, Progress
+from jobs.stages.progress import Figures, Progress
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):

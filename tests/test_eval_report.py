@@ -4,15 +4,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 
 import pytest
 
 from jobs.backfill import main
 from jobs.config import parse_config
-from jobs.evaluation import evaluate
-from jobs.report import write_report
+from jobs.labels.evaluation import evaluate
+from jobs.labels.report import write_report
 from queue_store import QueueStore, export_output
+from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 PRED = ["a", "a", "a", "a", "b", "b", "b", "b", "a", "b"]
@@ -24,13 +26,12 @@ def _labelled_output(tmp_path):
     store = QueueStore(tmp_path, NAME)
     posts = [{"uri": f"u{i}", "text": f"post number {i} text",
               "preprocessing_timestamp": f"2024-10-0{1 + i % 3}-10:00:00"} for i in range(10)]
-    for version, stamp, labels in (("v1", "2026-01-01T00:00:00+00:00", ["b"] * 10),
-                                   ("v2", "2026-02-01T00:00:00+00:00", PRED)):
+    for version, stamp, labels in (("v1", datetime(2026, 1, 1, tzinfo=timezone.utc), ["b"] * 10),
+                                   ("v2", datetime(2026, 2, 1, tzinfo=timezone.utc), PRED)):
         store.enqueue(posts, version=version, relabel=True)
         [b] = store.claim(1, version=version)
-        store.complete(b.batch_id, b.lease_id, {
-            p["uri"]: {"was_successfully_labeled": True, "reason": None,
-                       "label_timestamp": stamp, "label": lab,
+        complete(store, b, {
+            p["uri"]: {"label_timestamp": stamp, "label": lab,
                        "prob_a": 0.9 if lab == "a" else 0.2,
                        "prob_b": 0.1 if lab == "a" else 0.8, "config_hash": version}
             for p, lab in zip(b.posts, labels)}, {})
@@ -148,7 +149,7 @@ def test_gold_files_with_repeats_other_uri_types_or_no_rows_get_one_clear_line(t
 def test_demo_gold_holds_exactly_the_posts_enqueue_accepts(tmp_path):
     from datetime import date
 
-    from jobs.make_demo_data import write_demo, write_gold
+    from jobs.tools.demo_data import write_demo, write_gold
 
     write_demo(tmp_path / "posts", 800, 2, date(2024, 10, 1))
     write_gold(tmp_path / "posts", tmp_path / "gold.csv")

@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from actors.queue_actor import QueueActor
-from classifiers.openai_chat import OpenAIChatClassifier
-from classifiers.perspective_api import PerspectiveClassifier
+from classifiers.registry import build_classifier
 from classifiers.poison import classify_isolating
 from classifiers.protocol import PostFailure
 from jobs.backfill import main
@@ -46,7 +45,7 @@ def _chat(server, **kw):
                   template="Post: {text} Answer:", choices={1: "1", 0: "0"}, json_mode=True,
                   timeout_s=2.0, max_retries=4, max_concurrency=8)
     params.update(kw)
-    return OpenAIChatClassifier(**params)
+    return build_classifier("openai_chat", params)
 
 
 def _holds(root: Path, needle: bytes) -> list[str]:
@@ -57,10 +56,10 @@ def _holds(root: Path, needle: bytes) -> list[str]:
 def test_a_server_echoing_the_request_never_puts_the_key_in_a_reason(key):
     with FakeHosted() as server:
         chat = _chat(server).classify(["ECHO my post about groups"])
-        persp = PerspectiveClassifier(api_key_env="TEST_PERSPECTIVE_KEY",
-                                      base_url=server.perspective_url,
-                                      attributes=["TOXICITY"], requests_per_second=50,
-                                      timeout_s=2.0).classify(["ECHO hello there"])
+        persp = build_classifier("perspective_api", {
+            "api_key_env": "TEST_PERSPECTIVE_KEY", "base_url": server.perspective_url,
+            "attributes": ["TOXICITY"], "requests_per_second": 50,
+            "timeout_s": 2.0}).classify(["ECHO hello there"])
     for [row] in (chat, persp):
         assert isinstance(row, PostFailure), row
         assert KEY not in row.reason and "***" in row.reason, row.reason
@@ -135,7 +134,7 @@ def test_a_retry_waits_at_least_retry_after(key):
 @pytest.mark.slow
 def test_endless_rate_limits_end_in_dead_letters_not_a_stalled_run(ray_session, tmp_path,
                                                                   monkeypatch):
-    from jobs.inference import run_inference
+    from jobs.stages.inference import run_inference
     from tests.pipeline_helpers import enqueue, pipeline_config
 
     monkeypatch.setenv("TEST_LLM_KEY", KEY)
@@ -326,7 +325,7 @@ def test_a_slow_model_with_the_default_block_size_makes_progress(ray_session, tm
     """~1 s per classify call of 50 posts, the default 1000-post queue batches and 512 KiB
     read blocks (one block holds them all: 20 calls, 20 s) and a no-progress limit of 8 s:
     results leave the stage every call, so the run moves."""
-    from jobs.inference import run_inference
+    from jobs.stages.inference import run_inference
     from tests.pipeline_helpers import PLUGIN, enqueue, output_uris, pipeline_config
 
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 1.0}},

@@ -10,10 +10,12 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-import queue_store.parquet_export as parquet_export
-from jobs.inference import run_inference, write_cache
+import queue_store.parquet as parquet_export
+from jobs.stages.inference import run_inference
+from jobs.stages.write_cache import write_cache
 from queue_store import QueueStore, export_output
 from tests.conftest import make_posts
+from tests.queue_helpers import complete
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, output_uris, pipeline_config,
                                     version_of)
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _labelled(store: QueueStore, n: int, start: int = 0) -> None:
     store.enqueue(make_posts(n, start=start, days=2), batch_size=n)
     [b] = store.claim(1)
-    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
 
 
 def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeypatch):
@@ -53,7 +55,7 @@ def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tm
                                                                  monkeypatch):
     """The CLI's write-cache exports, then clears; a batch completed between the two (by a
     run still going) must stay in the output queue for the next export."""
-    import jobs.inference as inference
+    import jobs.stages.write_cache as inference
 
     store = QueueStore(tmp_path, NAME)
     _labelled(store, 100)

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from classifiers.openai_chat import OpenAIChatClassifier
-from classifiers.perspective_api import PerspectiveClassifier
 from classifiers.protocol import FatalClassifierError, PostFailure
-from classifiers.registry import ClassifierConfigError, preflight
-from classifiers.vader import VaderClassifier
+from classifiers.registry import ClassifierConfigError, build_classifier, preflight
 from tests.fake_hosted import KEY, FakeHosted
 
 CHOICES = {1: "1", 0: "0"}
@@ -25,7 +22,7 @@ def _chat(server, **kw):
                   template=TEMPLATE, choices=CHOICES, json_mode=True, timeout_s=1.0,
                   max_retries=4, max_concurrency=8)
     params.update(kw)
-    return OpenAIChatClassifier(**params)
+    return build_classifier("openai_chat", params)
 
 
 def test_answers_retries_and_bad_answers_fail_alone(key):
@@ -88,10 +85,10 @@ def test_preflight_needs_the_key_and_a_url(monkeypatch):
 
 def test_perspective_scores_and_the_key_stays_out_of_reasons(key):
     with FakeHosted() as server:
-        clf = PerspectiveClassifier(api_key_env="TEST_PERSPECTIVE_KEY",
-                                    base_url=server.perspective_url,
-                                    attributes=["TOXICITY", "AFFINITY_EXPERIMENTAL"],
-                                    requests_per_second=50, timeout_s=1.0)
+        clf = build_classifier("perspective_api", dict(
+            api_key_env="TEST_PERSPECTIVE_KEY", base_url=server.perspective_url,
+            attributes=["TOXICITY", "AFFINITY_EXPERIMENTAL"], requests_per_second=50,
+            timeout_s=1.0))
         rows = clf.classify(["hello there", "ERR500 retried", "BADJSON here"])
     assert rows[0] == {"prob_toxicity": 0.1, "prob_affinity_experimental": 0.1}
     assert set(rows[1]) == {"prob_toxicity", "prob_affinity_experimental"}
@@ -100,7 +97,7 @@ def test_perspective_scores_and_the_key_stays_out_of_reasons(key):
 
 
 def test_vader_valence_labels():
-    rows = VaderClassifier().classify(["I love this, what a wonderful day!",
+    rows = build_classifier("vader").classify(["I love this, what a wonderful day!",
                                        "This is terrible and I hate it.",
                                        "The bus leaves at noon."])
     assert [r["valence_label"] for r in rows] == ["positive", "negative", "neutral"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.backfill import main
-from jobs.inference import run_inference
+from jobs.stages.inference import run_inference
 from queue_store import QueueStore
 from tests.cli_helpers import write_config
 from tests.conftest import make_posts

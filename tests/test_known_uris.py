@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jobs.enqueue_stage import _repeats
-from jobs.known_uris import KnownUris, digests
+from jobs.stages.enqueue import _repeats
+from jobs.posts.known_uris import KnownUris, digests
 
 
 def test_membership_across_merges():

@@ -7,9 +7,8 @@ import random
 import pytest
 import torch
 
-from classifiers.llm_prompt import LLMPromptClassifier
 from classifiers.poison import classify_isolating
-from classifiers.registry import ClassifierConfigError, preflight
+from classifiers.registry import ClassifierConfigError, build_classifier, preflight
 from tests.tiny_llm import ROOT
 
 PROMPT = str(ROOT / "configs" / "prompts" / "intergroup.yaml")
@@ -21,7 +20,8 @@ POSTS = ["Democrats and Republicans are at each other's throats again over the n
 
 def _clf(path, **params):
     params.setdefault("prompt_file", PROMPT)
-    return LLMPromptClassifier(model=path, device="cpu", precision="fp32", **params)
+    return build_classifier("llm_prompt", {"model": path, "device": "cpu",
+                                           "precision": "fp32", **params})
 
 
 def _by_hand(clf, text):
@@ -175,7 +175,7 @@ def test_pipeline_with_llm_prompt_writes_integer_labels_and_probabilities(ray_se
                                                                           tmp_path, tiny_llm):
     import pyarrow as pa
 
-    from jobs.inference import run_inference
+    from jobs.stages.inference import run_inference
     from queue_store import QueueStore
     from tests.conftest import make_posts
     from tests.pipeline_helpers import NAME, output_table, pipeline_config, version_of

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.inference import run_inference
+from jobs.stages.inference import run_inference
 from tests.conftest import make_posts
 from tests.pipeline_helpers import NAME, enqueue, output_uris, pipeline_config, queue_status
 
@@ -77,9 +77,9 @@ def test_without_whole_block_mapping_retries_fall_back_to_a_pass(ray_session, tm
     """On a Ray without ``map_batches_internal`` Ray Data batches the input and holds a short
     block until the read ends: read tasks must then not wait for in-flight batches (they did,
     and the run hung); retries run in a further pass instead."""
-    import jobs.inference
+    import jobs.stages.inference
 
-    monkeypatch.setattr(jobs.inference, "whole_block_mapper", lambda ray: None)
+    monkeypatch.setattr(jobs.stages.inference, "whole_block_mapper", lambda ray: None)
     posts, _, config = _flaky_queue(tmp_path, 300, batch_size=512)  # larger than any block
     config.pipeline.no_progress_timeout_s = 60  # a hang fails the test instead of the suite
     summary = run_inference(config, NAME, quiet=True)

@@ -12,9 +12,11 @@ import pyarrow.dataset as pads
 import pytest
 
 from jobs.config import ConfigError
-from jobs.inference import run_inference, write_cache
+from jobs.stages.inference import run_inference
+from jobs.stages.write_cache import write_cache
 from queue_store import QueueStore
 from tests.conftest import make_posts
+from tests.queue_helpers import complete
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_table,
                                     output_uris, pipeline_config, queue_status)
 
@@ -150,7 +152,7 @@ def test_write_cache_alone_exports_and_clears(ray_session, tmp_path):
     _enqueue(tmp_path, make_posts(600))
     store = QueueStore(tmp_path, NAME)
     for b in store.claim(10):
-        store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": "x"} for p in b.posts}, {})
+        complete(store, b, {p["uri"]: {"label": "x"} for p in b.posts}, {})
     summary = write_cache(pipeline_config(tmp_path), "g", clear_queue=True)
     assert summary.exported_rows == 600
     assert sorted(output_uris(tmp_path)) == sorted(p["uri"] for p in make_posts(600))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.pipeline_errors import RunStopped
-from jobs.inference import run_inference
+from jobs.stages.errors import RunStopped
+from jobs.stages.inference import run_inference
 from queue_store import QueueStore
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
@@ -176,7 +176,7 @@ def test_same_full_command_twice_at_once_writes_each_post_once(ray_session, tmp_
 def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
     import threading
 
-    from jobs.inference import PipelineActorDied
+    from jobs.stages.inference import PipelineActorDied
 
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.5}},
                           batch_size=250)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from queue_store import QueueStore, export_output
+from queue_store import ClaimedBatch, QueueStore, export_output
 from tests.conftest import make_posts
+from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,14 +59,12 @@ def test_sigkilled_owner_loses_its_batches_and_its_late_ack(tmp_path):
     time.sleep(1.2)  # lease_seconds=1 in the killed process
     reclaimed = store.claim(max_batches=10, owner="rescuer")
     assert {b["batch_id"] for b in doomed} <= {b.batch_id for b in reclaimed}
-    for b in doomed:  # the dead owner's results arrive late: fenced out
-        late = store.complete(b["batch_id"], b["lease_id"],
-                              {p["uri"]: {"label": 0} for p in b["posts"]}, {})
+    for b in map(ClaimedBatch.model_validate, doomed):  # its results arrive late: fenced
+        late = complete(store, b, {p["uri"]: {"label": 0} for p in b.posts}, {})
         assert not late.accepted
     assert store.status().output_rows_unexported == 0
     for b in reclaimed:
-        assert store.complete(b.batch_id, b.lease_id,
-                              {p["uri"]: {"label": 1} for p in b.posts}, {}).accepted
+        assert complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {}).accepted
     export_output(store, tmp_path / "out")
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert sorted(table.column("uri").to_pylist()) == sorted(p["uri"] for p in make_posts(50))
@@ -93,7 +92,7 @@ def test_export_crash_then_rerun_rewrites_same_files(tmp_path):
     store = QueueStore(tmp_path, NAME)
     store.enqueue(make_posts(3000, days=5), batch_size=500)
     for b in store.claim(10):
-        store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+        complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
         export_output(_CrashAfterWrite(store), out, max_rows=1000)
@@ -112,10 +111,10 @@ def test_clear_keeps_rows_added_after_the_export(tmp_path):
     store = QueueStore(tmp_path, NAME)
     store.enqueue(make_posts(20), batch_size=10)
     [b1] = store.claim(1)
-    store.complete(b1.batch_id, b1.lease_id, {p["uri"]: {"label": 1} for p in b1.posts}, {})
+    complete(store, b1, {p["uri"]: {"label": 1} for p in b1.posts}, {})
     export_output(store, tmp_path / "out")
     [b2] = store.claim(1)
-    store.complete(b2.batch_id, b2.lease_id, {p["uri"]: {"label": 1} for p in b2.posts}, {})
+    complete(store, b2, {p["uri"]: {"label": 1} for p in b2.posts}, {})
     assert store.clear_exported() == 1
     st = store.status()
     assert (st.output_rows_exported, st.output_rows_unexported) == (0, 10)

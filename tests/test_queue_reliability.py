@@ -18,6 +18,7 @@ from queue_store import QueueStore, codec, export_output
 from queue_store.lease_holder import LeaseHolder
 from queue_store.schema import QueueFileError
 from tests.conftest import make_posts
+from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_reenqueue_counts_done_and_queued_from_the_ledger(tmp_path):
     store = QueueStore(tmp_path, NAME)
     store.enqueue(make_posts(10), batch_size=5)
     [b] = store.claim(1)
-    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
     res = store.enqueue(make_posts(12))  # 5 labelled (unexported), 5 queued, 2 new
     assert (res.enqueued_posts, res.skipped_done, res.skipped_queued) == (2, 5, 5)
 
@@ -110,27 +111,32 @@ def test_remote_or_live_holders_are_left_to_expiry():
     assert LeaseHolder.parse("free-form owner") is None
 
 
-def _label_then_export(store, labels):
-    posts = make_posts(len(labels))
-    store.enqueue(posts, batch_size=len(labels))
-    [b] = store.claim(1)
-    store.complete(b.batch_id, b.lease_id,
-                   {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+def _label_then_export(store, *batches):
+    """One completed batch per list of labels (each batch typed as the stage types one)."""
+    posts, start = [], 0
+    for labels in batches:
+        batch_posts = make_posts(len(labels), start=start)
+        start += len(labels)
+        store.enqueue(batch_posts, batch_size=len(labels))
+        [b] = store.claim(1)
+        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+        posts += batch_posts
     return posts
 
 
-def test_export_chunk_mixing_int_and_str_labels_never_jams(tmp_path):
+def test_an_export_chunk_of_int_and_text_labels_never_jams(tmp_path):
+    """Two runs fixed the label's type differently (int64 and text, batch by batch): the
+    export keeps the first type, moves the rest to dead letters and goes on."""
     store = QueueStore(tmp_path, NAME)
-    labels = [1, 0, "x", 1, "y", 0, 1, 1]
-    posts = _label_then_export(store, labels)
+    ints, texts = [1, 0, 1, 1, 0, 1], ["x", "y"]
+    posts = _label_then_export(store, ints, texts)
     stats = export_output(store, tmp_path / "out")
     assert stats.rows == 6 and stats.dead_lettered == 2
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert table.schema.field("label").type == pa.int64()
-    assert sorted(table.column("uri").to_pylist()) == sorted(
-        p["uri"] for p, v in zip(posts, labels) if isinstance(v, int))
+    assert sorted(table.column("uri").to_pylist()) == sorted(p["uri"] for p in posts[:6])
     dead = store.dead_letters()
-    assert sorted(d.uri for d in dead) == [posts[2]["uri"], posts[4]["uri"]]
+    assert sorted(d.uri for d in dead) == sorted(p["uri"] for p in posts[6:])
     assert all("label" in d.reason and "int64" in d.reason for d in dead)
     assert store.status().output_rows_unexported == 0
     assert export_output(store, tmp_path / "out").rows == 0  # nothing left, nothing stuck
@@ -143,8 +149,7 @@ def test_later_exports_keep_the_first_exports_types(tmp_path):
         posts = make_posts(2, start=10 * i)
         store.enqueue(posts)
         [b] = store.claim(1)
-        store.complete(b.batch_id, b.lease_id,
-                       {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
         export_output(store, tmp_path / "out")
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert table.schema.field("label").type == pa.int64()
@@ -152,19 +157,19 @@ def test_later_exports_keep_the_first_exports_types(tmp_path):
     assert [d.uri for d in store.dead_letters()] == ["at://post/10"]  # 0.5 is not an int
 
 
-def test_export_chunk_with_a_corrupted_row_never_jams(tmp_path):
+def test_an_output_row_damaged_on_disk_never_jams_the_export(tmp_path):
     store = QueueStore(tmp_path, NAME)
-    _label_then_export(store, [1, 2, 3, 4])
+    _label_then_export(store, [1, 2, 3, 4], [5, 6, 7])
     t = store.tables["output"]
-    (payload,) = store.conn.execute(f"SELECT payload FROM {t}").fetchone()
-    lines = codec.ndjson_body(payload).split("\n")
-    lines[1] = lines[1][:25] + "\x00garbage"  # one row damaged on disk
-    store.conn.execute(f"UPDATE {t} SET payload = ?", (codec.join_lines(lines),))
+    (first, payload) = store.conn.execute(f"SELECT id, payload FROM {t} ORDER BY id").fetchone()
+    store.conn.execute(f"UPDATE {t} SET payload = ? WHERE id = ?",
+                       (payload[:40] + b"\x00garbage", first))  # one stored table damaged
     stats = export_output(store, tmp_path / "out")
     assert (stats.rows, stats.dead_lettered) == (3, 1)
     [dead] = store.dead_letters()
-    assert dead.uri is None and dead.reason.startswith("export:")
+    assert dead.uri is None and dead.reason.startswith("export: undecodable output row")
     assert pads.dataset(tmp_path / "out", partitioning="hive").count_rows() == 3
+    assert store.status().dead_undecodable_rows == 1  # kept whole, with its bytes
 
 
 def test_queue_file_deleted_or_replaced_mid_run_stops_writes(tmp_path):
@@ -173,7 +178,7 @@ def test_queue_file_deleted_or_replaced_mid_run_stops_writes(tmp_path):
     [b] = store.claim(1)
     os.remove(store.path)
     with pytest.raises(QueueFileError, match=str(store.path)):
-        store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+        complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
     QueueStore(tmp_path, NAME).close()  # a new file at the same path
     with pytest.raises(QueueFileError, match="replaced"):
         store.enqueue(make_posts(2, start=100))

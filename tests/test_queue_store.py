@@ -1,13 +1,15 @@
 """Queue store: verbs, fencing, poison, corrupt rows, names, big posts."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
-from queue_store import QueueStore
-from queue_store.validation import REASONS
+from queue_store import QueueStore, codec
+from queue_store.rows.validation import REASONS
 from tests.conftest import make_posts
+from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 
@@ -38,8 +40,7 @@ def store(tmp_path, clock):
 
 
 def _ack_all(store, batch, label=1):
-    return store.complete(batch.batch_id, batch.lease_id,
-                          {p["uri"]: {"label": label} for p in batch.posts}, {})
+    return complete(store, batch, {p["uri"]: {"label": label} for p in batch.posts}, {})
 
 
 def test_enqueue_batches_and_metadata(store):
@@ -47,7 +48,9 @@ def test_enqueue_batches_and_metadata(store):
     assert (res.enqueued_posts, res.enqueued_batches) == (2500, 3)
     batches = store.claim(max_batches=10)
     assert [len(b.posts) for b in batches] == [1000, 1000, 500]
-    assert batches[2].metadata == {"source": "test", "batch_size": 1000, "actual_batch_size": 500}
+    [(meta,)] = store.conn.execute(f"SELECT metadata FROM {store.tables['input']} WHERE id = ?",
+                                   (batches[2].batch_id,)).fetchall()
+    assert json.loads(meta) == {"source": "test", "batch_size": 1000, "actual_batch_size": 500}
     assert all(b.attempt == 1 for b in batches)
 
 
@@ -115,10 +118,12 @@ def test_complete_must_cover_the_batch_exactly(store):
     store.enqueue(make_posts(5))
     [b] = store.claim(1)
     uris = [p["uri"] for p in b.posts]
-    with pytest.raises(ValueError, match="1 missing"):
-        store.complete(b.batch_id, b.lease_id, {u: {} for u in uris[1:]}, {})
-    with pytest.raises(ValueError, match="both"):
-        store.complete(b.batch_id, b.lease_id, {u: {} for u in uris}, {uris[0]: "x"})
+    with pytest.raises(ValueError, match="each of its 5 posts once: got 4 labelled"):
+        complete(store, b, {u: {} for u in uris[1:]}, {})
+    with pytest.raises(ValueError, match="got 5 labelled and 1 failed"):
+        complete(store, b, {u: {} for u in uris}, {uris[0]: "x"})
+    with pytest.raises(ValueError, match="names a post twice"):
+        complete(store, b, {u: {} for u in uris[1:]}, {uris[1]: "x"})
     st = store.status()
     assert st.processing_posts == 5 and st.output_rows_unexported == 0  # nothing written
 
@@ -130,7 +135,7 @@ def test_poison_post_dead_lettered_after_max_attempts(store):
         [b] = store.claim(1)
         assert b.attempt == attempt
         ok = {p["uri"]: {"label": 1} for p in b.posts if p["uri"] != poison}
-        res = store.complete(b.batch_id, b.lease_id, ok, {poison: f"ValueError: bad {attempt}"})
+        res = complete(store, b, ok, {poison: f"ValueError: bad {attempt}"})
         assert res.accepted
         assert (res.retried, res.dead_lettered) == ((1, 0) if attempt < 3 else (0, 1))
     assert store.claim(1) == []
@@ -173,8 +178,13 @@ def test_corrupt_rows_go_to_dead_letters(store, payload):
     conn.commit()
     conn.close()
     store.enqueue(make_posts(3, start=3))
-    claimed = store.claim(10)
-    assert [len(b.posts) for b in claimed] == [3, 3]
+    decoded = []
+    for b in store.claim(10):  # the worker decodes; what it cannot decode, it buries
+        try:
+            decoded.append(len(b.posts))
+        except codec.PayloadError as exc:
+            assert store.bury_undecodable(b.batch_id, b.lease_id, str(exc))
+    assert decoded == [3, 3]
     st = store.status()
     assert st.dead_undecodable_rows == 1 and st.processing_posts == 6 and st.pending_posts == 0
     assert store.requeue_dead() == 0  # undecodable rows are never sent back to pending

@@ -3,7 +3,7 @@ for, when it stops for no progress, for a fatal error or for a cluster that went
 from __future__ import annotations
 
 from actors.stats import Fatal, QueueStats, StageStats
-from jobs.run_guard import STARTUP_LIMIT_S, RunGuard
+from jobs.stages.run_guard import STARTUP_LIMIT_S, RunGuard
 
 
 class _Clock:

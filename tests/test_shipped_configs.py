@@ -14,7 +14,7 @@ import pytest
 
 from jobs.backfill import main
 from jobs.config import load_config
-from jobs.make_demo_data import write_demo
+from jobs.tools.demo_data import write_demo
 from tests.fake_hosted import KEY, FakeHosted
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from actors.writer_actor import claim_runs, distinct_posts
-from jobs.inference import run_inference
+from jobs.stages.inference import run_inference
 from queue_store import QueueStore, export_output
-from queue_store.typed_rows import fit_rows, typed_columns
+from queue_store.rows.typed import fit_rows, typed_columns
 from tests.pipeline_helpers import NAME, enqueue, pipeline_config, queue_status
 
 PLUGIN = "tests.plugins:OutputsInText"
@@ -49,19 +49,19 @@ def test_a_result_delivered_twice_counts_once_and_runs_follow_claims():
     assert distinct_posts(block.slice(2, 2)).column("uri").to_pylist() == ["u3"]
 
 
-def test_complete_rows_is_fenced_and_counts_every_post_once(tmp_path, posts_factory):
+def test_complete_is_fenced_and_counts_every_post_once(tmp_path, posts_factory):
     store = QueueStore(tmp_path, NAME)
     store.enqueue(posts_factory(3), batch_size=3)
     [b] = store.claim(1)
     rows = pa.Table.from_pylist([{**p, "label": v} for p, v in zip(b.posts[:2], [1, 2])])
     with pytest.raises(ValueError, match="lack"):
-        store.complete_rows(b.batch_id, b.lease_id, rows.drop_columns(["text"]), [b.posts[2]])
+        store.complete(b.batch_id, b.lease_id, rows.drop_columns(["text"]), [b.posts[2]])
     with pytest.raises(ValueError, match="account for each"):
-        store.complete_rows(b.batch_id, b.lease_id, rows, [])
+        store.complete(b.batch_id, b.lease_id, rows, [])
     with pytest.raises(ValueError, match="twice"):
-        store.complete_rows(b.batch_id, b.lease_id, rows, [(b.posts[0], "again")])
-    assert not store.complete_rows(b.batch_id, "stale-lease", rows, [(b.posts[2], "x")]).accepted
-    res = store.complete_rows(b.batch_id, b.lease_id, rows, [(b.posts[2], "bad value")])
+        store.complete(b.batch_id, b.lease_id, rows, [(b.posts[0], "again")])
+    assert not store.complete(b.batch_id, "stale-lease", rows, [(b.posts[2], "x")]).accepted
+    res = store.complete(b.batch_id, b.lease_id, rows, [(b.posts[2], "bad value")])
     assert (res.labelled, res.retried) == (2, 1)
     assert export_output(store, tmp_path / "out").rows == 2
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
@@ -79,7 +79,7 @@ def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_sess
     duckdb = pytest.importorskip("duckdb")
     import pandas as pd
 
-    from jobs.pipeline_errors import RunStopped
+    from jobs.stages.errors import RunStopped
 
     config = pipeline_config(tmp_path, {"type": PLUGIN}, batch_size=4)
     runs = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from queue_store.validation import as_post_table, split_valid
+from queue_store.rows.validation import as_post_table, split_valid
 
 
 def _reasons(rows: list[tuple]) -> dict:

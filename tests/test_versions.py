@@ -13,6 +13,7 @@ from jobs.backfill import main
 from queue_store import QueueStore
 from tests.cli_helpers import ROOT, write_config, write_posts
 from tests.conftest import make_posts
+from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 
@@ -49,7 +50,7 @@ def test_store_relabels_other_versions_only_when_asked(tmp_path):
     store = QueueStore(tmp_path, NAME)
     assert store.enqueue(make_posts(10), version="A").enqueued_posts == 10
     [b] = store.claim(1, version="A")
-    store.complete(b.batch_id, b.lease_id, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
     res = store.enqueue(make_posts(12), version="B")
     assert (res.enqueued_posts, res.skipped_other_version) == (2, 10)
     res = store.enqueue(make_posts(12), version="B", relabel=True)

@@ -15,7 +15,7 @@ def corpus() -> list[str]:
     """Text like what the tokenizer will see: the shipped prompt and demo-style posts."""
     import random
 
-    from jobs.make_demo_data import make_text
+    from jobs.tools.demo_data import make_text
 
     rng = random.Random(0)
     lines = (ROOT / "configs" / "prompts" / "intergroup.yaml").read_text().splitlines()

@@ -9,7 +9,7 @@ def save_tiny_models(root: Path) -> dict[str, str]:
     from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification,
                               BertModel)
 
-    from classifiers.packaged_model import packaged_minilm_path
+    from classifiers.hf.weights import packaged_minilm_path
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(packaged_minilm_path())

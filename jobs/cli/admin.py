@@ -1,0 +1,110 @@
+"""Verbs for people: queue status, reaping, requeueing and showing dead letters, and the
+label analyses (evaluate, report).
+
+They replace the hand-written SQL the old tool documented; correctness never depends on them.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, TextIO
+
+from classifiers.scrub import scrub
+from jobs.config import BackfillConfig, ConfigError
+from queue_store import QueueStore, queue_path
+
+
+def _no_queue(config: BackfillConfig, name: str) -> str:
+    return (f"{name}: no queue at {queue_path(config.data_dir, name)} (nothing enqueued in "
+            "this data_dir yet; check data_dir or --data-dir)")
+
+
+def _stores(config: BackfillConfig, names: Iterable[str], missing: list[str]
+            ) -> Iterable[tuple[str, QueueStore]]:
+    """Open each existing queue; a missing one is noted in ``missing``, never created."""
+    for name in names:
+        if not queue_path(config.data_dir, name).is_file():
+            missing.append(_no_queue(config, name))
+            continue
+        store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+        try:
+            yield name, store
+        finally:
+            store.close()
+
+
+def queue_status(config: BackfillConfig, names: list[str], as_json: bool) -> str:
+    missing: list[str] = []
+    statuses = {name: store.status().model_dump(exclude={"integration"})
+                for name, store in _stores(config, names, missing)}
+    if as_json:
+        return json.dumps(statuses, sort_keys=True)
+    cols = ["pending_batches", "pending_posts", "processing_batches", "processing_posts",
+            "dead_posts", "dead_undecodable_rows", "output_rows_exported",
+            "output_rows_unexported"]
+    width = max(len(c) for c in cols)
+    lines = []
+    for name, st in statuses.items():
+        lines.append(name)
+        lines.extend(f"  {c.ljust(width)}  {st[c]}" for c in cols)
+    return "\n".join(lines + missing)
+
+
+def reap_stale(config: BackfillConfig, names: list[str]) -> str:
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
+        res = store.reap()
+        lines.append(f"{name}: {res.requeued_batches} expired batch(es) back to pending, "
+                     f"{res.dead_lettered_batches} dead-lettered after max_attempts")
+    return "\n".join(lines)
+
+
+def requeue_dead(config: BackfillConfig, names: list[str]) -> str:
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
+        moved = store.requeue_dead(config.queue.batch_size)
+        left = store.status().dead_undecodable_rows
+        lines.append(f"{name}: {moved} dead post(s) back to pending"
+                     + (f"; {left} undecodable row(s) stay dead" if left else ""))
+    return "\n".join(lines)
+
+
+def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
+        for d in store.dead_letters(limit):
+            lines.append(scrub(f"{name}\t{d.uri or '(undecodable row)'}\tattempt {d.attempt}\t"
+                               f"{d.reason}"))
+    return "\n".join(lines) or "no dead letters"
+
+
+def integration_names(config: BackfillConfig, wanted: list[str]) -> list[str]:
+    """``-i`` values (codes or names, ``all`` or none for every integration) as names."""
+    if not wanted or "all" in wanted:
+        return list(config.integrations)
+    return list(dict.fromkeys(config.resolve_integration(w)[0] for w in wanted))
+
+
+def run_verbs(config: BackfillConfig, args: Any, out: TextIO) -> None:
+    """The verbs for people (status, reap, requeue, dead letters) and the label analyses
+    (evaluate, report) a command asked for, each printing its answer."""
+    names = integration_names(config, args.integration)
+    if args.queue_status:
+        print(queue_status(config, names, args.json), file=out)
+    if args.reap_stale:
+        print(reap_stale(config, names), file=out)
+    if args.requeue_dead:
+        print(requeue_dead(config, names), file=out)
+    if args.show_dead:
+        print(show_dead(config, names, args.show_dead), file=out)
+    if args.evaluate:
+        from jobs.labels.evaluation import evaluate
+
+        if len(names) != 1:
+            raise ConfigError("--evaluate needs one integration: add -i CODE")
+        print(evaluate(config, names[0], args.evaluate, args.gold_column,
+                       args.config_hash).text(), file=out)
+    if args.report:
+        from jobs.labels.report import write_report
+
+        for name in integration_names(config, [args.report]):
+            print(f"report: {write_report(config, name, args.config_hash)}", file=out)

@@ -1,0 +1,63 @@
+"""The stages a command asked for, in order — enqueue → inference → write-cache — for each
+integration, after one preflight of all of them."""
+from __future__ import annotations
+
+import functools
+import sys
+from datetime import date
+from typing import Any
+
+from jobs.cli.admin import integration_names
+from jobs.cli.endings import Summaries
+from jobs.config import BackfillConfig
+from jobs.stages.errors import RunStopped
+from jobs.stages.preflight import check_stages
+
+
+def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date | None,
+               report: Summaries) -> None:
+    integrations = integration_names(config, args.integration) if args.integration else []
+    cache_names = integration_names(config, [args.write_cache]) if args.write_cache else []
+    # Everything the stages need is checked before any of them writes anything.
+    files = check_stages(config, args, integrations, cache_names, start, end)
+    if not args.quiet:
+        print(f"data: {config.data_dir}\nposts: {config.posts.path}\n"
+              f"output: {config.output_root}", file=sys.stderr)
+    for name in integrations:
+        enqueue = functools.partial(_enqueue, config, name, files, args, report)
+        if args.run_integrations:
+            _infer(config, name, args, report, enqueue if args.add_to_queue else None)
+        elif args.add_to_queue:
+            enqueue()
+    if args.add_to_queue and files is not None and not files.good and not files.rejected:
+        span = f"between {start or 'the first'} and {end or 'the last'} day"
+        print(f"enqueue: no posts under {config.posts.path} {span} (check the date range and "
+              "posts.path)", file=sys.stderr)
+    if args.write_cache:
+        from jobs.stages.write_cache import write_cache
+
+        for name in cache_names:
+            report(write_cache(config, name, clear_queue=args.clear_queue))
+
+
+def _infer(config: BackfillConfig, name: str, args: Any, report: Summaries,
+           feed: Any) -> None:
+    """One command doing both enqueue and inference: the pipeline starts (and loads the
+    model) while the enqueue runs, instead of after it."""
+    from jobs.stages.inference import run_inference
+
+    try:
+        report(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
+                             verbose=args.verbose, feed=feed))
+    except RunStopped as stop:  # the partial summary, then the stop's one line
+        if stop.summary is not None:
+            report(stop.summary)
+        raise
+
+
+def _enqueue(config: BackfillConfig, name: str, files: Any, args: Any,
+             report: Summaries) -> None:
+    from jobs.stages.enqueue import enqueue_posts
+
+    report(enqueue_posts(config, name, files, quiet=args.quiet,
+                         relabel=args.relabel_other_versions))

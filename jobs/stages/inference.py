@@ -1,0 +1,313 @@
+"""Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet.
+
+The flow of one batch: the QueueActor claims it (lease id, lease holder = this driver
+process) and hands its stored JSON on undecoded; a Ray Data read task decodes it once into
+an Arrow block; a classifier actor (announcing its work to the StageMonitor's crash journal
+first) labels the block in ``batch_size`` calls and sends each call's typed result rows
+straight to the WriterActor, which groups rows per batch, casts them to the integration's
+fixed column types and sends one fenced ``complete`` per batch to the QueueActor (lease
+check, output rows as an Arrow IPC stream, retries: one SQLite transaction), then exports the
+output queue to parquet. Failed posts go back to the queue as retry batches, which later
+waves of read tasks claim in the same pass (same classifier actors, no model reload); the
+run ends when nothing claimable is left, the budget is used, or another driver holds the
+rest. A ``RunGuard`` watches the run from the driver (fatal errors, no progress, a cluster
+that went away); Ctrl-C, SIGTERM and every early stop hand the run's claims back, export what
+was labelled and end with a partial summary.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from actors.classifier_stage import ClassifierStage
+from actors.queue_actor import QueueActor
+from actors.queue_datasource import QueueDatasource
+from actors.stage_monitor import StageMonitor
+from actors.stats import WriterStats
+from actors.writer_actor import WriterActor
+from classifiers.scrub import register_secret
+from jobs.config import BackfillConfig
+from jobs.stages.errors import PipelineActorDied, RunStopped, true_cause
+from jobs.stages.progress import Progress
+from jobs.stages.ray_setup import check_gpus, driver_node_strategy, ensure_ray, ray_where
+from jobs.stages.run_guard import RunGuard
+from jobs.stages.summary import RunSummary
+from jobs.stages.summary import new_run_id, now_iso
+from queue_store import QueueStore
+from queue_store.lease_holder import LeaseHolder
+
+__all__ = ["run_inference", "PipelineActorDied"]
+WIND_DOWN_S = 60.0  # after a stop: at most this long exporting what was labelled
+
+
+def run_inference(config: BackfillConfig, integration: str,
+                  max_records_per_run: int | None = None, quiet: bool = False,
+                  verbose: bool = False, feed: Callable[[], Any] | None = None) -> RunSummary:
+    """Label every claimable post of one integration; returns (and saves) the run summary.
+
+    ``feed`` (the same command's enqueue stage) runs here while the pipeline starts in the
+    background, so classifier actors start and load their model meanwhile; read tasks claim
+    nothing until it has returned. An early stop raises ``RunStopped`` with the partial
+    summary (Ctrl-C and SIGTERM: exit 130)."""
+    run = InferenceRun(config, integration, max_records_per_run, verbose)
+    try:
+        return run.execute(feed, quiet)
+    finally:
+        run.close()
+
+
+class InferenceRun:
+    """One integration's pass(es) over its queue, with the actors they need."""
+
+    def __init__(self, config: BackfillConfig, integration: str, max_records: int | None,
+                 verbose: bool) -> None:
+        self.config = config
+        self.name, self.integ = config.resolve_integration(integration)
+        self.ray = ensure_ray(config, verbose)
+        check_gpus(self.ray, self.name, self.integ)
+        self.verbose = verbose
+        self.max_records = max_records
+        self.run_id = new_run_id(self.name)
+        self.summary = RunSummary(run_id=self.run_id, integration=self.name, stage="inference",
+                                  started_at=now_iso(), config_hash=self.integ.classifier.config_hash,
+                                  resolved_config=config.model_dump(mode="json"))
+        self.t0 = time.monotonic()
+        self.out_dir = str((config.output_root / self.name).resolve())
+        self.actors: list[Any] = []
+        self.passes: Background | None = None
+        self.abandoned = False
+        if not verbose:
+            # Ray Data's errors reach the run as exceptions; a stopped run's executor
+            # shutting down is not news for the console.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+
+    def _start_actors(self, feeding: bool) -> None:
+        ray, config = self.ray, self.config
+        pinned = {"num_cpus": 0, "scheduling_strategy": driver_node_strategy(ray)}
+        data_dir = str(Path(config.data_dir).resolve())
+        # Leases name this driver process: if it dies, a rerun on this host reclaims them.
+        holder = LeaseHolder.this_process(self.run_id).encode()
+        self.queue = ray.remote(QueueActor).options(
+            **pinned, name=f"backfill-queue-{self.run_id}").remote(
+            data_dir, self.name, config.queue.max_attempts, config.queue.lease_seconds,
+            holder, self.max_records, feeding=feeding, version=self.summary.config_hash)
+        self.monitor = ray.remote(StageMonitor).options(
+            **pinned, name=f"backfill-monitor-{self.run_id}").remote()
+        self.writer = ray.remote(WriterActor).options(
+            **pinned, name=f"backfill-writer-{self.run_id}").remote(
+            self.queue, data_dir, self.name, self.out_dir, config.pipeline.export_rows,
+            config.pipeline.export_every_seconds, self.monitor)
+        self.actors = [self.writer, self.queue, self.monitor]
+
+    def execute(self, feed: Callable[[], Any] | None, quiet: bool) -> RunSummary:
+        self._start_actors(feeding=feed is not None)
+        pipe = self.config.pipeline
+        guard = RunGuard(self.ray, self.queue, self.monitor, pipe.no_progress_timeout_s,
+                         ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s)
+        try:
+            with guard, Progress(f"inference {self.name}", None, guard.figures, quiet=quiet):
+                passes = self.passes = Background(
+                    functools.partial(self._run_passes, feed is not None))
+                if feed is not None:
+                    guard.feeding = True
+                    try:
+                        feed()
+                    finally:
+                        self.ray.get(self.queue.close_feed.remote())
+                        guard.feeding = False
+                guard.total = self._claimable()
+                guard.wait_for(passes)
+            writer_stats = self.ray.get(self.writer.finish.remote())
+            self.ray.get(self.queue.stop.remote())
+        except KeyboardInterrupt:
+            raise self._stopped(guard, RunStopped(
+                "this run's claims were handed back and what it labelled was exported; rerun "
+                "the same command to finish", 130, prefix="interrupted")) from None
+        except RunStopped as stop:
+            raise self._stopped(guard, stop) from None
+        except Exception as exc:
+            cause = true_cause(self.ray, exc, self.queue, self.writer, self.monitor)
+            if isinstance(cause, RunStopped):
+                raise self._stopped(guard, cause) from None
+            self._release_claims()
+            if cause is exc:
+                raise
+            raise cause from None
+        self._summarise(guard, writer_stats)
+        return self.summary.finish(self.config.data_dir, self.t0,
+                                   self.summary.labelled + self.summary.failed, self.out_dir)
+
+    def _claimable(self) -> int:
+        total = self.ray.get(self.queue.claimable_posts.remote())
+        return total if self.max_records is None else min(total, self.max_records)
+
+    def _stopped(self, guard: RunGuard, stop: RunStopped) -> RunStopped:
+        """Wind down after an early stop: claim nothing more, export what was labelled (at
+        most ``WIND_DOWN_S``), hand the claims back; the partial summary rides on ``stop``."""
+        reachable = not stop.cluster_lost
+        self.abandoned = not reachable  # nothing there to stop or wait for
+        writer_stats = None
+        if reachable:
+            self._ask(self.queue.stop_claiming.remote(str(stop)[:200]), 10)
+            writer_stats = self._ask(self.writer.finish.remote(), WIND_DOWN_S)
+            if writer_stats is None:
+                stop = RunStopped(f"{stop} (the export of what was labelled did not finish "
+                                  f"within {WIND_DOWN_S:g} s: those labels stay in the queue "
+                                  "file; a rerun, or --write-cache, exports them)",
+                                  stop.exit_code, prefix=stop.prefix)
+            self._release_claims()
+            guard.check()  # the figures as they are now
+        self._summarise(guard, writer_stats or WriterStats(), final=reachable)
+        stop.summary = self.summary.finish(self.config.data_dir, self.t0,
+                                           self.summary.labelled + self.summary.failed,
+                                           self.out_dir)
+        return stop
+
+    def _ask(self, ref: Any, timeout: float) -> Any:
+        try:
+            return self.ray.get(ref, timeout=timeout)
+        except Exception:  # noqa: BLE001 - winding down: what cannot answer is skipped
+            return None
+
+    def _release_claims(self) -> None:
+        # The queue actor may be the thing that died: its leases then name this (soon dead)
+        # process, and a rerun reclaims them at once.
+        self._ask(self.queue.release_outstanding.remote(), 30)
+
+    def _summarise(self, guard: RunGuard, writer_stats: WriterStats, final: bool = True) -> None:
+        """The summary from the actors' own figures (``final``), or from the guard's last poll
+        when they cannot answer."""
+        qs, ss, status = guard.queue_stats, guard.stage_stats, None
+        if final:
+            qs = self._ask(self.queue.get_stats.remote(), 30) or qs
+            ss = self._ask(self.monitor.get_stats.remote(), 30) or ss
+            status = self._ask(self.queue.queue_status.remote(), 30)
+        self.summary.take(qs, ss, writer_stats, status)
+        cost = getattr(self.integ.classifier.typed, "estimated_cost", None)  # priced ones
+        if callable(cost):
+            self.summary.estimated_cost = round(cost(self.summary.usage), 6)
+
+    def close(self) -> None:
+        """Stop this run's actors; a pass still going (after an early stop) then fails fast,
+        and is given a few seconds to wind down here rather than later, elsewhere."""
+        if self.abandoned:
+            return
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self.passes is not None:
+            self.passes.thread.join(timeout=15)
+
+    # -- passes ----------------------------------------------------------------------------
+    def _run_passes(self, first_pass_always: bool = False) -> None:
+        """A pass streams whatever is claimable, retries included (see QueueDatasource);
+        another pass runs only for what a pass left claimable (e.g. a retry queued after its
+        last read wave ended). Stop when the budget is used, nothing is claimable (no actor
+        pool is started for an empty queue), or a pass found nothing to claim (another driver
+        holds the rest). Beyond max_attempts+1 passes, work is the next run's."""
+        ray, queue = self.ray, self.queue
+        for attempt in range(self.config.queue.max_attempts + 1):
+            if not (first_pass_always and attempt == 0) and (
+                    ray.get(queue.budget_used.remote())
+                    or not ray.get(queue.claimable_posts.remote())):
+                return
+            claimed_before = ray.get(queue.get_stats.remote()).claimed_batches
+            self._one_pass()
+            if ray.get(queue.get_stats.remote()).claimed_batches == claimed_before:
+                return
+
+    def _one_pass(self) -> None:
+        """Stream every claimable batch through the classifiers (which send their results to
+        the writer themselves)."""
+        import ray.data
+        from ray.data import ActorPoolStrategy, DataContext
+
+        pipe, integ = self.config.pipeline, self.integ
+        ctx = DataContext.get_current()
+        # The RunGuard replaces Ray Data's no-progress guard, which cannot tell a slow model
+        # (one block may take longer than any timeout) from a hang.
+        ctx.execution_no_progress_timeout_s = -1
+        ctx.target_max_block_size = pipe.read_block_bytes
+        ctx.enable_progress_bars = self.verbose  # the job's own display is the progress bar
+        # Whole blocks to the classifier actors (the stage splits them into batch_size calls):
+        # with a batch_size here Ray Data would hold a block smaller than it until the read
+        # ends, and a later read wave waiting for in-flight retries would wait for ever.
+        # map_batches refuses batch_size=None with GPUs, so its unvalidated twin is used.
+        map_whole_blocks = whole_block_mapper(self.ray)
+        waves = self.config.queue.max_attempts if map_whole_blocks else 1
+        ds = ray.data.read_datasource(
+            QueueDatasource(self.queue, pipe.read_tasks, pipe.batches_per_claim, waves=waves),
+            override_num_blocks=pipe.read_tasks, concurrency=pipe.read_tasks,
+            num_cpus=pipe.read_task_num_cpus)
+        params = integ.classifier.params
+        stage_kwargs = {"classifier_type": integ.classifier.type, "params": params,
+                        "run_id": self.run_id, "integration": self.name,
+                        "monitor": self.monitor, "writer": self.writer,
+                        "config_hash": self.summary.config_hash,
+                        "batch_size": integ.batch_size,
+                        "secrets": _secrets(integ.classifier.typed),
+                        "fixed_types": self._fixed_types(), "output_dir": self.out_dir}
+        map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
+        ds = map_batches(
+            ClassifierStage, fn_constructor_kwargs=stage_kwargs,
+            compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
+            batch_size=None if map_whole_blocks else integ.batch_size, batch_format="pyarrow",
+            num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)
+        # The results went to the writer from the classifier actors; what comes out here is
+        # a count per block, never held or deserialised by the driver.
+        for _ in ds.iter_internal_ref_bundles():
+            pass
+
+
+    def _fixed_types(self) -> Any:
+        """The output's column types as the queue file holds them now (None: not fixed yet)."""
+        store = QueueStore(self.config.data_dir, self.name, readonly=True)
+        try:
+            return store.export_schema()
+        finally:
+            store.close()
+
+
+class Background:
+    """Runs ``fn`` on a daemon thread; ``join`` re-raises what it raised once it has ended."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self.error = exc
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+        if not self.thread.is_alive() and self.error is not None:
+            raise self.error
+
+
+def _secrets(params: Any) -> dict[str, str]:
+    """The API key a hosted-model classifier names by variable, handed to its actors in
+    memory (never in logs, summaries or the config)."""
+    name = getattr(params, "api_key_env", None)
+    if not (isinstance(name, str) and name in os.environ):
+        return {}
+    register_secret(os.environ[name])
+    return {name: os.environ[name]}
+
+
+def whole_block_mapper(ray: Any) -> Callable[..., Any] | None:
+    """Ray Data's ``map_batches`` without its validation (None on a Ray without it)."""
+    return getattr(ray.data.Dataset, "map_batches_internal", None)

@@ -1,0 +1,26 @@
+"""Stage 4 alone: the output queue exported to parquet, exported rows cleared on request."""
+from __future__ import annotations
+
+import time
+
+from jobs.config import BackfillConfig
+from jobs.stages.summary import RunSummary, new_run_id, now_iso
+from queue_store import QueueStore, export_output
+
+
+def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = False) -> RunSummary:
+    """Stage 4 alone: export the output queue to parquet; optionally clear exported rows."""
+    name, _ = config.resolve_integration(integration)
+    summary = RunSummary(run_id=new_run_id(name), integration=name, stage="write_cache",
+                         started_at=now_iso())
+    t0 = time.monotonic()
+    out_dir = str((config.output_root / name).resolve())
+    store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+    try:
+        stats = export_output(store, out_dir, config.pipeline.export_rows)
+        if clear_queue:
+            store.clear_exported()
+    finally:
+        store.close()
+    summary.exported_rows, summary.parquet_files = stats.rows, stats.files
+    return summary.finish(config.data_dir, t0, stats.rows, out_dir)

@@ -1,0 +1,37 @@
+"""The one definition of every row shape the pipeline passes around.
+
+- a **post**: ``POST_COLUMNS`` (the queued fields, from ``models.Post``);
+- a **claimed post** (read task → classifier stage): the post plus ``CONTROL``, the claim it
+  belongs to (``CLAIM_SCHEMA``);
+- a **result row** (classifier stage → writer): a claimed post plus ``STATUS`` (labelled or
+  not, and why), ``LABEL_TIME``, the classifier's label columns and ``PROVENANCE``;
+- an **output row** (output queue → parquet): a result row without ``CONTROL`` and
+  ``STATUS``; ``PARTITION`` is added by the parquet layout.
+
+A classifier may not name a label column after any of these (``RESERVED``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from queue_store.models import Post
+
+POST_COLUMNS: tuple[str, ...] = tuple(Post.model_fields)  # uri, text, preprocessing_timestamp
+CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a row answers, and its size
+STATUS = ("was_successfully_labeled", "reason")
+LABEL_TIME = "label_timestamp"
+PROVENANCE = ("classifier", "model", "config_hash", "run_id")
+PARTITION = "partition_date"
+RESERVED = frozenset({*POST_COLUMNS, *CONTROL, *STATUS, LABEL_TIME, *PROVENANCE, PARTITION})
+
+CLAIM_SCHEMA = pa.schema([*((name, pa.string()) for name in POST_COLUMNS),
+                          ("batch_id", pa.int64()), ("lease_id", pa.string()),
+                          ("batch_posts", pa.int64())])
+LABEL_TIME_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def post_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The post fields of any row that carries them (what a retry re-queues)."""
+    return {k: row.get(k) for k in POST_COLUMNS}

@@ -1,0 +1,27 @@
+"""Acknowledging claimed batches in store-level tests the way the pipeline does: labels as typed
+Arrow rows (the classifier stage's typing), failures as (post, reason)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from queue_store import CompleteResult, QueueStore
+from queue_store.rows.shapes import POST_COLUMNS
+from queue_store.rows.typed import typed_columns
+
+
+def complete(store: QueueStore, batch: Any, labels: dict[str, dict[str, Any]],
+             failures: dict[str, str] | None = None) -> CompleteResult:
+    """``labels``: uri → that post's label columns; ``failures``: uri → reason."""
+    posts = {p["uri"]: p for p in batch.posts}
+    done = [uri for uri in labels if uri in posts] + [u for u in labels if u not in posts]
+    table = None
+    if done:
+        names, arrays, misfits = typed_columns([labels[u] for u in done])
+        assert not misfits, misfits
+        columns = {c: pa.array([posts.get(u, {"uri": u}).get(c) for u in done], pa.string())
+                   for c in POST_COLUMNS}
+        table = pa.table({**columns, **dict(zip(names, arrays))})
+    failed = [(posts.get(u, {"uri": u}), reason) for u, reason in (failures or {}).items()]
+    return store.complete(batch.batch_id, batch.lease_id, table, failed)
