@@ -127,7 +127,7 @@ class QueueActor:
     def complete(self, batch_id: int, lease_id: str, labelled: Any,
                  failed: list[tuple[dict, str]]) -> dict[str, Any]:
         """Fenced ack of one batch: its typed output rows and its failed posts."""
-        result = self.store.complete_rows(batch_id, lease_id, labelled, failed)
+        result = self.store.complete(batch_id, lease_id, labelled, failed)
         with self._lock:
             if self.outstanding.get(batch_id) == lease_id:
                 del self.outstanding[batch_id]

@@ -15,6 +15,7 @@ Kinds:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +34,23 @@ def param(default: Any, description: str, kind: str = LABELS, default_model: boo
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
+def read_yaml_file(name: str, path: str) -> dict[str, Any]:
+    """A ``file`` param's YAML mapping (``name``: the param, for the error's one line)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{name} {path!r} not found")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{name} {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name} {path}: expected a mapping of keys, got "
+                         f"{type(raw).__name__}")
+    return raw
+
+
 class ClassifierParams(BaseModel):
     """The base of every classifier's params: unknown params are errors, values frozen."""
 
@@ -46,6 +64,15 @@ class ClassifierParams(BaseModel):
     @classmethod
     def fields_of_kind(cls, *kinds: str) -> list[str]:
         return [name for name in cls.model_fields if cls.kind_of(name) in kinds]
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The params, those a classifier declares itself before the ones it inherits."""
+        order: list[str] = []
+        for klass in cls.__mro__:
+            order += [n for n in getattr(klass, "__annotations__", {})
+                      if n in cls.model_fields and n not in order]
+        return order
 
     @classmethod
     def default_models(cls) -> list[str]:

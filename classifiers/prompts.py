@@ -15,13 +15,11 @@ type (``1`` stays an integer). Used by ``llm_prompt`` and the hosted-model class
 from __future__ import annotations
 
 import string
-from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from classifiers.params import FILE, ClassifierParams, param
+from classifiers.params import FILE, ClassifierParams, param, read_yaml_file
 
 
 class PromptSpec(BaseModel):
@@ -86,16 +84,7 @@ def load_prompt(prompt_file: str | None = None, template: str | None = None,
     if prompt_file and template:
         raise ValueError("give either prompt_file or template, not both")
     if prompt_file:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt_file {prompt_file!r} not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"prompt_file {prompt_file}: not valid YAML "
-                             f"({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"prompt_file {prompt_file}: expected keys template, choices")
+        raw = read_yaml_file("prompt_file", prompt_file)
         extra = sorted(set(raw) - {"template", "choices", "system", "description"})
         if extra:
             raise ValueError(f"prompt_file {prompt_file}: unknown key(s) {extra}")

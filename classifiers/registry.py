@@ -56,7 +56,7 @@ def param_problems(model: type[ClassifierParams], params: dict[str, Any]) -> lis
     try:
         model.model_validate(params)
     except ValidationError as exc:
-        allowed = ", ".join(model.model_fields)
+        allowed = ", ".join(model.names())
         out = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(params)"

@@ -230,16 +230,12 @@ class QueueStore:
     def fail(self, batch_id: int, lease_id: str, reason: str,
              tx: Transaction | None = None) -> bool:
         """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""
-        with self._within(tx) as c:
-            held = self._held(c, batch_id, lease_id)
-            if held is None:
-                return False
-            payload, attempt, version = held
+        def nack(c: sqlite3.Cursor, payload: str, attempt: int, version: str) -> None:
             if attempt < self.max_attempts:
                 self._back_to_pending(c, batch_id)
             else:
                 self._bury_batch(c, batch_id, payload, reason, attempt, version)
-        return True
+        return self._if_held(tx, batch_id, lease_id, nack)
 
     def release(self, batch_id: int, lease_id: str, tx: Transaction | None = None) -> bool:
         """Fenced undo of a claim that was never worked on: pending again, attempt not spent."""
@@ -253,12 +249,19 @@ class QueueStore:
     def bury_undecodable(self, batch_id: int, lease_id: str, reason: str,
                          tx: Transaction | None = None) -> bool:
         """Fenced: a claimed batch whose payload cannot be decoded goes to dead letters."""
+        def bury(c: sqlite3.Cursor, payload: str, attempt: int, version: str) -> None:
+            self._dead_letter_raw(c, batch_id, payload, reason, attempt, version)
+        return self._if_held(tx, batch_id, lease_id, bury)
+
+    def _if_held(self, tx: Transaction | None, batch_id: int, lease_id: str,
+                 act: Callable[[sqlite3.Cursor, str, int, str], None]) -> bool:
+        """``act(cursor, payload, attempt, version)`` on the batch if ``lease_id`` still
+        holds it (True), else nothing (False: the lease was lost)."""
         with self._within(tx) as c:
             held = self._held(c, batch_id, lease_id)
             if held is None:
                 return False
-            payload, attempt, version = held
-            self._dead_letter_raw(c, batch_id, payload, reason, attempt, version)
+            act(c, *held)
         return True
 
     def reap(self, tx: Transaction | None = None) -> ReapResult:

@@ -26,6 +26,15 @@ def make_posts(n: int, start: int = 0, days: int = 3, prefix: str = "at://post/"
 
 
 @pytest.fixture
+def key(monkeypatch):
+    """The fake hosted server's key in the variables the hosted test configs name."""
+    from tests.fake_hosted import KEY
+
+    monkeypatch.setenv("TEST_LLM_KEY", KEY)
+    monkeypatch.setenv("TEST_PERSPECTIVE_KEY", KEY)
+
+
+@pytest.fixture
 def posts_factory():
     return make_posts
 

@@ -20,6 +20,18 @@ from collections import Counter
 KEY = "sk-test-SECRET-0123456789abcdef"
 
 
+def chat_classifier(server: "FakeHosted", **params: object) -> object:
+    """An ``openai_chat`` classifier against ``server`` (JSON answers, choices 1/0, a short
+    timeout); ``params`` override."""
+    from classifiers.registry import build_classifier
+
+    base = dict(base_url=server.base_url, model="tiny", api_key_env="TEST_LLM_KEY",
+                template="Is this post about relations between groups? Post: {text} Answer "
+                "with JSON.", choices={1: "1", 0: "0"}, json_mode=True, timeout_s=1.0,
+                max_retries=4, max_concurrency=8)
+    return build_classifier("openai_chat", {**base, **params})
+
+
 class FakeHosted:
     def __init__(self, latency_s: float = 0.0, slow_s: float = 3.0,
                  unauthorized: bool = False) -> None:

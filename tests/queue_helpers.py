@@ -2,6 +2,9 @@
 Arrow rows (the classifier stage's typing), failures as (post, reason)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -9,6 +12,7 @@ import pyarrow as pa
 from queue_store import CompleteResult, QueueStore
 from queue_store.rows.shapes import POST_COLUMNS
 from queue_store.rows.typed import typed_columns
+from tests.conftest import make_posts
 
 
 def complete(store: QueueStore, batch: Any, labels: dict[str, dict[str, Any]],
@@ -25,3 +29,22 @@ def complete(store: QueueStore, batch: Any, labels: dict[str, dict[str, Any]],
         table = pa.table({**columns, **dict(zip(names, arrays))})
     failed = [(posts.get(u, {"uri": u}), reason) for u, reason in (failures or {}).items()]
     return store.complete(batch.batch_id, batch.lease_id, table, failed)
+
+
+NAME = "ml_inference_intergroup"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn_queue_proc(*args: str) -> subprocess.Popen:
+    """``python -m tests.queue_procs ARGS`` (another process working on a queue file)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.queue_procs", *args], cwd=ROOT)
+
+
+def fifty_posts_and_a_claimer(data_dir: Path, role: str
+                              ) -> tuple[QueueStore, subprocess.Popen, Path]:
+    """A queue of 50 posts in batches of 10, and another process playing ``role``
+    (``tests/queue_procs.py``) that writes the leases it took to the returned path."""
+    store = QueueStore(data_dir, NAME)
+    store.enqueue(make_posts(50), batch_size=10)
+    leases = data_dir / "leases.json"
+    return store, spawn_queue_proc(role, str(data_dir), str(leases)), leases

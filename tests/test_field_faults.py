@@ -27,25 +27,13 @@ from queue_store import QueueStore
 from queue_store.lease_holder import LeaseHolder
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
-from tests.fake_hosted import KEY, FakeHosted
+from tests.fake_hosted import KEY, FakeHosted, chat_classifier
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = str(ROOT / "configs" / "prompts" / "intergroup.yaml")
 
 
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("TEST_LLM_KEY", KEY)
-    monkeypatch.setenv("TEST_PERSPECTIVE_KEY", KEY)
-
-
-def _chat(server, **kw):
-    params = dict(base_url=server.base_url, model="tiny", api_key_env="TEST_LLM_KEY",
-                  template="Post: {text} Answer:", choices={1: "1", 0: "0"}, json_mode=True,
-                  timeout_s=2.0, max_retries=4, max_concurrency=8)
-    params.update(kw)
-    return build_classifier("openai_chat", params)
 
 
 def _holds(root: Path, needle: bytes) -> list[str]:
@@ -55,7 +43,7 @@ def _holds(root: Path, needle: bytes) -> list[str]:
 # -- 1. secrets ------------------------------------------------------------------------------
 def test_a_server_echoing_the_request_never_puts_the_key_in_a_reason(key):
     with FakeHosted() as server:
-        chat = _chat(server).classify(["ECHO my post about groups"])
+        chat = chat_classifier(server, timeout_s=2.0).classify(["ECHO my post about groups"])
         persp = build_classifier("perspective_api", {
             "api_key_env": "TEST_PERSPECTIVE_KEY", "base_url": server.perspective_url,
             "attributes": ["TOXICITY"], "requests_per_second": 50,
@@ -108,7 +96,8 @@ def test_echoed_keys_reach_no_file_log_summary_or_console(ray_session, tmp_path,
 # -- 2. bounded back-off ---------------------------------------------------------------------
 def test_retry_after_of_a_billion_seconds_is_capped_and_the_post_gives_up(key):
     with FakeHosted() as server:
-        clf = _chat(server, max_retry_wait_s=0.2, retry_budget_s=1.5, max_retries=50)
+        clf = chat_classifier(server, timeout_s=2.0, max_retry_wait_s=0.2, retry_budget_s=1.5,
+                              max_retries=50)
         seen: list[dict] = []
         watcher = threading.Thread(target=lambda: [seen.append(clf.status()) or
                                                    time.sleep(0.1) for _ in range(10)])
@@ -124,7 +113,8 @@ def test_retry_after_of_a_billion_seconds_is_capped_and_the_post_gives_up(key):
 
 def test_a_retry_waits_at_least_retry_after(key):
     with FakeHosted() as server:
-        assert _chat(server).classify(["RATE429 about groups"]) == [{"label": 1}]
+        answer = chat_classifier(server, timeout_s=2.0).classify(["RATE429 about groups"])
+        assert answer == [{"label": 1}]
         [first, second] = server.times_by_text[next(t for t in server.times_by_text
                                                     if "RATE429" in t)]
     assert second - first >= 1.0  # the server said Retry-After: 1

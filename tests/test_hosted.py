@@ -5,31 +5,19 @@ import pytest
 
 from classifiers.protocol import FatalClassifierError, PostFailure
 from classifiers.registry import ClassifierConfigError, build_classifier, preflight
-from tests.fake_hosted import KEY, FakeHosted
+from tests.fake_hosted import KEY, FakeHosted, chat_classifier
 
 CHOICES = {1: "1", 0: "0"}
 TEMPLATE = "Is this post about relations between groups? Post: {text} Answer with JSON."
 
 
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("TEST_LLM_KEY", KEY)
-    monkeypatch.setenv("TEST_PERSPECTIVE_KEY", KEY)
-
-
-def _chat(server, **kw):
-    params = dict(base_url=server.base_url, model="tiny", api_key_env="TEST_LLM_KEY",
-                  template=TEMPLATE, choices=CHOICES, json_mode=True, timeout_s=1.0,
-                  max_retries=4, max_concurrency=8)
-    params.update(kw)
-    return build_classifier("openai_chat", params)
 
 
 def test_answers_retries_and_bad_answers_fail_alone(key):
     posts = ["two groups at odds", "my cat", "RATE429 groups again", "ERR500 a post",
              "SLOW group talk", "BADJSON post", "OUTOFSET post"]
     with FakeHosted(slow_s=3.0) as server:
-        clf = _chat(server)
+        clf = chat_classifier(server)
         rows = clf.classify(posts)
         usage = clf.usage()
     assert rows[:5] == [{"label": 1}, {"label": 0}, {"label": 1}, {"label": 0}, {"label": 1}]
@@ -43,7 +31,7 @@ def test_answers_retries_and_bad_answers_fail_alone(key):
 
 def test_json_fields_become_label_columns(key):
     with FakeHosted() as server:
-        clf = _chat(server, template="Sociopolitical? Post: {text}", choices=None,
+        clf = chat_classifier(server, template="Sociopolitical? Post: {text}", choices=None,
                     fields={"is_sociopolitical": [0, 1],
                             "political_ideology_label": ["left", "right", "moderate",
                                                          "unclear"]})
@@ -54,7 +42,7 @@ def test_json_fields_become_label_columns(key):
 
 def test_request_rate_stays_within_the_budget(key):
     with FakeHosted() as server:
-        clf = _chat(server, requests_per_minute=600, max_concurrency=32)  # 10 requests/s
+        clf = chat_classifier(server, requests_per_minute=600, max_concurrency=32)  # 10 requests/s
         clf.classify([f"post {i} about groups" for i in range(30)])
         times = sorted(server.times)
     rate = (len(times) - 1) / (times[-1] - times[0])
@@ -65,7 +53,7 @@ def test_request_rate_stays_within_the_budget(key):
 
 def test_rejected_key_is_fatal_and_names_the_variable(key):
     with FakeHosted(unauthorized=True) as server:
-        clf = _chat(server)
+        clf = chat_classifier(server)
         with pytest.raises(FatalClassifierError, match="TEST_LLM_KEY"):
             clf.classify(["a post", "another post"])
 

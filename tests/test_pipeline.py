@@ -24,19 +24,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _enqueue(data_dir, posts, batch_size=500, config=None):
-    return enqueue(data_dir, posts, batch_size, config)
-
-
-_status = queue_status
-
-
 def test_end_to_end_tiny_model_each_post_once(ray_session, tmp_path, tiny_models):
     posts = make_posts(5000, days=4)
     posts[7]["text"] = "  "  # invalid: rejected at enqueue, counted
     cfg = pipeline_config(tmp_path, {"type": "hf_sequence_classification",
                                      "params": {"model": tiny_models["single"]}}, batch_size=500)
-    assert _enqueue(tmp_path, posts, config=cfg).enqueued_posts == 4999
+    assert enqueue(tmp_path, posts, config=cfg).enqueued_posts == 4999
     summary = run_inference(cfg, "g")
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 4999
@@ -50,7 +43,7 @@ def test_end_to_end_tiny_model_each_post_once(ray_session, tmp_path, tiny_models
         assert row["partition_date"] == row["preprocessing_timestamp"][:10]
         assert row["run_id"] == summary.run_id
         assert row["classifier"] == "hf_sequence_classification" and "@" in row["model"]
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.pending_posts == st.processing_posts == st.dead_posts == 0
     assert st.output_rows_unexported == 0 and st.output_rows_exported == 4999
     assert summary.claimed == summary.labelled == summary.exported_rows == 4999
@@ -65,7 +58,7 @@ def test_poison_post_dead_lettered_batch_mates_labelled(ray_session, tmp_path):
     posts = make_posts(1000)
     posts[123]["text"] = "this post is POISON for the model"
     cfg = pipeline_config(tmp_path)
-    _enqueue(tmp_path, posts, config=cfg)
+    enqueue(tmp_path, posts, config=cfg)
     summary = run_inference(cfg, NAME)
     assert sorted(output_uris(tmp_path)) == sorted(p["uri"] for i, p in enumerate(posts)
                                                    if i != 123)
@@ -81,7 +74,7 @@ def test_classifier_actor_killed_once_loses_nothing(ray_session, tmp_path):
     marker = tmp_path / "crashed-once"
     cfg = pipeline_config(tmp_path, {"type": PLUGIN,
                                      "params": {"crash_marker_file": str(marker)}})
-    _enqueue(tmp_path, posts, config=cfg)
+    enqueue(tmp_path, posts, config=cfg)
     summary = run_inference(cfg, NAME)
     assert marker.exists()  # the actor process really died
     uris = output_uris(tmp_path)
@@ -90,11 +83,11 @@ def test_classifier_actor_killed_once_loses_nothing(ray_session, tmp_path):
 
 
 def test_max_records_per_run_claims_whole_batches(ray_session, tmp_path):
-    _enqueue(tmp_path, make_posts(3000), config=pipeline_config(tmp_path))  # 6 batches of 500
+    enqueue(tmp_path, make_posts(3000), config=pipeline_config(tmp_path))  # 6 batches of 500
     summary = run_inference(pipeline_config(tmp_path), NAME, max_records_per_run=1400)
     assert summary.claimed == 1000 and summary.claimed_batches == 2
     assert summary.pending_left == 2000  # reported after the run
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.pending_posts == 2000 and st.pending_batches == 4 and st.processing_posts == 0
     rest = run_inference(pipeline_config(tmp_path), NAME)
     assert rest.claimed == 2000
@@ -111,12 +104,12 @@ def test_empty_queue_run_claims_nothing(ray_session, tmp_path):
 def test_gpu_request_without_gpu_fails_fast(ray_session, tmp_path):
     if ray_session.cluster_resources().get("GPU"):
         pytest.skip("this cluster has a GPU")
-    _enqueue(tmp_path, make_posts(10))
+    enqueue(tmp_path, make_posts(10))
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match="num_gpus=1.*0 GPU"):
         run_inference(pipeline_config(tmp_path, num_gpus=1), NAME)
     assert time.monotonic() - t0 < 10
-    assert _status(tmp_path).pending_posts == 10  # nothing claimed
+    assert queue_status(tmp_path).pending_posts == 10  # nothing claimed
 
 
 def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
@@ -127,7 +120,7 @@ def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
     posts = make_posts(4000)
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.05}},
                           num_cpus=0.25)
-    _enqueue(tmp_path, posts, batch_size=250, config=cfg)
+    enqueue(tmp_path, posts, batch_size=250, config=cfg)
     address = ray_session.get_runtime_context().gcs_address
     procs = [subprocess.Popen(driver_command(cfg, address, tmp_path / f"cfg{i}.json",
                                              max_records=2000),
@@ -149,7 +142,7 @@ def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
 
 
 def test_write_cache_alone_exports_and_clears(ray_session, tmp_path):
-    _enqueue(tmp_path, make_posts(600))
+    enqueue(tmp_path, make_posts(600))
     store = QueueStore(tmp_path, NAME)
     for b in store.claim(10):
         complete(store, b, {p["uri"]: {"label": "x"} for p in b.posts}, {})

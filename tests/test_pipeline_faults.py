@@ -24,13 +24,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _enqueue(data_dir, posts, batch_size=1000, config=None):
-    return enqueue(data_dir, posts, batch_size, config)
-
-
-_status = queue_status
-
-
 def _default_config(data_dir, classifier):
     """The shipped defaults (batch sizes, lease, attempts), only the classifier chosen."""
     from jobs.config import parse_config
@@ -43,7 +36,7 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
     posts = make_posts(1000)
     posts[611]["text"] = "this post KILLME takes the process down"
     cfg = _default_config(tmp_path, {"type": PLUGIN, "params": {"kill_marker": "KILLME"}})
-    _enqueue(tmp_path, posts, config=cfg)
+    enqueue(tmp_path, posts, 1000, cfg)
     t0 = time.monotonic()
     summary = run_inference(cfg, NAME)
     seconds = time.monotonic() - t0
@@ -52,7 +45,7 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
     [dead] = QueueStore(tmp_path, NAME).dead_letters()
     assert dead.uri == posts[611]["uri"]
     assert dead.reason == "classifier process died on this post"
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.pending_posts == st.processing_posts == 0
     assert summary.labelled == 999 and summary.dead_lettered == 1
     assert seconds < 180, seconds
@@ -63,20 +56,20 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
 def test_classifier_that_cannot_be_built_stops_with_its_own_error(ray_session, tmp_path):
     cfg = pipeline_config(tmp_path, {"type": PLUGIN,
                                      "params": {"fail_init": "labels.yaml is missing"}})
-    _enqueue(tmp_path, make_posts(300), config=cfg)
+    enqueue(tmp_path, make_posts(300), 1000, cfg)
     t0 = time.monotonic()
     with pytest.raises(RunStopped, match="FileNotFoundError: labels.yaml is missing") as stop:
         run_inference(cfg, NAME)
     assert stop.value.exit_code == 2 and stop.value.summary.labelled == 0
     assert time.monotonic() - t0 < 60
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.pending_posts == 300 and st.processing_posts == 0 and st.dead_posts == 0
 
 
 def _wait_for_progress(data_dir, proc, deadline_s=120):
     deadline = time.monotonic() + deadline_s
     while True:  # stop it once some batches are done and others are leased
-        st = _status(data_dir)
+        st = queue_status(data_dir)
         if st.output_rows_unexported + st.output_rows_exported >= 500 and st.processing_posts:
             return
         assert time.monotonic() < deadline and proc.poll() is None, "driver never got going"
@@ -88,7 +81,7 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
     posts = make_posts(4000)
     slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.3}},
                            batch_size=250)
-    _enqueue(tmp_path, posts, batch_size=500, config=slow)
+    enqueue(tmp_path, posts, batch_size=500, config=slow)
     slow.queue.lease_seconds = 60  # the default: the rerun must not wait for it
     slow.pipeline.read_block_bytes = 16_384  # a block per claim: results come in steadily
     address = ray_session.get_runtime_context().gcs_address
@@ -97,13 +90,13 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
     _wait_for_progress(tmp_path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _status(tmp_path).processing_posts > 0  # its leases are still there, unexpired
+    assert queue_status(tmp_path).processing_posts > 0  # its leases are still there, unexpired
     t0 = time.monotonic()
     rerun = run_inference(slow, NAME)  # the same command: no sleep, no SQL, one rerun
     assert rerun.reaped_dead_holder_batches > 0
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 4000
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.pending_posts == st.processing_posts == st.dead_posts == 0
     print(f"\nSIGKILL + immediate rerun: rows {len(uris)}, distinct {len(set(uris))}, dead 0, "
           f"rerun {time.monotonic() - t0:.1f} s (lease 60 s)")
@@ -129,7 +122,7 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
     deadline = time.monotonic() + 120
     while True:  # some batches completed, others in flight
         if (tmp_path / "data" / "queue").exists():
-            st = _status(tmp_path / "data")
+            st = queue_status(tmp_path / "data")
             if st.output_rows_unexported + st.output_rows_exported >= 200 and st.processing_posts:
                 break
         assert time.monotonic() < deadline and proc.poll() is None, "driver never got going"
@@ -142,7 +135,7 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
     assert lines == [x for x in lines if x.startswith("interrupted:")] and len(lines) == 1, err
     assert "claims were handed back" in lines[0] and "Traceback" not in err
     assert "\ninference: ml_inference_intergroup" in out and "labelled" in out, out
-    st = _status(tmp_path / "data")
+    st = queue_status(tmp_path / "data")
     assert st.processing_posts == 0 and st.pending_posts > 0  # claimable at once
     assert st.output_rows_unexported == 0 and st.output_rows_exported >= 200  # exported
     import pyarrow.dataset as pads
@@ -180,7 +173,7 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
 
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.5}},
                           batch_size=250)
-    _enqueue(tmp_path, make_posts(3000), batch_size=250, config=cfg)
+    enqueue(tmp_path, make_posts(3000), batch_size=250, config=cfg)
     outcome: list[BaseException | None] = []
 
     def run() -> None:
@@ -193,7 +186,7 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 120
-    while not _status(tmp_path).processing_posts:
+    while not queue_status(tmp_path).processing_posts:
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.1)
     [name] = [a for a in ray_session.util.list_named_actors()
@@ -203,7 +196,7 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
     [exc] = outcome
     assert isinstance(exc, PipelineActorDied) and needle in str(exc), repr(exc)
     # nothing lost: every post is labelled, leased (reclaimable) or pending
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.pending_posts + st.processing_posts + st.output_rows_unexported == 3000
 
 
@@ -219,5 +212,5 @@ def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(ray_session, 
     summary = run_inference(cfg, NAME)
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 750 and summary.labelled == 750
-    st = _status(tmp_path)
+    st = queue_status(tmp_path)
     assert st.dead_undecodable_rows == 1 and st.pending_posts == st.processing_posts == 0

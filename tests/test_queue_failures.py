@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,14 +12,10 @@ import pytest
 
 from queue_store import ClaimedBatch, QueueStore, export_output
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
+from tests.queue_helpers import complete, fifty_posts_and_a_claimer, spawn_queue_proc
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.queue_procs", *args], cwd=ROOT)
 
 
 @pytest.mark.slow
@@ -30,7 +24,7 @@ def test_four_processes_claim_each_batch_exactly_once(tmp_path):
     store.enqueue(make_posts(200 * 5), batch_size=5)
     outs = [tmp_path / f"claims{i}.json" for i in range(4)]
     gate = tmp_path / "go"
-    procs = [_spawn("claim_until_empty", str(tmp_path), f"w{i}", str(o), str(gate))
+    procs = [spawn_queue_proc("claim_until_empty", str(tmp_path), f"w{i}", str(o), str(gate))
              for i, o in enumerate(outs)]
     time.sleep(1.5)
     gate.touch()
@@ -44,10 +38,7 @@ def test_four_processes_claim_each_batch_exactly_once(tmp_path):
 
 @pytest.mark.slow
 def test_sigkilled_owner_loses_its_batches_and_its_late_ack(tmp_path):
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(50), batch_size=10)
-    leases = tmp_path / "leases.json"
-    proc = _spawn("claim_and_hang", str(tmp_path), str(leases))
+    store, proc, leases = fifty_posts_and_a_claimer(tmp_path, "claim_and_hang")
     deadline = time.time() + 60
     while not leases.exists():
         assert time.time() < deadline and proc.poll() is None

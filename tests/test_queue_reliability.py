@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,14 +16,10 @@ from queue_store import QueueStore, codec, export_output
 from queue_store.lease_holder import LeaseHolder
 from queue_store.schema import QueueFileError
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
+from tests.queue_helpers import complete, fifty_posts_and_a_claimer, spawn_queue_proc
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.queue_procs", *args], cwd=ROOT)
 
 
 def _queued_uris(store: QueueStore) -> list[str]:
@@ -41,7 +35,7 @@ def test_three_concurrent_enqueues_of_overlapping_posts_queue_each_once(tmp_path
     gate = tmp_path / "go"
     ranges = [(0, 1500), (500, 2000), (1000, 2500)]
     outs = [tmp_path / f"n{i}.json" for i in range(3)]
-    procs = [_spawn("enqueue_range", str(tmp_path), str(a), str(b), str(gate), str(o))
+    procs = [spawn_queue_proc("enqueue_range", str(tmp_path), str(a), str(b), str(gate), str(o))
              for (a, b), o in zip(ranges, outs)]
     time.sleep(1.5)
     gate.touch()
@@ -88,10 +82,7 @@ def test_a_queue_file_of_an_older_format_is_refused_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_leases_of_a_dead_holder_are_reaped_at_once(tmp_path):
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(50), batch_size=10)
-    leases = tmp_path / "leases.json"
-    proc = _spawn("claim_as_this_process", str(tmp_path), str(leases))
+    store, proc, leases = fifty_posts_and_a_claimer(tmp_path, "claim_as_this_process")
     assert proc.wait(timeout=60) == 0  # the holder exits; its hour-long leases stay
     taken = json.loads(leases.read_text())
     assert len(taken) == 3 and store.status().processing_batches == 3

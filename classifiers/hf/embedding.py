@@ -6,14 +6,12 @@ was trained), and a post's ``prob_<label>`` is a softmax over its similarities /
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
 from classifiers.hf.base import HFTextModel
 from classifiers.label_rows import label_rows
-from classifiers.params import FILE, MODEL, EncoderParams, param
+from classifiers.params import FILE, MODEL, EncoderParams, param, read_yaml_file
 
 
 class EmbeddingParams(EncoderParams):
@@ -32,10 +30,7 @@ def load_label_descriptions(labels: Mapping[str, Sequence[str] | str] | None,
     if labels and labels_file:
         raise ValueError("give either labels or labels_file, not both")
     if labels_file:
-        path = Path(labels_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"labels_file {labels_file!r} not found")
-        labels = (yaml.safe_load(path.read_text()) or {}).get("labels")
+        labels = read_yaml_file("labels_file", labels_file).get("labels")
     if not labels or len(labels) < 2:
         raise ValueError("embedding_prototypes needs at least two labels, each with "
                          "one or more description sentences")

@@ -310,3 +310,23 @@ class HostedCaller:
             delta = {k: v - self._reported[k] for k, v in self.stats.items()}
             self._reported = dict(self.stats)
         return {k: v for k, v in delta.items() if v}
+
+
+class HostedClassifier:
+    """What every hosted classifier shares: one request per post through its ``caller``
+    (set in ``__init__``), in ``classify``; ``usage`` and ``status`` for the run's figures.
+    A subclass writes ``_one`` (one post's request and answer)."""
+
+    caller: HostedCaller
+
+    def classify(self, texts: list[str]) -> list[dict[str, Any] | PostFailure]:
+        return self.caller.map_posts(self._one, texts)
+
+    def usage(self) -> dict[str, int]:
+        return self.caller.usage()
+
+    def status(self) -> dict[str, str]:
+        return self.caller.status()
+
+    async def _one(self, text: str) -> dict[str, Any] | PostFailure:
+        raise NotImplementedError

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from classifiers.hosted.calls import HostedCaller, api_key, check_url
+from classifiers.hosted.calls import HostedCaller, HostedClassifier, api_key, check_url
 from classifiers.params import MODEL, RUNTIME, HostedParams, param
 from classifiers.prompts import PromptParams
 from classifiers.protocol import PostFailure, Provenance
@@ -49,7 +49,7 @@ class OpenAIChatParams(PromptParams, HostedParams):
                 + usage.get("completion_tokens", 0) * self.cost_per_1k_completion_tokens) / 1000
 
 
-class OpenAIChatClassifier:
+class OpenAIChatClassifier(HostedClassifier):
     classifier_name = "openai_chat"
     Params = OpenAIChatParams
 
@@ -87,15 +87,6 @@ class OpenAIChatClassifier:
     def preflight(cls, params: OpenAIChatParams) -> None:
         cls._prompt(params)
         api_key(params.api_key_env, "openai_chat")
-
-    def classify(self, texts: list[str]) -> list[dict[str, Any] | PostFailure]:
-        return self.caller.map_posts(self._one, texts)
-
-    def usage(self) -> dict[str, int]:
-        return self.caller.usage()
-
-    def status(self) -> dict[str, str]:
-        return self.caller.status()
 
     async def _one(self, text: str) -> dict[str, Any] | PostFailure:
         messages = [{"role": "system", "content": self.spec.system}] if self.spec.system else []

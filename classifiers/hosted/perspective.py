@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from classifiers.hosted.calls import HostedCaller, api_key, check_url
+from classifiers.hosted.calls import HostedCaller, HostedClassifier, api_key, check_url
 from classifiers.params import RUNTIME, HostedParams, param
 from classifiers.protocol import PostFailure, Provenance
 
@@ -39,7 +39,7 @@ class PerspectiveParams(HostedParams):
     max_concurrency: int = param(8, "requests in flight per actor", RUNTIME, ge=1)
 
 
-class PerspectiveClassifier:
+class PerspectiveClassifier(HostedClassifier):
     classifier_name = "perspective_api"
     Params = PerspectiveParams
 
@@ -56,15 +56,6 @@ class PerspectiveClassifier:
     def preflight(cls, params: PerspectiveParams) -> None:
         check_url(params.base_url)
         api_key(params.api_key_env, "perspective_api")
-
-    def classify(self, texts: list[str]) -> list[dict[str, Any] | PostFailure]:
-        return self.caller.map_posts(self._one, texts)
-
-    def usage(self) -> dict[str, int]:
-        return self.caller.usage()
-
-    def status(self) -> dict[str, str]:
-        return self.caller.status()
 
     async def _one(self, text: str) -> dict[str, Any] | PostFailure:
         payload = {"comment": {"text": text}, "languages": self.languages,
