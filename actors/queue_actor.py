@@ -43,10 +43,10 @@ class QueueActor:
         self._heartbeat.start()
 
     # -- read side -------------------------------------------------------------------------
-    def next_batches(self, max_batches: int = 1) -> list[tuple[int, str, str]]:
-        """Claim for a read task: ``(batch_id, lease_id, posts JSON)`` per batch, the posts
-        forwarded as stored (decoding is the read task's job, off this serial actor). An empty
-        list means nothing is claimable now (stop)."""
+    def next_batches(self, max_batches: int = 1) -> list[tuple[int, str, bytes]]:
+        """Claim for a read task: ``(batch_id, lease_id, stored posts)`` per batch, forwarded
+        as stored (an Arrow record batch; checking it is the read task's job, off this serial
+        actor). An empty list means nothing is claimable now (stop)."""
         if self.budget_used() or self.stats.stopped_claiming:
             return []
         batches = self.store.claim(max_batches, self.lease_seconds, self.owner,

@@ -19,6 +19,7 @@ import functools
 import time
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
@@ -27,11 +28,11 @@ from queue_store import codec
 from queue_store.rows.shapes import CLAIM_SCHEMA
 
 
-def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> pa.Table:
-    """``(batch_id, lease_id, posts JSON)`` claims → one row per post. The queue actor hands
-    payloads on undecoded: this is where each post is decoded, once; a row that cannot be
-    decoded goes to dead letters through one fenced call."""
-    uris, texts, stamps, ids, leases, sizes = [], [], [], [], [], []
+def batches_to_table(batches: list[tuple[int, str, bytes]], queue: Any = None) -> pa.Table:
+    """``(batch_id, lease_id, stored posts)`` claims → one row per post. The stored posts are
+    an Arrow record batch already (nothing to parse); a batch damaged on disk goes to dead
+    letters through one fenced call."""
+    parts = []
     for batch_id, lease_id, payload in batches:
         try:
             posts = codec.loads_posts(payload)
@@ -41,14 +42,12 @@ def batches_to_table(batches: list[tuple[int, str, str]], queue: Any = None) -> 
 
                 ray.get(queue.bury_undecodable.remote(batch_id, lease_id, str(exc)))
             continue
-        n = len(posts)
-        uris.extend(p["uri"] for p in posts)
-        texts.extend(p["text"] for p in posts)
-        stamps.extend(p.get("preprocessing_timestamp") for p in posts)
-        ids.extend([batch_id] * n)
-        leases.extend([lease_id] * n)
-        sizes.extend([n] * n)
-    return pa.table([uris, texts, stamps, ids, leases, sizes], schema=CLAIM_SCHEMA)
+        n = posts.num_rows
+        parts.append(pa.RecordBatch.from_arrays(
+            [*posts.columns, pa.array(np.full(n, batch_id, np.int64)),
+             pa.array([lease_id] * n, pa.string()), pa.array(np.full(n, n, np.int64))],
+            schema=CLAIM_SCHEMA))
+    return pa.Table.from_batches(parts, schema=CLAIM_SCHEMA)
 
 
 POLL_SECONDS = 0.2

@@ -92,7 +92,7 @@ def part_model(root: Path, n: int) -> dict:
 
     posts = _make_posts(root, n)
     ours = _pipeline(root, posts, {"type": "embedding_prototypes", "params": MODEL_PARAMS}, 512)
-    table, _ = split_valid(as_post_table(pads.dataset(posts, partitioning="hive").to_table()))
+    table = split_valid(as_post_table(pads.dataset(posts, partitioning="hive").to_table())).valid
     texts = table.column("text").to_pylist()
     t0 = time.perf_counter()
     clf = build_classifier("embedding_prototypes", MODEL_PARAMS)

@@ -3,17 +3,18 @@ and dead letters, and its export to parquet.
 
 Plain Python — no Ray, nothing from ``actors``, ``jobs`` or ``classifiers``: the bottom layer
 every other package builds on. ``store`` holds the verbs (``QueueStore``), ``schema`` the file
-layout, ``ledger`` the enqueue-time dedupe, ``parquet`` the export, ``rows/`` the shapes and
+layout, ``ledger`` the enqueue-time dedupe (run files beside the queue file,
+keyed by ``fingerprint``), ``parquet`` the export, ``rows/`` the shapes and
 types of what is stored (posts and their validation, result rows, output column types).
 """
 from queue_store.models import (ClaimedBatch, CompleteResult, DeadLetter, EnqueueResult,
-                                ExportPlan, QueueStatus, ReapResult)
+                                EnqueueSession, ExportPlan, QueueStatus, ReapResult)
 from queue_store.parquet import ExportStats, export_output
 from queue_store.schema import QueueFileError
 from queue_store.store import DEFAULT_MAX_ATTEMPTS, QueueStore, Transaction, queue_path
 
 __all__ = [
-    "ClaimedBatch", "CompleteResult", "DeadLetter", "EnqueueResult", "ExportPlan",
-    "ExportStats", "QueueFileError", "QueueStatus", "QueueStore", "ReapResult", "Transaction",
+    "ClaimedBatch", "CompleteResult", "DeadLetter", "EnqueueResult", "EnqueueSession",
+    "ExportPlan", "ExportStats", "QueueFileError", "QueueStatus", "QueueStore", "ReapResult", "Transaction",
     "DEFAULT_MAX_ATTEMPTS", "export_output", "queue_path",
 ]

@@ -1,5 +1,8 @@
-"""How a queued batch's posts are stored: a JSON array of post objects (strict JSON, never
-pickle). Output rows are typed Arrow IPC streams instead (``rows/typed.py``).
+"""How things are stored in the queue file, never pickled.
+
+A queued batch's posts: one Arrow record batch of ``POST_SCHEMA`` (an IPC message, without the
+schema every batch shares), so a read task hands them on without decoding anything. Output
+rows are typed Arrow IPC streams (``rows/typed.py``). Metadata and dead letters: strict JSON.
 
 orjson writes standard JSON only (it never emits the non-standard NaN/Infinity tokens that
 ``json.dumps(allow_nan=True)`` would), which is the guarantee ``allow_nan=False`` exists for.
@@ -9,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pyarrow as pa
+
+from queue_store.rows.shapes import POST_COLUMNS, POST_SCHEMA
 
 
 class PayloadError(ValueError):
@@ -27,12 +33,28 @@ def loads(raw: str | bytes) -> Any:
         raise PayloadError(f"undecodable JSON: {exc}") from exc
 
 
-def loads_posts(raw: str | bytes) -> list[dict]:
-    """Decode a batch payload and check it is a list of posts with string ``uri``s."""
-    posts = loads(raw)
-    if not isinstance(posts, list):
-        raise PayloadError(f"payload is {type(posts).__name__}, expected a list of posts")
-    for i, post in enumerate(posts):
-        if not isinstance(post, dict) or not isinstance(post.get("uri"), str):
-            raise PayloadError(f"post {i} is not an object with a string 'uri'")
-    return posts
+
+
+def dumps_posts(posts: pa.Table) -> bytes:
+    """A batch of posts (their ``POST_COLUMNS``, strings) as stored."""
+    batch = pa.RecordBatch.from_arrays([posts.column(c).combine_chunks() for c in POST_COLUMNS],
+                                       schema=POST_SCHEMA)
+    return batch.serialize().to_pybytes()
+
+
+def posts_table(posts: list[dict]) -> pa.Table:
+    """Post dicts (e.g. failed posts going back as a retry) as a ``POST_SCHEMA`` table."""
+    return pa.Table.from_pylist([{c: p.get(c) for c in POST_COLUMNS} for p in posts],
+                                schema=POST_SCHEMA)
+
+
+def loads_posts(raw: bytes) -> pa.RecordBatch:
+    """A stored batch of posts; a damaged one raises ``PayloadError``."""
+    try:
+        batch = pa.ipc.read_record_batch(pa.py_buffer(raw), POST_SCHEMA)
+        batch.validate(full=True)
+    except (pa.ArrowException, OSError, EOFError, TypeError, ValueError) as exc:
+        raise PayloadError(f"undecodable batch: {str(exc).splitlines()[0][:200]}") from None
+    if batch.column(0).null_count:
+        raise PayloadError("undecodable batch: a post without a uri")
+    return batch

@@ -1,82 +1,277 @@
-"""The uri ledger: every (uri, config_hash) ever enqueued for an integration, so "is this post
-new?" is decided inside the enqueue transaction, and concurrent enqueues queue each post once
-per version. ``done`` is set when the post's labels reach the output queue — lazily: each
-completion appends its uris to a log that the next enqueue needing ``done`` folds in with one
-statement (marking the ledger per batch rewrote most of its pages every time).
+"""The enqueue ledger: every (post, version) ever queued for an integration, so "is this post
+new?" is decided inside the enqueue transaction and concurrent enqueues queue each post once
+per version.
 
-Functions of an open transaction's cursor; ``QueueStore`` calls them.
+An **entry** is a post's fingerprint (``fingerprint.py``: ``key`` orders the entries, ``check``
+tells apart two uris whose keys collide — they make two entries), the version it was queued
+for (a small id from the queue file's ``versions`` table) and ``seq``, the ledger write that
+recorded it (so an enqueue tells its own repeats from posts queued before it).
+
+Entries live in immutable **run** files sorted by key, in ``<integration>.ledger/`` beside the
+queue file, memory-mapped for lookups (their pages are the file system's cache, not a
+process's own memory). An enqueue transaction looks its posts up in every run (one vectorised
+binary search per run), writes the new ones as one new run, flushes it to disk and names it in
+the queue file's ``ledger_runs`` table — in that same transaction. A run file that no
+committed transaction names (a crash, a rollback) is ignored and deleted by a later writer.
+Runs are merged size-tiered (``FANOUT`` runs of one tier make one run of the next) outside any
+transaction, in bounded memory; the merged run replaces its sources in one short transaction,
+so a lookup costs a few binary searches per post whatever the ledger's size, and no write ever
+touches earlier entries. (An SQLite index keyed by uri — or by fingerprint — rewrote most of
+its pages at every commit once the ledger outgrew the cache: 26 of the 48 s of a 1M-post
+enqueue.)
+
+Functions of an open queue file and its folder; ``QueueStore`` calls them.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
 
-import pyarrow as pa
-import pyarrow.compute as pc
+import numpy as np
 
-from queue_store import codec
-from queue_store.models import EnqueueResult
-
-
-def only_new(c: Any, tables: dict[str, str], valid: pa.Table, result: EnqueueResult,
-             version: str, relabel: bool) -> pa.Table:
-    """Record the (uri, version) pairs to queue and keep their posts: uris the integration
-    never saw, and (when relabelling) uris seen only for other versions. The rest are counted
-    in ``result``: done or queued for this version, labelled by another version (other
-    version), or still waiting for the version they were queued for (queued)."""
-    ledger = tables["ledger"]
-    uris = valid.column("uri").to_pylist()  # distinct: validation rejects repeats
-    new = [u for (u,) in c.execute(
-        f"INSERT INTO {ledger} (uri, version) SELECT j.value, ? FROM json_each(?) AS j "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {ledger} AS l WHERE l.uri = j.value) "
-        "ON CONFLICT DO NOTHING RETURNING uri", (version, codec.dumps(uris))).fetchall()]
-    if len(new) == len(uris):
-        return valid
-    is_new = pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string()))
-    seen = valid.filter(pc.invert(is_new)).column("uri").to_pylist()
-    fold_labelled(c, tables)
-    known: dict[str, dict[str, int]] = {}
-    for uri, was, done in c.execute(f"SELECT uri, version, done FROM {ledger} WHERE uri IN "
-                                    "(SELECT value FROM json_each(?))", (codec.dumps(seen),)):
-        known.setdefault(uri, {})[was] = done
-    other = []
-    for uri, versions in known.items():
-        if version in versions:
-            if versions[version]:
-                result.skipped_done += 1
-            else:
-                result.skipped_queued += 1
-        elif relabel:
-            other.append(uri)
-        elif any(versions.values()):
-            result.skipped_other_version += 1
-        else:
-            result.skipped_queued += 1
-    if other:
-        c.execute(f"INSERT INTO {ledger} (uri, version) SELECT value, ? FROM json_each(?)",
-                  (version, codec.dumps(other)))
-        new += other
-        result.relabelled += len(other)
-    return valid.filter(pc.is_in(valid.column("uri"), value_set=pa.array(new, pa.string())))
+MAGIC = b"BFLEDG01"
+HEADER = 16  # magic + entry count
+FANOUT = 4  # runs of one tier merged into one
+TIER_BASE = 4096  # entries of a tier-0 run (smaller runs are tier 0 too)
+MERGE_CHUNK = 1 << 20  # entries merged at a time: bounds a merge's memory
+STALE_TMP_S = 3600.0  # an unfinished merge file older than this is abandoned
 
 
-def log_labelled(c: Any, tables: dict[str, str], version: str, uris: list[str]) -> None:
-    """A completed batch's labelled uris, for ``fold_labelled``."""
-    c.execute(f"INSERT INTO {tables['labelled']} (version, uris) VALUES (?, ?)",
-              (version, codec.dumps(uris)))
+@dataclass
+class Run:
+    """One immutable run file, mapped read-only."""
+
+    name: str
+    n: int
+    keys: np.ndarray
+    checks: np.ndarray
+    seqs: np.ndarray
+    vids: np.ndarray
+
+    @classmethod
+    def open(cls, path: Path) -> "Run":
+        buf = np.memmap(path, dtype=np.uint8, mode="r")
+        if bytes(buf[:8]) != MAGIC:
+            raise ValueError(f"ledger run {path} is damaged (bad header)")
+        n = int(buf[8:16].view("<i8")[0])
+        if len(buf) != _file_size(n):
+            raise ValueError(f"ledger run {path} is damaged (size {len(buf)}, expected "
+                             f"{_file_size(n)})")
+        at = HEADER
+        keys = buf[at:at + 8 * n].view("<i8")
+        at += 8 * n
+        checks = buf[at:at + 8 * n].view("<i8")
+        at += 8 * n
+        seqs = buf[at:at + 4 * n].view("<u4")
+        at += 4 * n
+        vids = buf[at:at + 2 * n].view("<u2")
+        return cls(path.name, n, keys, checks, seqs, vids)
 
 
-def fold_labelled(c: Any, tables: dict[str, str]) -> None:
-    """Mark the (uri, version) pairs of completed batches done, in one statement."""
-    log = tables["labelled"]
-    if c.execute(f"SELECT 1 FROM {log} LIMIT 1").fetchone() is None:
+def _file_size(n: int) -> int:
+    return HEADER + 22 * n
+
+
+def _write_run(path: Path, keys: np.ndarray, checks: np.ndarray, seqs: np.ndarray,
+               vids: np.ndarray) -> None:
+    """Write a run (already sorted by key) and flush it to disk before anyone names it."""
+    with open(path, "wb") as fh:
+        fh.write(MAGIC + np.int64(len(keys)).astype("<i8").tobytes())
+        for arr, dtype in ((keys, "<i8"), (checks, "<i8"), (seqs, "<u4"), (vids, "<u2")):
+            fh.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@dataclass
+class Hits:
+    """What the ledger knows of each looked-up post."""
+
+    same: np.ndarray           # queued before for this version
+    same_seq: np.ndarray       # the ledger write that queued it (-1: none)
+    other: np.ndarray          # queued for another version
+
+
+@dataclass
+class Ledger:
+    """The run files of one queue (``folder``) and a cache of their mappings."""
+
+    folder: Path
+    runs_table: str
+    _open: dict[str, Run] = field(default_factory=dict)
+
+    # -- reading -------------------------------------------------------------------------
+    def runs(self, c: Any) -> list[Run]:
+        """The runs the queue file names now (in ``c``'s snapshot)."""
+        names = [(n, k) for n, k in c.execute(f"SELECT name, n FROM {self.runs_table}")]
+        live = {name for name, _ in names}
+        for stale in set(self._open) - live:
+            del self._open[stale]
+        out = []
+        for name, _ in names:
+            run = self._open.get(name)
+            if run is None:
+                run = self._open[name] = Run.open(self.folder / name)
+            out.append(run)
+        return out
+
+    def lookup(self, c: Any, keys: np.ndarray, checks: np.ndarray, vid: int) -> Hits:
+        """Which posts (by fingerprint) the ledger holds for ``vid`` and for other versions."""
+        n = len(keys)
+        hits = Hits(np.zeros(n, bool), np.full(n, -1, np.int64), np.zeros(n, bool))
+        if not n:
+            return hits
+        order = np.argsort(keys, kind="stable")
+        sk, sc = keys[order], checks[order]
+        for run in self.runs(c):
+            for pos, vids, seqs in _matches(run, sk, sc):
+                posts = order[pos]
+                mine = vids == vid
+                hits.same[posts[mine]] = True
+                hits.same_seq[posts[mine]] = seqs[mine]
+                hits.other[posts[~mine]] = True
+        return hits
+
+    # -- writing -------------------------------------------------------------------------
+    def add(self, c: Any, keys: np.ndarray, checks: np.ndarray, vid: int, seq: int) -> None:
+        """Record posts for ``vid`` as ledger write ``seq``: one new run file, flushed, then
+        named in the caller's transaction (which commits both or neither)."""
+        if not len(keys):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._collect_garbage(c)
+        order = np.argsort(keys, kind="stable")
+        name = f"run-{seq:010d}-{uuid.uuid4().hex[:8]}.led"
+        _write_run(self.folder / name, keys[order], checks[order],
+                   np.full(len(keys), seq, np.uint32), np.full(len(keys), vid, np.uint16))
+        c.execute(f"INSERT INTO {self.runs_table} (name, n) VALUES (?, ?)", (name, len(keys)))
+
+    def _collect_garbage(self, c: Any) -> None:
+        """Run files no committed transaction names (a crash or rollback left them): only a
+        writer may delete them, as only a writer adds them. Unfinished merges (``.tmp``) are
+        left alone unless abandoned."""
+        named = {name for (name,) in c.execute(f"SELECT name FROM {self.runs_table}")}
+        now = time.time()
+        for path in self.folder.iterdir():
+            if path.name in named:
+                continue
+            try:
+                if path.suffix == ".tmp" and now - path.stat().st_mtime < STALE_TMP_S:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- merging -------------------------------------------------------------------------
+    def merge_candidates(self, c: Any) -> list[str]:
+        """The oldest ``FANOUT`` runs of the lowest tier that has that many (or none)."""
+        tiers: dict[int, list[str]] = {}
+        for name, n in c.execute(f"SELECT name, n FROM {self.runs_table} ORDER BY rowid"):
+            tier = max(0, int(math.log(max(n, 1) / TIER_BASE, FANOUT))) if n > TIER_BASE else 0
+            tiers.setdefault(tier, []).append(name)
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= FANOUT:
+                return tiers[tier][:FANOUT]
+        return []
+
+    def write_merged(self, sources: list[Run]) -> tuple[Path, int]:
+        """Merge ``sources`` into one sorted ``.tmp`` run file (flushed); memory stays bounded
+        by ``MERGE_CHUNK`` entries per source."""
+        total = sum(r.n for r in sources)
+        path = self.folder / f"merge-{uuid.uuid4().hex}.tmp"
+        # Each column has its region of the file (sizes known up front): chunks go in place.
+        regions = [HEADER, HEADER + 8 * total, HEADER + 16 * total, HEADER + 20 * total]
+        widths = [8, 8, 4, 2]
+        done = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.pwrite(fd, MAGIC + np.int64(total).astype("<i8").tobytes(), 0)
+            for chunk in _merged_chunks(sources):
+                for region, width, arr in zip(regions, widths, chunk):
+                    os.pwrite(fd, arr.tobytes(), region + done * width)
+                done += len(chunk[0])
+            os.ftruncate(fd, _file_size(total))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path, total
+
+    def swap_in(self, c: Any, tmp: Path, n: int, sources: list[str]) -> bool:
+        """In the caller's transaction: the merged run replaces ``sources`` if they are all
+        still named (another merge may have taken them); the caller deletes the sources'
+        files after the commit (``unlink_runs``)."""
+        named = {name for (name,) in c.execute(f"SELECT name FROM {self.runs_table}")}
+        if not set(sources) <= named:
+            return False
+        final = tmp.with_name(tmp.name.replace(".tmp", ".led"))
+        os.replace(tmp, final)
+        c.executemany(f"DELETE FROM {self.runs_table} WHERE name = ?", [(s,) for s in sources])
+        c.execute(f"INSERT INTO {self.runs_table} (name, n) VALUES (?, ?)", (final.name, n))
+        return True
+
+    def unlink_runs(self, names: list[str]) -> None:
+        for name in names:
+            self._open.pop(name, None)
+            try:
+                (self.folder / name).unlink()
+            except FileNotFoundError:
+                pass
+
+    def bytes_on_disk(self) -> int:
+        if not self.folder.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+
+def _matches(run: Run, keys: np.ndarray, checks: np.ndarray
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(query positions, vids, seqs)`` of the entries of ``run`` whose key and check equal
+    a query's (``keys`` sorted); a key held several times (versions, collisions) is walked."""
+    if not run.n:
         return
-    c.execute(f"UPDATE {tables['ledger']} SET done = 1 WHERE (uri, version) IN "
-              f"(SELECT j.value, l.version FROM {log} AS l, json_each(l.uris) AS j)")
-    c.execute(f"DELETE FROM {log}")
+    pos = np.searchsorted(run.keys, keys, "left")
+    live = np.flatnonzero(pos < run.n)
+    live = live[run.keys[pos[live]] == keys[live]]
+    while live.size:
+        at = pos[live]
+        same = run.checks[at] == checks[live]
+        if same.any():
+            yield live[same], np.asarray(run.vids[at[same]]), np.asarray(run.seqs[at[same]])
+        pos[live] += 1
+        nxt = pos[live]
+        inside = nxt < run.n
+        live, nxt = live[inside], nxt[inside]
+        live = live[run.keys[nxt] == keys[live]]
 
 
-def not_done(c: Any, tables: dict[str, str], uri: str, version: str) -> None:
-    """A labelled post whose output row could not be exported: labelled no more."""
-    fold_labelled(c, tables)  # so that a later fold does not mark it done again
-    c.execute(f"UPDATE {tables['ledger']} SET done = 0 WHERE uri = ? AND version = ?",
-              (uri, version))
+def _merged_chunks(sources: list[Run]) -> Iterator[tuple[np.ndarray, ...]]:
+    """The entries of sorted runs in key order, ``MERGE_CHUNK`` per source at a time: each
+    step takes from every source the entries up to the smallest of their chunk ends."""
+    at = [0] * len(sources)
+    while True:
+        ends = [min(r.n, a + MERGE_CHUNK) for r, a in zip(sources, at)]
+        open_ = [i for i, r in enumerate(sources) if at[i] < r.n]
+        if not open_:
+            return
+        # The bound: the smallest last key among sources not yet exhausted by this chunk.
+        bounded = [sources[i].keys[ends[i] - 1] for i in open_ if ends[i] < sources[i].n]
+        limit = min(bounded) if bounded else None
+        pieces = []
+        for i in open_:
+            r = sources[i]
+            stop = ends[i] if limit is None else int(np.searchsorted(
+                r.keys[at[i]:ends[i]], limit, "right")) + at[i]
+            if stop > at[i]:
+                pieces.append((r, at[i], stop))
+                at[i] = stop
+        keys = np.concatenate([r.keys[a:b] for r, a, b in pieces])
+        order = np.argsort(keys, kind="stable")
+        yield (keys[order],
+               np.concatenate([r.checks[a:b] for r, a, b in pieces])[order],
+               np.concatenate([r.seqs[a:b] for r, a, b in pieces])[order],
+               np.concatenate([r.vids[a:b] for r, a, b in pieces])[order])

@@ -21,12 +21,19 @@ class InvalidPost(BaseModel):
     reason: str
 
 
+class EnqueueSession(BaseModel):
+    """One enqueue stage's ledger writes, so it can tell its own repeats from posts queued
+    before it (``QueueStore.enqueue(session=...)``)."""
+
+    seqs: set[int] = Field(default_factory=set)
+
+
 class EnqueueResult(BaseModel):
     enqueued_posts: int = 0
     enqueued_batches: int = 0
-    skipped_done: int = 0      # already labelled (output queue or exported)
-    skipped_queued: int = 0    # already in the input queue or dead letters
-    skipped_other_version: int = 0  # labelled (or queued) for another config_hash
+    skipped_known: int = 0     # queued before for this config_hash (labelled or not yet)
+    skipped_duplicate: int = 0  # queued earlier in the same session (a repeat in the input)
+    skipped_other_version: int = 0  # queued (and maybe labelled) for another config_hash
     relabelled: int = 0        # of the enqueued: other-version posts queued again
     invalid: list[InvalidPost] = Field(default_factory=list)
 
@@ -44,19 +51,20 @@ class ClaimedBatch(BaseModel):
     payload that cannot be decoded is that worker's to bury (``QueueStore.bury_undecodable``).
     """
 
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
     batch_id: int
     lease_id: str
     attempt: int
     n_posts: int
     version: str = ""
-    payload: str = Field("", repr=False)
+    payload: bytes = Field(b"", repr=False)
 
     @property
     def posts(self) -> list[dict[str, Any]]:
         """The batch's posts (raises ``codec.PayloadError`` for a payload damaged on disk)."""
         from queue_store import codec
 
-        return codec.loads_posts(self.payload)
+        return codec.loads_posts(self.payload).to_pylist()
 
 
 class CompleteResult(BaseModel):

@@ -13,7 +13,7 @@ from queue_store.names import check_name
 BUSY_TIMEOUT_MS = 30_000
 # The layout version of a queue file, stored in its meta table. A file of another version is
 # refused with one line (no second code path for old layouts).
-FORMAT = "2"
+FORMAT = "3"
 
 
 class QueueFileError(ValueError):
@@ -38,8 +38,8 @@ def table_names(integration: str) -> dict[str, str]:
         "output": f"output_{name}",
         "dead": f"dead_{name}",
         "exports": f"exports_{name}",
-        "ledger": f"ledger_{name}",
-        "labelled": f"labelled_{name}",
+        "versions": f"versions_{name}",
+        "ledger_runs": f"ledger_runs_{name}",
     }
 
 
@@ -50,7 +50,7 @@ def _ddl(t: dict[str, str]) -> list[str]:
         # claims it, so a post is labelled once per (uri, config_hash).
         f"""CREATE TABLE IF NOT EXISTS {t['input']} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
-            payload TEXT NOT NULL,
+            payload BLOB NOT NULL,
             metadata TEXT NOT NULL,
             n_posts INTEGER NOT NULL,
             version TEXT NOT NULL,
@@ -68,7 +68,7 @@ def _ddl(t: dict[str, str]) -> list[str]:
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             batch_id INTEGER NOT NULL,
             version TEXT NOT NULL,
-            payload TEXT NOT NULL,
+            payload BLOB NOT NULL,
             n_rows INTEGER NOT NULL,
             export_id INTEGER,
             created_at REAL NOT NULL)""",
@@ -79,7 +79,7 @@ def _ddl(t: dict[str, str]) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {t['dead']} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             uri TEXT,
-            payload TEXT NOT NULL,
+            payload BLOB NOT NULL,
             decodable INTEGER NOT NULL,
             reason TEXT NOT NULL,
             attempt INTEGER NOT NULL,
@@ -91,22 +91,15 @@ def _ddl(t: dict[str, str]) -> list[str]:
             state TEXT NOT NULL CHECK (state IN ('planned','written')),
             n_rows INTEGER NOT NULL,
             created_at REAL NOT NULL)""",
-        # Every (uri, config_hash) ever enqueued for this integration, so "is this post new?"
-        # is decided inside the enqueue transaction (concurrent enqueues queue each post once
-        # per version). ``done`` is set when the post's labels reach the output queue.
-        f"""CREATE TABLE IF NOT EXISTS {t['ledger']} (
-            uri TEXT NOT NULL,
-            version TEXT NOT NULL,
-            done INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (uri, version)) WITHOUT ROWID""",
-        # The uris each completed batch labelled (a JSON array per batch), appended by
-        # ``complete`` and folded into the ledger's ``done`` by the next enqueue that needs
-        # it: marking done in the ledger per batch rewrote most of its 64 KiB pages every
-        # time (measured: 18 of the QueueActor's 20 µs per post), an append touches one.
-        f"""CREATE TABLE IF NOT EXISTS {t['labelled']} (
-            id INTEGER PRIMARY KEY,
-            version TEXT NOT NULL,
-            uris TEXT NOT NULL)""",
+        # The config_hashes posts were queued for, as the small ids ledger entries carry.
+        f"""CREATE TABLE IF NOT EXISTS {t['versions']} (
+            vid INTEGER PRIMARY KEY,
+            version TEXT NOT NULL UNIQUE)""",
+        # The ledger's run files (``ledger.py``): a file is part of the ledger once a
+        # committed transaction names it here.
+        f"""CREATE TABLE IF NOT EXISTS {t['ledger_runs']} (
+            name TEXT PRIMARY KEY,
+            n INTEGER NOT NULL)""",
     ]
 
 

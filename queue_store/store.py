@@ -4,8 +4,9 @@ Verbs, message-queue style. Every verb that writes is atomic: it runs in one
 ``BEGIN IMMEDIATE`` transaction of its own, or in the caller's (``tx=``, from
 ``with store.transaction() as tx``), so several verbs can commit together.
 
-- ``enqueue(posts, metadata=None, batch_size=1000, dedupe=True, version="", relabel=False)``
-  — validate; queue the posts whose (uri, version) the integration has not seen.
+- ``enqueue(posts, metadata=None, batch_size=1000, version="", relabel=False, session=None)``
+  — validate; queue the posts the ledger has not seen for that version.
+- ``remember(uris, version)`` — record posts labelled elsewhere in the ledger, queue nothing.
 - ``claim(max_batches=1, lease_seconds=60, owner="", version="")`` — lease pending batches of
   one version (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
@@ -20,7 +21,7 @@ Verbs, message-queue style. Every verb that writes is atomic: it runs in one
   ``bury_export_rows(bad)``, ``export_schema()``, ``save_export_schema(schema)``,
   ``mark_exported(export_id)``, ``clear_exported()`` — see ``parquet.export_output``.
 - reads: ``status(version=None)``, ``pending_versions()``, ``has_pending(version="")``,
-  ``dead_letters(limit=20)``, ``dead_reasons(limit=5, version=None)``, ``known_uris()``.
+  ``dead_letters(limit=20)``, ``dead_reasons(limit=5, version=None)``, ``seen(uris)``.
 """
 from __future__ import annotations
 
@@ -32,16 +33,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from queue_store import codec, ledger
+from queue_store import codec
+from queue_store.fingerprint import fingerprints
+from queue_store.ledger import Ledger
 from queue_store.lease_holder import LeaseHolder
 from queue_store.models import (ClaimedBatch, CompleteResult, DeadLetter, EnqueueResult,
+                                EnqueueSession,
                                 ExportPlan, InvalidPost, QueueStatus, ReapResult)
 from queue_store.rows.column_types import merge_schema
 from queue_store.rows.shapes import POST_COLUMNS, post_of
 from queue_store.rows.typed import from_ipc, to_ipc
-from queue_store.rows.validation import as_post_table, split_valid
+from queue_store.rows.validation import Validated, as_post_table, split_valid
 from queue_store.schema import (BUSY_TIMEOUT_MS, QueueFileError, connect, file_identity,
                                 storage_error, table_names)
 
@@ -75,6 +81,7 @@ class QueueStore:
         self.conn, self.store_id = connect(self.path, integration, readonly,
                                            busy_ms=int(busy_timeout_s * 1000))
         self.identity = file_identity(self.path)
+        self.ledger = Ledger(self.path.with_suffix(".ledger"), self.tables["ledger_runs"])
 
     def close(self) -> None:
         self.conn.close()
@@ -121,37 +128,125 @@ class QueueStore:
 
     # -- producers -------------------------------------------------------------------------
     def enqueue(self, posts: Any, metadata: Mapping[str, Any] | None = None,
-                batch_size: int = 1000, dedupe: bool = True, version: str = "",
-                relabel: bool = False, tx: Transaction | None = None) -> EnqueueResult:
+                batch_size: int = 1000, version: str = "", relabel: bool = False,
+                session: EnqueueSession | None = None,
+                tx: Transaction | None = None) -> EnqueueResult:
         """Validate posts and queue the valid ones for ``version`` (the config_hash that will
         label them) in rows of at most ``batch_size`` posts.
 
-        With ``dedupe`` a post whose uri this integration has seen before is skipped (see
-        ``ledger.only_new``) — unless ``relabel`` and only other versions saw it. The decision
-        and the insert are one transaction: concurrent enqueues queue each post once per
-        version."""
+        A post this integration has queued before for ``version`` is skipped, and one queued
+        only for other versions too — unless ``relabel``. The ledger's decision and the
+        insert are one transaction: concurrent enqueues queue each post once per version.
+        ``session`` (one per enqueue stage) tells its own repeats from earlier posts."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        valid, invalid = split_valid(as_post_table(posts))
-        result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in invalid])
-        if not valid.num_rows:
+        checked = split_valid(as_post_table(posts))
+        result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in
+                                        checked.invalid])
+        if not checked.valid.num_rows:
             return result
         with self._within(tx) as c:
-            if dedupe:
-                valid = ledger.only_new(c, self.tables, valid, result, version, relabel)
+            valid = self._admit(c, checked, version, relabel, result, session)
             now = self.clock()
             rows = []
             for start in range(0, valid.num_rows, batch_size):
                 chunk = valid.slice(start, batch_size)
                 meta = dict(metadata or {}, batch_size=batch_size,
                             actual_batch_size=chunk.num_rows)
-                rows.append((_posts_json(chunk), codec.dumps(meta), chunk.num_rows, version,
-                             now))
+                rows.append((codec.dumps_posts(chunk), codec.dumps(meta), chunk.num_rows,
+                             version, now))
             c.executemany(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, "
                           "version, created_at) VALUES (?, ?, ?, ?, ?)", rows)
         result.enqueued_posts = valid.num_rows
         result.enqueued_batches = len(rows)
+        if tx is None:
+            self.merge_ledger()
         return result
+
+    def remember(self, uris: pa.Array | pa.ChunkedArray, version: str,
+                 tx: Transaction | None = None) -> int:
+        """Record posts labelled elsewhere (e.g. found in the parquet output when this queue
+        file is newer than it) as queued for ``version``, without queueing them; returns
+        how many were new to the ledger."""
+        uris = pc.unique(uris.drop_null())
+        with self._within(tx) as c:
+            keys, checks = fingerprints(uris)
+            vid = self._vid(c, version)
+            new = ~self.ledger.lookup(c, keys, checks, vid).same
+            self.ledger.add(c, keys[new], checks[new], vid, self._next_seq(c))
+        if tx is None:
+            self.merge_ledger()
+        return int(new.sum())
+
+    def seen(self, uris: Sequence[str], version: str | None = None) -> list[bool]:
+        """Whether each uri was ever queued for ``version`` (or for any version)."""
+        keys, checks = fingerprints(pa.array(list(uris), pa.string()))
+        self.conn.execute("BEGIN")  # one snapshot of the run list
+        try:
+            row = self.conn.execute(f"SELECT vid FROM {self.tables['versions']} WHERE "
+                                    "version = ?", (version,)).fetchone()
+            hits = self.ledger.lookup(self.conn, keys, checks, row[0] if row else -1)
+        finally:
+            self.conn.execute("COMMIT")
+        return (hits.same | hits.other if version is None else hits.same).tolist()
+
+    def merge_ledger(self) -> int:
+        """Merge the ledger's runs while a tier has ``FANOUT`` of them (outside any
+        transaction; each merged run replaces its sources in a short one). Returns merges."""
+        merges = 0
+        while True:
+            sources = self.ledger.merge_candidates(self.conn)
+            if not sources:
+                return merges
+            runs = [r for r in self.ledger.runs(self.conn) if r.name in sources]
+            tmp, n = self.ledger.write_merged(runs)
+            with self.transaction() as tx:
+                swapped = self.ledger.swap_in(tx.cursor, tmp, n, sources)
+            if not swapped:  # another process merged them first
+                tmp.unlink(missing_ok=True)
+                return merges
+            self.ledger.unlink_runs(sources)
+            merges += 1
+
+    def _admit(self, c: Any, checked: Validated, version: str, relabel: bool,
+               result: EnqueueResult, session: EnqueueSession | None) -> pa.Table:
+        """The posts to queue (the rest counted in ``result``), recorded in the ledger."""
+        valid, keys, checks = checked.valid, checked.keys, checked.checks
+        vid = self._vid(c, version)
+        hits = self.ledger.lookup(c, keys, checks, vid)
+        mine = np.isin(hits.same_seq, list(session.seqs)) if session else np.zeros(
+            len(keys), bool)
+        result.skipped_duplicate += int((hits.same & mine).sum())
+        result.skipped_known += int((hits.same & ~mine).sum())
+        elsewhere = hits.other & ~hits.same
+        if relabel:
+            result.relabelled += int(elsewhere.sum())
+            take = ~hits.same
+        else:
+            result.skipped_other_version += int(elsewhere.sum())
+            take = ~(hits.same | hits.other)
+        seq = self._next_seq(c)
+        self.ledger.add(c, keys[take], checks[take], vid, seq)
+        if session is not None:
+            session.seqs.add(seq)
+        return valid if take.all() else valid.filter(pa.array(take))
+
+    def _vid(self, c: Any, version: str) -> int:
+        """The small id ledger entries carry for a config_hash (made on first use)."""
+        t = self.tables["versions"]
+        row = c.execute(f"SELECT vid FROM {t} WHERE version = ?", (version,)).fetchone()
+        if row is None:
+            row = c.execute(f"INSERT INTO {t} (version) VALUES (?) RETURNING vid",
+                            (version,)).fetchone()
+        if row[0] > np.iinfo(np.uint16).max:
+            raise QueueFileError(f"queue file {self.path}: more than 65,535 config versions")
+        return row[0]
+
+    def _next_seq(self, c: Any) -> int:
+        row = c.execute("INSERT INTO meta(key, value) VALUES ('ledger_seq', '1') "
+                        "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 "
+                        "RETURNING value").fetchone()
+        return int(row[0])
 
     # -- consumers -------------------------------------------------------------------------
     def claim(self, max_batches: int = 1, lease_seconds: float = 60, owner: str = "",
@@ -214,14 +309,14 @@ class QueueStore:
                 raise ValueError(f"complete({batch_id}) must account for each of its "
                                  f"{n_posts} posts once: got {n_labelled} labelled and "
                                  f"{len(failed)} failed")
-            uris = labelled.column("uri").to_pylist() if n_labelled else []
-            if len({*uris, *(post["uri"] for post, _ in failed)}) != n_posts:
+            uris = [*(labelled.column("uri").chunks if n_labelled else []),
+                    pa.array([post["uri"] for post, _ in failed], pa.string())]
+            if pc.count_distinct(pa.chunked_array(uris, pa.string())).as_py() != n_posts:
                 raise ValueError(f"complete({batch_id}) names a post twice")
             if n_labelled:
                 c.execute(f"INSERT INTO {t['output']} (batch_id, version, payload, n_rows, "
                           "created_at) VALUES (?, ?, ?, ?, ?)",
                           (batch_id, version, to_ipc(labelled), n_labelled, self.clock()))
-                ledger.log_labelled(c, t, version, uris)
             retried, dead = self._retry_or_bury(c, batch_id, list(failed), attempt, version)
             c.execute(f"DELETE FROM {t['input']} WHERE id = ?", (batch_id,))
         return CompleteResult(accepted=True, labelled=n_labelled, retried=retried,
@@ -230,7 +325,7 @@ class QueueStore:
     def fail(self, batch_id: int, lease_id: str, reason: str,
              tx: Transaction | None = None) -> bool:
         """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""
-        def nack(c: sqlite3.Cursor, payload: str, attempt: int, version: str) -> None:
+        def nack(c: sqlite3.Cursor, payload: bytes, attempt: int, version: str) -> None:
             if attempt < self.max_attempts:
                 self._back_to_pending(c, batch_id)
             else:
@@ -249,12 +344,12 @@ class QueueStore:
     def bury_undecodable(self, batch_id: int, lease_id: str, reason: str,
                          tx: Transaction | None = None) -> bool:
         """Fenced: a claimed batch whose payload cannot be decoded goes to dead letters."""
-        def bury(c: sqlite3.Cursor, payload: str, attempt: int, version: str) -> None:
+        def bury(c: sqlite3.Cursor, payload: bytes, attempt: int, version: str) -> None:
             self._dead_letter_raw(c, batch_id, payload, reason, attempt, version)
         return self._if_held(tx, batch_id, lease_id, bury)
 
     def _if_held(self, tx: Transaction | None, batch_id: int, lease_id: str,
-                 act: Callable[[sqlite3.Cursor, str, int, str], None]) -> bool:
+                 act: Callable[[sqlite3.Cursor, bytes, int, str], None]) -> bool:
         """``act(cursor, payload, attempt, version)`` on the batch if ``lease_id`` still
         holds it (True), else nothing (False: the lease was lost)."""
         with self._within(tx) as c:
@@ -284,13 +379,13 @@ class QueueStore:
                 rows = c.execute(f"SELECT id, payload FROM {t['dead']} WHERE decodable = 1 "
                                  "AND version = ? ORDER BY id LIMIT ?",
                                  (first[0], batch_size)).fetchall()
-                posts = [codec.loads(p) for _, p in rows]
+                posts = codec.posts_table([codec.loads(p) for _, p in rows])
                 meta = {"requeued_from_dead": True, "batch_size": batch_size,
-                        "actual_batch_size": len(posts)}
+                        "actual_batch_size": posts.num_rows}
                 c.execute(f"INSERT INTO {t['input']} (payload, metadata, n_posts, version, "
                           "created_at) VALUES (?, ?, ?, ?, ?)",
-                          (codec.dumps(posts), codec.dumps(meta), len(posts), first[0],
-                           self.clock()))
+                          (codec.dumps_posts(posts), codec.dumps(meta), posts.num_rows,
+                           first[0], self.clock()))
                 c.executemany(f"DELETE FROM {t['dead']} WHERE id = ?", [(i,) for i, _ in rows])
                 moved += len(rows)
 
@@ -364,7 +459,6 @@ class QueueStore:
                 for index, reason in lines.items():
                     post = post_of(rows[index])
                     self._insert_dead(c, [(post, reason)], 0, version, batch_id)
-                    ledger.not_done(c, t, post["uri"], version)
                 keep = [i for i in range(table.num_rows) if i not in lines]
                 if keep:
                     c.execute(f"UPDATE {t['output']} SET payload = ?, n_rows = ? WHERE id = ?",
@@ -402,7 +496,17 @@ class QueueStore:
             return c.execute(f"DELETE FROM {t['output']} WHERE export_id IN "
                              f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
 
+    def set_flag(self, name: str, tx: Transaction | None = None) -> None:
+        """Mark something done once per queue file (``flag`` reads it)."""
+        with self._within(tx) as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, '1')",
+                      (f"flag:{name}",))
+
     # -- reads -----------------------------------------------------------------------------
+    def flag(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"flag:{name}",)
+                                 ).fetchone() is not None
+
     def has_pending(self, version: str = "") -> bool:
         """Is any batch of ``version`` waiting to be claimed? (one index probe)"""
         return self.conn.execute(f"SELECT 1 FROM {self.tables['input']} WHERE status = "
@@ -464,21 +568,8 @@ class QueueStore:
             f"SELECT reason, COUNT(*) AS n FROM {self.tables['dead']} WHERE {mine} "
             "GROUP BY reason ORDER BY n DESC, reason LIMIT ?", (*args, limit))]
 
-    def known_uris(self) -> Iterator[str]:
-        """Stream every uri ever enqueued for this integration (the ledger), in pages."""
-        last = ""
-        while True:  # keyset pages: no long-lived read transaction, bounded memory
-            rows = self.conn.execute(f"SELECT DISTINCT uri FROM {self.tables['ledger']} "
-                                     "WHERE uri > ? ORDER BY uri LIMIT 10000",
-                                     (last,)).fetchall()
-            if not rows:
-                return
-            for (uri,) in rows:
-                yield uri
-            last = rows[-1][0]
-
     # -- internals -------------------------------------------------------------------------
-    def _held(self, c: Any, batch_id: int, lease_id: str) -> tuple[str, int, str] | None:
+    def _held(self, c: Any, batch_id: int, lease_id: str) -> tuple[bytes, int, str] | None:
         return c.execute(f"SELECT payload, attempt, version FROM {self.tables['input']} "
                          "WHERE id = ? AND lease_id = ? AND status = 'processing'",
                          (batch_id, lease_id)).fetchone()
@@ -525,16 +616,16 @@ class QueueStore:
                 "batch_size": len(posts), "actual_batch_size": len(posts)}
         c.execute(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, version, "
                   "attempt, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                  (codec.dumps(posts), codec.dumps(meta), len(posts), version, attempt,
-                   self.clock()))
+                  (codec.dumps_posts(codec.posts_table(posts)), codec.dumps(meta), len(posts),
+                   version, attempt, self.clock()))
         return len(failed), 0
 
-    def _bury_batch(self, c: Any, batch_id: int, payload: str, reason: str, attempt: int,
+    def _bury_batch(self, c: Any, batch_id: int, payload: bytes, reason: str, attempt: int,
                     version: str) -> None:
         """Every post of an input batch to dead letters (the payload itself if it cannot be
         decoded), and the batch removed."""
         try:
-            posts = codec.loads_posts(payload)
+            posts = codec.loads_posts(payload).to_pylist()
         except codec.PayloadError as exc:
             self._dead_letter_raw(c, batch_id, payload, f"{reason}; {exc}", attempt, version)
             return
@@ -560,11 +651,6 @@ class QueueStore:
                   (payload, reason, attempt, version, batch_id, self.clock()))
         c.execute(f"DELETE FROM {self.tables[table]} WHERE id = ?",
                   (batch_id if row_id is None else row_id,))
-
-
-def _posts_json(chunk: pa.Table) -> str:
-    cols = [chunk.column(c).to_pylist() for c in POST_COLUMNS]
-    return codec.dumps([dict(zip(POST_COLUMNS, vals)) for vals in zip(*cols)])
 
 
 def _schema_of(value: str) -> pa.Schema:

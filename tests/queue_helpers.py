@@ -48,3 +48,17 @@ def fifty_posts_and_a_claimer(data_dir: Path, role: str
     store.enqueue(make_posts(50), batch_size=10)
     leases = data_dir / "leases.json"
     return store, spawn_queue_proc(role, str(data_dir), str(leases)), leases
+
+
+def queued_uris(store: QueueStore, candidates: Any) -> set[str]:
+    """Which of ``candidates`` the store's ledger holds (ever queued, any version)."""
+    candidates = list(candidates)
+    return {u for u, seen in zip(candidates, store.seen(candidates)) if seen}
+
+
+def input_uris(posts_dir: Path) -> list[str]:
+    """Every uri in a posts folder (repeats and invalid posts included)."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(posts_dir, partitioning="hive").to_table(
+        columns=["uri"]).column("uri").to_pylist()

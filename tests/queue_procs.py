@@ -56,7 +56,7 @@ def claim_and_hang(data_dir: str, leases_path: str) -> None:
     store = QueueStore(data_dir, NAME)
     batches = store.claim(max_batches=3, lease_seconds=1, owner="doomed")
     with open(leases_path + ".tmp", "w") as fh:
-        json.dump([b.model_dump() for b in batches], fh)
+        json.dump([b.model_dump(mode="json") for b in batches], fh)
     os.replace(leases_path + ".tmp", leases_path)
     time.sleep(600)
 

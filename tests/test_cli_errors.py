@@ -137,7 +137,7 @@ def test_skip_bad_files_enqueues_the_rest_and_counts_them(tmp_path, capsys):
     assert summary["rows_read"] == 202
     assert summary["enqueued"] > 150
     assert summary["rows_read"] == sum(summary[k] for k in (
-        "enqueued", "skipped_done", "skipped_queued", "skipped_duplicate", "rejected_invalid"))
+        "enqueued", "skipped_known", "skipped_duplicate", "rejected_invalid"))
 
 
 def _nothing_created(root):

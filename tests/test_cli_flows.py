@@ -59,10 +59,10 @@ def test_stages_one_at_a_time_with_tiny_model(ray_session, tmp_path, capsys, tin
     assert st.output_rows_exported == st.output_rows_unexported == st.pending_posts == 0
     again = _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g", "--quiet")
     assert "enqueued" not in again  # nothing new: everything is already in the parquet output
-    done = int(re.search(r"skipped_done\s+(\d+)\n", again).group(1))
+    done = int(re.search(r"skipped_known\s+(\d+)\n", again).group(1))
     repeats = int(re.search(r"skipped_duplicate\s+(\d+)\n", again).group(1))
     invalid = int(re.search(r"rejected_invalid\s+(\d+)\n", again).group(1))
-    # each labelled post counts once as done; its repeats in the input as duplicates
+    # each labelled post counts once as known; its repeats in the input as duplicates
     assert done == len(expected) and done + repeats + invalid == 600
     assert QueueStore(tmp_path / "data", NAME).status().pending_posts == 0
 

@@ -14,7 +14,7 @@ from jobs.config import parse_config
 from jobs.labels.evaluation import evaluate
 from jobs.labels.report import write_report
 from queue_store import QueueStore, export_output
-from tests.queue_helpers import complete
+from tests.queue_helpers import complete, input_uris, queued_uris
 
 NAME = "ml_inference_intergroup"
 PRED = ["a", "a", "a", "a", "b", "b", "b", "b", "a", "b"]
@@ -159,4 +159,4 @@ def test_demo_gold_holds_exactly_the_posts_enqueue_accepts(tmp_path):
 
     store.enqueue(pads.dataset(tmp_path / "posts", partitioning="hive").to_table(
         columns=["uri", "text", "preprocessing_timestamp"]))
-    assert gold == set(store.known_uris())
+    assert queued_uris(store, input_uris(tmp_path / "posts")) == gold

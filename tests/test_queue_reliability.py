@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _queued_uris(store: QueueStore) -> list[str]:
     uris = []
     for (payload,) in store.conn.execute(f"SELECT payload FROM {store.tables['input']}"):
-        uris.extend(p["uri"] for p in codec.loads(payload))
+        uris.extend(codec.loads_posts(payload).column("uri").to_pylist())
     return uris
 
 
@@ -45,13 +45,13 @@ def test_three_concurrent_enqueues_of_overlapping_posts_queue_each_once(tmp_path
     assert sum(json.loads(o.read_text()) for o in outs) == 2500
 
 
-def test_reenqueue_counts_done_and_queued_from_the_ledger(tmp_path):
+def test_reenqueue_counts_known_posts_from_the_ledger(tmp_path):
     store = QueueStore(tmp_path, NAME)
     store.enqueue(make_posts(10), batch_size=5)
     [b] = store.claim(1)
     complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
     res = store.enqueue(make_posts(12))  # 5 labelled (unexported), 5 queued, 2 new
-    assert (res.enqueued_posts, res.skipped_done, res.skipped_queued) == (2, 5, 5)
+    assert (res.enqueued_posts, res.skipped_known) == (2, 10)
 
 
 def test_a_queue_file_of_an_older_format_is_refused_with_one_line(tmp_path):

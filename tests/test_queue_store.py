@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pyarrow as pa
 import pytest
 
 from queue_store import QueueStore, codec
@@ -143,7 +144,7 @@ def test_poison_post_dead_lettered_after_max_attempts(store):
     assert dead.uri == poison and dead.reason == "ValueError: bad 3" and dead.attempt == 3
     st = store.status()
     assert (st.output_rows_unexported, st.dead_posts, st.pending_posts) == (9, 1, 0)
-    assert sorted(store.known_uris()) == sorted(p["uri"] for p in make_posts(10))
+    assert all(store.seen([p["uri"] for p in make_posts(10)]))
     assert store.requeue_dead() == 1
     [b] = store.claim(1)
     assert [p["uri"] for p in b.posts] == [poison] and b.attempt == 1
@@ -168,8 +169,18 @@ def test_reap_buries_batches_that_keep_losing_their_worker(store, clock):
     assert "lease expired on attempt 3" in store.dead_letters()[0].reason
 
 
-@pytest.mark.parametrize("payload", ["{not json", "[" * 200_000 + "]" * 200_000, '{"a": 1}',
-                                     '[1, 2]', "null"])
+def _stored(table: pa.Table) -> bytes:
+    return table.to_batches()[0].serialize().to_pybytes()
+
+
+GOOD = codec.dumps_posts(pa.table({c: ["x"] for c in ("uri", "text", "preprocessing_timestamp")}))
+
+
+@pytest.mark.parametrize("payload", [
+    b"{not json", GOOD[:-8], b"", b"\x00" * 64,
+    _stored(pa.table({"a": pa.array([1], pa.int64())})),  # another shape
+    codec.dumps_posts(pa.table({"uri": pa.array([None], pa.string()), "text": ["x"],
+                                "preprocessing_timestamp": ["x"]}))])  # a post without a uri
 def test_corrupt_rows_go_to_dead_letters(store, payload):
     store.enqueue(make_posts(3))
     conn = sqlite3.connect(store.path)

@@ -40,5 +40,5 @@ def test_text_and_uri_must_be_strings():
                                                          "b": "text is not a string"}
     table = pa.table({"uri": [1, 2], "text": ["a post long enough"] * 2,
                       "preprocessing_timestamp": ["2024-10-01"] * 2})
-    valid, invalid = split_valid(as_post_table(table))
+    valid, invalid, _, _ = split_valid(as_post_table(table))
     assert valid.num_rows == 0 and invalid == [(None, "uri is not a string")] * 2

@@ -54,9 +54,9 @@ def test_store_relabels_other_versions_only_when_asked(tmp_path):
     res = store.enqueue(make_posts(12), version="B")
     assert (res.enqueued_posts, res.skipped_other_version) == (2, 10)
     res = store.enqueue(make_posts(12), version="B", relabel=True)
-    assert (res.enqueued_posts, res.relabelled, res.skipped_queued) == (10, 10, 2)
+    assert (res.enqueued_posts, res.relabelled, res.skipped_known) == (10, 10, 2)
     res = store.enqueue(make_posts(12), version="B", relabel=True)  # once per version
-    assert (res.enqueued_posts, res.skipped_queued) == (0, 12)
+    assert (res.enqueued_posts, res.skipped_known) == (0, 12)
 
 
 @pytest.mark.ray
@@ -79,7 +79,7 @@ def test_changed_config_is_skipped_then_relabelled_beside_the_old_rows(ray_sessi
     runs = [json.loads(p.read_text()) for p in (tmp_path / "data" / "runs").glob("*.json")]
     skipped = max(r["skipped_other_version"] for r in runs)
     assert skipped >= first.num_rows  # (repeats of those uris in the input count too)
-    assert f"{skipped} post(s) were labelled by another version" in err
+    assert f"{skipped} post(s) were queued or labelled under another version" in err
     assert "--relabel-other-versions" in err
     assert pads.dataset(tmp_path / "data" / NAME, partitioning="hive").count_rows() == \
         first.num_rows  # nothing changed without the flag

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
     p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
     p.add_argument("--relabel-other-versions", action="store_true",
-                   help="with --add-to-queue: also enqueue posts labelled by another "
+                   help="with --add-to-queue: also enqueue posts queued or labelled by another "
                         "config_hash (their old rows stay, told apart by config_hash)")
     p.add_argument("--evaluate", metavar="GOLD",
                    help="labels of -i INTEGRATION against a gold CSV/parquet (uri + label)")

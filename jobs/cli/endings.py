@@ -31,8 +31,8 @@ def closing_lines(summaries: list[RunSummary], budget: int | None) -> int:
     dead = 0
     for s in summaries:
         if s.stage == "enqueue" and s.skipped_other_version:
-            _say(f"{s.integration}: {s.skipped_other_version} post(s) were labelled by another "
-                 f"version of this integration's config (this one is config_hash "
+            _say(f"{s.integration}: {s.skipped_other_version} post(s) were queued or labelled "
+                 f"under another version of this integration's config (this one is config_hash "
                  f"{s.config_hash}); add --relabel-other-versions to label them again (the "
                  "old rows stay, told apart by config_hash)")
         if s.stage != "inference":

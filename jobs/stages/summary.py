@@ -34,10 +34,9 @@ class RunSummary(BaseModel):
     rows_read: int = 0
     skipped_bad_files: int = 0
     enqueued: int = 0
-    skipped_done: int = 0
-    skipped_queued: int = 0
-    skipped_duplicate: int = 0
-    skipped_other_version: int = 0     # labelled by another config_hash: not relabelled
+    skipped_known: int = 0             # queued before for this config_hash (labelled or not)
+    skipped_duplicate: int = 0         # repeats within this run's input
+    skipped_other_version: int = 0     # queued or labelled for another config_hash
     relabelled: int = 0                # other-version posts queued again (--relabel-...)
     rejected_invalid: int = 0
     invalid_by_reason: dict[str, int] = Field(default_factory=dict)

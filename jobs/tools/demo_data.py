@@ -96,7 +96,7 @@ def write_gold(posts: Path, out: Path, sample: int | None = None, seed: int = 0)
 
     table = pads.dataset(posts, partitioning="hive").to_table(
         columns=["uri", "text", "preprocessing_timestamp"])
-    valid, _ = split_valid(as_post_table(table))
+    valid = split_valid(as_post_table(table)).valid
     rows = {}
     for r in valid.to_pylist():
         text = r["text"].strip()

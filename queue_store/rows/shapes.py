@@ -26,6 +26,7 @@ PROVENANCE = ("classifier", "model", "config_hash", "run_id")
 PARTITION = "partition_date"
 RESERVED = frozenset({*POST_COLUMNS, *CONTROL, *STATUS, LABEL_TIME, *PROVENANCE, PARTITION})
 
+POST_SCHEMA = pa.schema([(name, pa.string()) for name in POST_COLUMNS])  # a queued batch
 CLAIM_SCHEMA = pa.schema([*((name, pa.string()) for name in POST_COLUMNS),
                           ("batch_id", pa.int64()), ("lease_id", pa.string()),
                           ("batch_posts", pa.int64())])

@@ -5,12 +5,13 @@ DESIGN.md invariant-1 rules, applied column-wise, and each rejected post keeps i
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from queue_store.fingerprint import fingerprints
 from queue_store.rows.shapes import POST_COLUMNS
 
 PLACEHOLDER_TEXTS = ["null", "none", "nan"]
@@ -127,20 +128,85 @@ def _null_where(col: pa.ChunkedArray, mask: np.ndarray) -> pa.ChunkedArray:
     return pa.chunked_array([cleaned.view(pa.string())])
 
 
-def _flags(n: int, value: bool) -> pa.Array:
-    return pa.array(np.full(n, value, dtype=bool))
-
-
-def _real_day(ts: pa.ChunkedArray) -> pa.ChunkedArray:
+def _real_day(ts: pa.ChunkedArray) -> pa.Array:
     """True where the first ten characters are a calendar date (Arrow's strptime rolls
-    2024-02-30 over to March, so the date must also print back unchanged)."""
-    day = pc.utf8_slice_codeunits(ts, 0, 10)
-    parsed = pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True)
-    return pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), day), False)
+    2024-02-30 over to March, so the date must also print back unchanged). Checked once per
+    distinct day: a batch holds a handful."""
+    days = pc.dictionary_encode(pc.utf8_slice_codeunits(ts, 0, 10)).combine_chunks()
+    parsed = pc.strptime(days.dictionary, format="%Y-%m-%d", unit="s", error_is_null=True)
+    ok = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), days.dictionary), False)
+    return pc.fill_null(pc.take(ok, days.indices), False)
 
 
-def reason_codes(table: pa.Table) -> pa.Array | None:
-    """Index into ``REASONS`` per post (null for a valid post), or None when all are valid."""
+def _short_texts(text: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, chars)``: the texts that might have under ``MIN_TEXT_CHARS`` characters once
+    surrounding white space is trimmed, and their trimmed character counts. Every other text
+    is long enough. Read from the raw UTF-8 bytes: a text of 4×MIN_TEXT_CHARS bytes or more
+    that begins and ends with a byte that is neither ASCII white space nor part of a
+    multi-byte character has at least MIN_TEXT_CHARS characters; only the rest are trimmed."""
+    arr = pc.fill_null(text, "").combine_chunks()
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(1, np.uint8)
+    start, end = offsets[:-1], offsets[1:]
+    maybe = (end - start) < 4 * MIN_TEXT_CHARS
+    sure = np.flatnonzero(~maybe)
+    first, last = data[start[sure]], data[end[sure] - 1]
+    edge = _maybe_space(first) | _maybe_space(last)
+    rows = np.sort(np.concatenate([np.flatnonzero(maybe), sure[edge]]))
+    chars = pc.utf8_length(pc.utf8_trim_whitespace(arr.take(rows))).to_numpy(
+        zero_copy_only=False)
+    keep = chars < MIN_TEXT_CHARS
+    return rows[keep], chars[keep]
+
+
+def _maybe_space(byte: np.ndarray) -> np.ndarray:
+    """ASCII white space, or a byte of a multi-byte character (which may be a Unicode
+    space)."""
+    return (byte == 32) | ((byte >= 9) & (byte <= 13)) | (byte >= 0x80)
+
+
+def _placeholder(text: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` read "null", "none" or "nan" (any case, trimmed)."""
+    if not len(rows):
+        return np.zeros(0, dtype=bool)
+    some = pc.utf8_lower(pc.utf8_trim_whitespace(
+        pc.fill_null(text, "").combine_chunks().take(rows)))
+    return pc.is_in(some, value_set=pa.array(PLACEHOLDER_TEXTS)).to_numpy(
+        zero_copy_only=False)
+
+
+def _blank(col: pa.ChunkedArray) -> pa.Array:
+    """Null, empty, or white space only."""
+    col = col.combine_chunks()
+    return pc.fill_null(pc.or_(pc.equal(pc.binary_length(col), 0), pc.utf8_is_space(col)),
+                        True)
+
+
+def repeats_of(keys: np.ndarray, checks: np.ndarray) -> np.ndarray:
+    """True for each post whose fingerprint (key and check) an earlier post already has."""
+    mask = np.zeros(len(keys), dtype=bool)
+    order = np.argsort(keys, kind="stable")  # equal keys keep their order: earliest first
+    sk, sc = keys[order], checks[order]
+    later = np.flatnonzero(sk[1:] == sk[:-1]) + 1
+    if not len(later):
+        return mask
+    same = sc[later] == sc[later - 1]
+    mask[order[later[same]]] = True
+    for p in later[~same]:  # a key shared by two different uris (a 64-bit collision)
+        j = p - 1
+        while j >= 0 and sk[j] == sk[p]:
+            if sc[j] == sc[p]:
+                mask[order[p]] = True
+                break
+            j -= 1
+    return mask
+
+
+def reason_codes(table: pa.Table, repeats: np.ndarray) -> np.ndarray | None:
+    """Index into ``REASONS`` per post (-1 for a valid post), or None when all are valid.
+    ``repeats``: posts whose uri an earlier post of the table has."""
     n = len(table)
     uri, text, ts = (table.column(c) for c in POST_COLUMNS)
     uri_typed, text_typed = is_text_type(uri.type), is_text_type(text.type)
@@ -150,57 +216,62 @@ def reason_codes(table: pa.Table) -> pa.Array | None:
     uri = uri if uri_typed else pa.chunked_array([pa.nulls(n, pa.string())])
     text = text if text_typed else pa.chunked_array([pa.nulls(n, pa.string())])
     ts = ts if is_text_type(ts.type) else pa.chunked_array([pa.nulls(n, pa.string())])
-    stripped = pc.utf8_trim_whitespace(pc.fill_null(text, ""))
-    n_chars = pc.utf8_length(stripped)
+    short, chars = _short_texts(text)
+    empty, placeholder, few = (np.zeros(n, dtype=bool) for _ in range(3))
+    empty[short[chars == 0]] = True
+    placeholder[short] = _placeholder(text, short)
+    few[short] = True
     ts_text = pc.fill_null(ts, "")
-    checks: list = [
-        *(_flags(n, False) if bytes_bad is None else
-          pc.fill_null(pc.equal(bytes_bad, f"{what} is not valid UTF-8"), False)
+    checks = [
+        *(np.zeros(n, dtype=bool) if bytes_bad is None else
+          _bools(pc.fill_null(pc.equal(bytes_bad, f"{what} is not valid UTF-8"), False))
           for what in ("uri", "text", "timestamp")),
-        pc.equal(pc.utf8_length(pc.fill_null(uri, "")), 0) if uri_typed
-        else _flags(n, False),
-        _flags(n, not uri_typed),
-        _flags(n, not text_typed),
-        pc.equal(n_chars, 0),
-        pc.is_in(pc.utf8_lower(stripped), value_set=pa.array(PLACEHOLDER_TEXTS)),
-        pc.less(n_chars, MIN_TEXT_CHARS),
-        pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ts_text)), 0),
-        pc.invert(pc.and_(pc.match_substring_regex(ts_text, _TIMESTAMP), _real_day(ts_text))),
+        _bools(pc.fill_null(pc.equal(pc.binary_length(uri), 0), True)) if uri_typed
+        else np.zeros(n, dtype=bool),
+        np.full(n, not uri_typed),
+        np.full(n, not text_typed),
+        empty,
+        placeholder,
+        few,
+        _bools(_blank(ts)),
+        ~_bools(pc.and_(pc.match_substring_regex(ts_text, _TIMESTAMP), _real_day(ts_text))),
+        repeats,
     ]
-    # Duplicates are rare: a cheap distinct count decides whether the costly mask is needed.
-    if len(pc.unique(uri)) != len(uri):
-        checks.append(pc.invert(_first_occurrence(uri)))
-    any_bad = checks[0]
-    for failed in checks[1:]:
-        any_bad = pc.or_(any_bad, failed)
-    if not pc.any(any_bad).as_py():
+    if not np.logical_or.reduce(checks).any():
         return None
-    code = pa.nulls(len(table), pa.int8())
-    # Walk the rules last-to-first so the first matching rule wins.
-    for idx, failed in reversed(list(enumerate(checks))):
-        code = pc.if_else(failed, pa.scalar(idx, pa.int8()), code)
-    return code.combine_chunks() if isinstance(code, pa.ChunkedArray) else code
+    code = np.full(n, -1, dtype=np.int8)
+    for idx, failed in reversed(list(enumerate(checks))):  # the first matching rule wins
+        code[failed] = idx
+    return code
 
 
-def _first_occurrence(uri: pa.ChunkedArray) -> pa.Array:
-    """True where a uri is seen for the first time in this table."""
-    n = len(uri)
-    idx = pa.table({"uri": uri, "i": pa.array(range(n), pa.int64())})
-    firsts = idx.group_by("uri", use_threads=False).aggregate([("i", "min")]).column("i_min")
-    mask = pc.is_in(idx.column("i"), value_set=firsts)
-    return mask
+def _bools(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def split_valid(table: pa.Table) -> tuple[pa.Table, list[tuple[str | None, str]]]:
-    """Return (valid posts, [(uri, reason)] for the rejected ones)."""
-    codes = reason_codes(table)
+class Validated(NamedTuple):
+    """The valid posts with their uris' fingerprints, and ``(uri, reason)`` per rejected one."""
+
+    valid: pa.Table
+    invalid: list[tuple[str | None, str]]
+    keys: np.ndarray
+    checks: np.ndarray
+
+
+def split_valid(table: pa.Table) -> Validated:
+    """Validate posts (``as_post_table``'s output): the valid ones, and why the rest are not."""
+    if is_text_type(table.column("uri").type):
+        keys, checks = fingerprints(pc.fill_null(table.column("uri"), ""))
+    else:  # every post is rejected for its uri's type: no repeats to find
+        keys = checks = np.zeros(table.num_rows, dtype=np.int64)
+    codes = reason_codes(table, repeats_of(keys, checks))
     table = table.select(list(POST_COLUMNS))
     if codes is None:
-        return table, []
-    bad = pc.is_valid(codes)
-    rejected = table.filter(bad)
-    rejected_codes = codes.filter(bad).to_pylist()
+        return Validated(table, [], keys, checks)
+    bad = codes >= 0
+    rejected = table.filter(pa.array(bad))
     uris = (rejected.column("uri").to_pylist() if is_text_type(rejected.column("uri").type)
             else [None] * rejected.num_rows)
-    invalid = [(u, REASONS[c]) for u, c in zip(uris, rejected_codes)]
-    return table.filter(pc.invert(bad)), invalid
+    invalid = [(u, REASONS[c]) for u, c in zip(uris, codes[bad].tolist())]
+    good = ~bad
+    return Validated(table.filter(pa.array(good)), invalid, keys[good], checks[good])
