@@ -41,6 +41,7 @@ class QueueActor:
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
                                                                     max_attempts), daemon=True)
         self._heartbeat.start()
+        self.cpu_at_start = time.process_time()  # after imports and set-up
 
     # -- read side -------------------------------------------------------------------------
     def next_batches(self, max_batches: int = 1) -> list[tuple[int, str, bytes]]:
@@ -62,19 +63,26 @@ class QueueActor:
 
     def work_state(self, wait_for_retries: bool = True) -> str:
         """For a read task before its first claim: ``claim`` (something is pending),
-        ``wait`` (enqueue still running, or — with ``wait_for_retries`` — batches of this run
-        in flight, whose failures may come back as retries) or ``done``."""
+        ``wait`` (the enqueue running beside the run will queue more, or — with
+        ``wait_for_retries`` — batches of this run are in flight, whose failures may come
+        back as retries) or ``done``."""
         if self.stats.stopped_claiming or self.budget_used():
             return "done"
-        if self.feeding:
-            return "wait"
         if self.store.has_pending(self.version):
             return "claim"
+        if self.feeding:
+            return "wait"
         with self._lock:
             return "wait" if wait_for_retries and self.outstanding else "done"
 
+    def more_coming(self) -> bool:
+        """For a read task that found nothing to claim: will the enqueue running beside the
+        run queue more? (Then it waits; it holds at most part of a block meanwhile, which the
+        next claim or the end of the enqueue releases — never a wait on its own retries.)"""
+        return self.feeding and not (self.stats.stopped_claiming or self.budget_used())
+
     def close_feed(self) -> None:
-        """The enqueue running alongside has ended: read tasks may claim."""
+        """The enqueue running alongside has ended: read tasks stop waiting for it."""
         self.feeding = False
 
     def stop_claiming(self, reason: str) -> None:
@@ -142,7 +150,10 @@ class QueueActor:
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> QueueStats:
-        return self.stats.model_copy(update={"in_flight_batches": len(self.outstanding)})
+        return self.stats.model_copy(update={
+            "in_flight_batches": len(self.outstanding),
+            "remaining_posts": self.store.remaining_posts(self.version),
+            "cpu_s": time.process_time() - self.cpu_at_start})
 
     def stop(self) -> QueueStats:
         self._stop.set()

@@ -5,10 +5,13 @@ classifiers consume (streaming backpressure) instead of leasing the whole queue 
 job sets a small ``target_max_block_size`` so a read task hands on what it claimed after a
 few batches rather than buffering a 128 MiB block of leases.
 
-A read task stops as soon as nothing is claimable, once it has claimed anything: Ray Data
-holds a read task's last partial block until the task ends, so waiting there would hold the
-very results being waited for. Retries of failed posts are claimed by later *waves* of read
-tasks instead (at most ``read_tasks`` run at once, so a wave starts as earlier tasks end):
+A read task stops as soon as nothing is claimable, once it has claimed anything — unless the
+enqueue running beside the run will queue more (streaming: claims start with its first
+committed chunk): Ray Data holds a read task's last partial block until the task ends, so
+waiting for *retries* there would hold the very results being waited for, while waiting for
+the enqueue only delays that part of a block until the next chunk. Retries of failed posts
+are claimed by later *waves* of read tasks instead (at most ``read_tasks`` run at once, so a
+wave starts as earlier tasks end):
 a task that has not yet claimed holds nothing, so it may wait until a retry is claimable or
 nothing is in flight. Retries thus run in the same pass, on the same classifier actors,
 without a new actor pool or a model reload.
@@ -64,8 +67,14 @@ def pull_from_queue(queue: Any, batches_per_claim: int, wait_for_retries: bool =
         time.sleep(POLL_SECONDS)
     if state == "done":
         return
-    while batches := ray.get(queue.next_batches.remote(batches_per_claim)):
-        yield batches_to_table(batches, queue)
+    while True:
+        batches = ray.get(queue.next_batches.remote(batches_per_claim))
+        if batches:
+            yield batches_to_table(batches, queue)
+        elif ray.get(queue.more_coming.remote()):  # the enqueue beside the run is not done
+            time.sleep(POLL_SECONDS)
+        else:
+            return
 
 
 class QueueDatasource(Datasource):

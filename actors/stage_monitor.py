@@ -11,6 +11,8 @@ must never wait behind the queue's SQLite work.
 """
 from __future__ import annotations
 
+import time
+
 from actors.stats import Fatal, StageStats
 from classifiers.crash_isolation import BlockState, CrashJournal
 from classifiers.scrub import scrub
@@ -24,6 +26,7 @@ class StageMonitor:
         self.stage_cpu: dict[str, tuple[int, float]] = {}
         self.actors: dict[str, str] = {}  # actor -> "loading" | "ready"
         self.waiting: dict[str, dict[str, str]] = {}  # actor -> its classifier's status()
+        self.cpu_at_start = time.process_time()
 
     def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
         return self.journal.begin(key, n_posts)
@@ -65,4 +68,5 @@ class StageMonitor:
                           usage=dict(self.usage), classified=posts,
                           stage_us_per_post=round(cpu / posts * 1e6, 2) if posts else None,
                           actors_loading=states.count("loading"),
-                          actors_ready=states.count("ready"), waiting_on=waiting)
+                          actors_ready=states.count("ready"), waiting_on=waiting,
+                          cpu_s=time.process_time() - self.cpu_at_start)

@@ -22,6 +22,8 @@ class QueueStats(BaseModel):
     reaped_dead_holder_batches: int = 0
     undecodable_rows: int = 0
     in_flight_batches: int = 0
+    remaining_posts: int = 0  # queued for this version and not done: pending or leased
+    cpu_s: float = 0.0  # the actor's CPU time since it was set up
     # Why this run stopped claiming early (its leases could not be renewed in time, or it
     # was told to stop), None while it claims normally.
     stopped_claiming: str | None = None
@@ -37,6 +39,7 @@ class WriterStats(BaseModel):
     parquet_files: int = 0
     export_dead_lettered: int = 0  # output rows that could not be exported (dead letters)
     open_batches: int = 0
+    cpu_s: float = 0.0  # the actor's CPU time since it was set up
     provenance: dict[str, str] = Field(default_factory=dict)
     label_counts: dict[str, int] = Field(default_factory=dict)
 
@@ -59,3 +62,4 @@ class StageStats(BaseModel):
     actors_loading: int = 0       # classifier actors building their classifier (model load)
     actors_ready: int = 0
     waiting_on: dict[str, str] = Field(default_factory=dict)  # e.g. rate_limit, last_error
+    cpu_s: float = 0.0  # the StageMonitor's CPU time since it was set up

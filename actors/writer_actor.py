@@ -99,6 +99,7 @@ class WriterActor:
         self.last_export = time.monotonic()
         self.stats = WriterStats()
         self.schema = self.store.export_schema()  # the integration's fixed column types
+        self.cpu_at_start = time.process_time()  # after imports and set-up
 
     def consume(self, table: pa.Table) -> None:
         """The result rows of one ``classify`` call (or a part of one)."""
@@ -211,7 +212,8 @@ class WriterActor:
         self.schema = self.store.export_schema()  # an export may have fixed open columns
 
     def get_stats(self) -> WriterStats:
-        return self.stats.model_copy(update={"open_batches": len(self.open)})
+        return self.stats.model_copy(update={"open_batches": len(self.open),
+                                             "cpu_s": time.process_time() - self.cpu_at_start})
 
     def finish(self) -> WriterStats:
         """Final export; batches still open here had results lost in flight (their leases

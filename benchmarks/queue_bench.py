@@ -18,11 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from queue_store import QueueStore  # noqa: E402
+from queue_store import QueueStore, codec  # noqa: E402
 
 CHUNK = 20_000  # posts generated (and handed to enqueue) at a time, like the enqueue stage
 
@@ -49,9 +50,12 @@ def run_ours(n: int, data_dir: str) -> dict:
     t0 = time.perf_counter()
     done = 0
     while batches := store.claim(max_batches=8, lease_seconds=60, owner="bench"):
-        for b in batches:
-            labels = {p["uri"]: {"label": 1, "prob_intergroup": 0.9} for p in b.posts}
-            done += store.complete(b.batch_id, b.lease_id, labels, {}).labelled
+        for b in batches:  # typed label columns beside the posts, as the writer sends them
+            posts = pa.Table.from_batches([codec.loads_posts(b.payload)])
+            n = posts.num_rows
+            labelled = posts.append_column("label", pa.array(np.ones(n, np.int64))) \
+                .append_column("prob_intergroup", pa.array(np.full(n, 0.9)))
+            done += store.complete(b.batch_id, b.lease_id, labelled, []).labelled
     t_cc = time.perf_counter() - t0
     assert done == n, (done, n)
     return {"enqueue_posts_per_s": round(n / t_enq), "claim_complete_posts_per_s": round(n / t_cc)}

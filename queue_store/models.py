@@ -36,6 +36,8 @@ class EnqueueResult(BaseModel):
     skipped_other_version: int = 0  # queued (and maybe labelled) for another config_hash
     relabelled: int = 0        # of the enqueued: other-version posts queued again
     invalid: list[InvalidPost] = Field(default_factory=list)
+    # Seconds per step: validate (fingerprints included), ledger, encode, insert, commit.
+    step_s: dict[str, float] = Field(default_factory=dict)
 
     @property
     def invalid_by_reason(self) -> dict[str, int]:

@@ -140,13 +140,17 @@ class QueueStore:
         ``session`` (one per enqueue stage) tells its own repeats from earlier posts."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        clock = _Steps()
         checked = split_valid(as_post_table(posts))
         result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in
                                         checked.invalid])
+        clock.lap("validate")
         if not checked.valid.num_rows:
+            result.step_s = clock.laps
             return result
         with self._within(tx) as c:
             valid = self._admit(c, checked, version, relabel, result, session)
+            clock.lap("ledger")
             now = self.clock()
             rows = []
             for start in range(0, valid.num_rows, batch_size):
@@ -155,12 +159,17 @@ class QueueStore:
                             actual_batch_size=chunk.num_rows)
                 rows.append((codec.dumps_posts(chunk), codec.dumps(meta), chunk.num_rows,
                              version, now))
+            clock.lap("encode")
             c.executemany(f"INSERT INTO {self.tables['input']} (payload, metadata, n_posts, "
                           "version, created_at) VALUES (?, ?, ?, ?, ?)", rows)
+            clock.lap("insert")
+        clock.lap("commit")
         result.enqueued_posts = valid.num_rows
         result.enqueued_batches = len(rows)
         if tx is None:
             self.merge_ledger()
+            clock.lap("ledger")
+        result.step_s = clock.laps
         return result
 
     def remember(self, uris: pa.Array | pa.ChunkedArray, version: str,
@@ -547,6 +556,12 @@ class QueueStore:
                 st.output_rows_unexported = n
         return st
 
+    def remaining_posts(self, version: str = "") -> int:
+        """Posts queued for ``version`` and not done yet (pending or leased)."""
+        return self.conn.execute(f"SELECT COALESCE(SUM(n_posts), 0) FROM "
+                                 f"{self.tables['input']} WHERE version = ?",
+                                 (version,)).fetchone()[0]
+
     def pending_versions(self) -> dict[str, int]:
         """Pending posts per config_hash they were queued for."""
         return dict(self.conn.execute(
@@ -651,6 +666,19 @@ class QueueStore:
                   (payload, reason, attempt, version, batch_id, self.clock()))
         c.execute(f"DELETE FROM {self.tables[table]} WHERE id = ?",
                   (batch_id if row_id is None else row_id,))
+
+
+class _Steps:
+    """Seconds spent per named step (laps of a ``perf_counter`` clock)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.laps[step] = self.laps.get(step, 0.0) + now - self._last
+        self._last = now
 
 
 def _schema_of(value: str) -> pa.Schema:

@@ -44,17 +44,27 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
         summary.invalid_by_reason[reason] = summary.invalid_by_reason.get(reason, 0) + rows
     store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
     try:
+        started = time.perf_counter()
         remember_output(store, config.output_root / name)
+        summary.step_s["seed_from_output"] = time.perf_counter() - started
         feed = Feed(store, version, relabel, config.queue.batch_size, summary)
         shown = Progress(f"enqueue {name}", files.good_rows, lambda: Figures(
             done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet,
             failed_name="invalid", show_dead=False)
         with shown:
-            for batch in iter_posts(files, config.posts.read_batch_rows):
+            batches = iter_posts(files, config.posts.read_batch_rows)
+            while True:
+                started = time.perf_counter()
+                batch = next(batches, None)
+                summary.step_s["read"] = summary.step_s.get("read", 0.0) + \
+                    time.perf_counter() - started
+                if batch is None:
+                    break
                 feed.add(batch)
             feed.flush(final=True)
     finally:
         store.close()
+    summary.step_s = {k: round(v, 3) for k, v in summary.step_s.items()}
     return summary.finish(config.data_dir, t0, summary.enqueued + summary.rejected_invalid)
 
 
@@ -120,6 +130,8 @@ class Feed:
         s.skipped_duplicate += res.skipped_duplicate
         s.skipped_other_version += res.skipped_other_version
         s.relabelled += res.relabelled
+        for step, seconds in res.step_s.items():
+            s.step_s[step] = s.step_s.get(step, 0.0) + seconds
         for reason, n in res.invalid_by_reason.items():
             if reason == "duplicate uri":  # a repeat within the chunk: not invalid
                 s.skipped_duplicate += n

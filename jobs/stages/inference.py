@@ -108,7 +108,8 @@ class InferenceRun:
         self._start_actors(feeding=feed is not None)
         pipe = self.config.pipeline
         guard = RunGuard(self.ray, self.queue, self.monitor, pipe.no_progress_timeout_s,
-                         ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s)
+                         ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s,
+                         budget=self.max_records)
         try:
             with guard, Progress(f"inference {self.name}", None, guard.figures, quiet=quiet):
                 passes = self.passes = Background(
@@ -120,7 +121,6 @@ class InferenceRun:
                     finally:
                         self.ray.get(self.queue.close_feed.remote())
                         guard.feeding = False
-                guard.total = self._claimable()
                 guard.wait_for(passes)
             writer_stats = self.ray.get(self.writer.finish.remote())
             self.ray.get(self.queue.stop.remote())
@@ -141,10 +141,6 @@ class InferenceRun:
         self._summarise(guard, writer_stats)
         return self.summary.finish(self.config.data_dir, self.t0,
                                    self.summary.labelled + self.summary.failed, self.out_dir)
-
-    def _claimable(self) -> int:
-        total = self.ray.get(self.queue.claimable_posts.remote())
-        return total if self.max_records is None else min(total, self.max_records)
 
     def _stopped(self, guard: RunGuard, stop: RunStopped) -> RunStopped:
         """Wind down after an early stop: claim nothing more, export what was labelled (at

@@ -35,7 +35,8 @@ STARTUP_LIMIT_S = 900.0
 class RunGuard:
     def __init__(self, ray: Any, queue: Any, monitor: Any, no_progress_s: float,
                  where: str, poll_s: float = POLL_S, lost_after_s: float = LOST_AFTER_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, budget: int | None = None
+                 ) -> None:
         self.ray = ray
         self.queue = queue
         self.monitor = monitor
@@ -46,8 +47,9 @@ class RunGuard:
         self.clock = clock
         self.queue_stats = QueueStats()
         self.stage_stats = StageStats()
-        self.total: int | None = None
+        self.budget = budget  # --max-records-per-run
         self.feeding = False
+        self._answered = False
         self.stop_reason: RunStopped | None = None
         self._moved_at = clock()
         self._answered_at = clock()
@@ -83,7 +85,7 @@ class RunGuard:
                     cluster_lost=True)
             return
         now = self._answered_at = self.clock()
-        self.queue_stats, self.stage_stats = qs, ss
+        self.queue_stats, self.stage_stats, self._answered = qs, ss, True
         if ss.fatal is not None and self.stop_reason is None:
             self.stop_reason = RunStopped(ss.fatal.message, ss.fatal.exit_code)
             return
@@ -103,23 +105,29 @@ class RunGuard:
     def waiting(self) -> str | None:
         """What the stage waits for, in words (None while it moves)."""
         ss = self.stage_stats
-        if self.feeding:
-            return "the enqueue to finish before claiming"
+        stalled = self.clock() - self._moved_at > 2 * self.poll_s
+        if self.feeding and not self.queue_stats.remaining_posts:
+            return "the enqueue to queue posts"
         if ss.waiting_on.get("rate_limit"):
             return f"a rate limit: {ss.waiting_on['rate_limit']}"
         if ss.actors_ready == 0:
             if ss.actors_loading:
                 return f"loading the model ({ss.actors_loading} classifier actor(s))"
             return "starting classifier actors"
-        stalled = self.clock() - self._moved_at > 2 * self.poll_s
         if stalled and ss.waiting_on.get("last_error"):
             return f"the hosted model: {ss.waiting_on['last_error']}"
         return None
 
     def figures(self) -> Figures:
+        """Posts done so far, and the total: done plus what is still queued for this version
+        (it grows while the enqueue beside the run queues posts), within the run's budget."""
         qs = self.queue_stats
-        return Figures(done=qs.labelled + qs.dead_lettered, failed=qs.failed,
-                       dead=qs.dead_lettered, total=self.total, waiting=self.waiting())
+        done = qs.labelled + qs.dead_lettered
+        total = done + qs.remaining_posts if self._answered else None
+        if total is not None and self.budget is not None:
+            total = min(total, self.budget)
+        return Figures(done=done, failed=qs.failed, dead=qs.dead_lettered, total=total,
+                       waiting=self.waiting())
 
     def wait_for(self, thread: Any) -> None:
         """Wait until ``thread`` (a ``Background``) ends, or raise the reason to stop."""

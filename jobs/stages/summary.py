@@ -64,6 +64,8 @@ class RunSummary(BaseModel):
     label_distribution: dict[str, int] = Field(default_factory=dict)
     pending_other_versions: int = 0    # queued for another config_hash: not this run's
     stopped_claiming: str | None = None  # why the run stopped claiming early, if it did
+    role_cpu_s: dict[str, float] = Field(default_factory=dict)  # the run's one-of-a-kind actors
+    step_s: dict[str, float] = Field(default_factory=dict)  # enqueue: seconds per step
     resolved_config: dict[str, Any] = Field(default_factory=dict)  # paths absolute
 
     def take(self, queue: QueueStats, stage: StageStats, writer: WriterStats,
@@ -84,6 +86,9 @@ class RunSummary(BaseModel):
         self.classifier = writer.provenance.get("classifier", "")
         self.model = writer.provenance.get("model", "")
         self.label_distribution = dict(writer.label_counts)
+        self.role_cpu_s = {"queue_actor": round(queue.cpu_s, 3),
+                           "writer_actor": round(writer.cpu_s, 3),
+                           "stage_monitor": round(stage.cpu_s, 3)}
         if status is not None:
             self.pending_left = status.pending_posts
             self.pending_other_versions = status.pending_other_versions
@@ -113,7 +118,8 @@ class RunSummary(BaseModel):
 
     def table(self) -> str:
         """A human-readable table of the non-empty figures."""
-        rows = [(k, v) for k, v in self.model_dump(exclude={"resolved_config"}).items()
+        rows = [(k, v) for k, v in self.model_dump(
+                    exclude={"resolved_config", "role_cpu_s", "step_s"}).items()
                 if v not in (0, 0.0, "", {}, None)]
         width = max(len(k) for k, _ in rows)
         lines = [scrub(f"{k.ljust(width)}  {v}") for k, v in rows]
