@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from actors.classifier_stage import type_clash_message
 from actors.stats import WriterStats
+from queue_store.location import Location
 from queue_store import QueueStore, export_output
 from queue_store.rows.column_types import concat_conformed, conform, merge_schema
 from queue_store.rows.shapes import CONTROL, POST_COLUMNS, STATUS, post_of
@@ -80,7 +81,7 @@ def storage_message(out_dir: str, exc: OSError) -> str:
 
 
 class WriterActor:
-    def __init__(self, queue: Any, data_dir: str, integration: str, out_dir: str,
+    def __init__(self, queue: Any, data_dir: str, integration: str, out: Location,
                  export_rows: int, export_every_seconds: float, monitor: Any = None) -> None:
         fixed_mmap_threshold()
 
@@ -90,7 +91,8 @@ class WriterActor:
         # Exports and column types on a connection of the writer's own: they are rare, and
         # their transactions are as fenced as anyone's.
         self.store = QueueStore(data_dir, integration)
-        self.out_dir = out_dir
+        self.out = out  # a local folder or an object store
+        self.out_dir = str(out)
         self.export_rows = export_rows
         self.export_every_seconds = export_every_seconds
         self.open: dict[tuple[int, str], dict[str, Any]] = {}
@@ -199,7 +201,7 @@ class WriterActor:
     def _export(self) -> None:
         self._settle()
         try:
-            stats = export_output(self.store, self.out_dir, self.export_rows)
+            stats = export_output(self.store, self.out, self.export_rows)
         except OSError as exc:
             message = storage_message(self.out_dir, exc)
             self._report_fatal(message, 1)

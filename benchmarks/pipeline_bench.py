@@ -71,10 +71,10 @@ def _make_posts(root: Path, n: int) -> Path:
 
 
 def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int,
-              actors: dict | None = None) -> dict:
+              actors: dict | None = None, data: Path | None = None) -> dict:
     """Enqueue + inference in one command, as ``backfill --add-to-queue --run-integrations``
     runs them: read tasks claim each enqueue chunk as soon as it is committed."""
-    data = Path(tempfile.mkdtemp(dir=root))
+    data = data or Path(tempfile.mkdtemp(dir=root))
     cfg = _config(data, posts, classifier, batch_size, actors)
     enq: dict = {}
 
@@ -89,7 +89,7 @@ def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int,
     total, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     n = max(run.labelled, 1)
     roles = {"driver": driver_cpu, **run.role_cpu_s}
-    return {"posts": run.labelled, "enqueue_s": round(enq["s"], 2),
+    return {"posts": run.labelled, "data_dir": str(data), "enqueue_s": round(enq["s"], 2),
             "enqueue_posts_per_s": round(enq["summary"].enqueued / enq["s"]),
             "total_s": round(total, 2), "posts_per_s": round(run.labelled / total),
             "cpu_us_per_post": {k: round(v / n * 1e6, 2) for k, v in roles.items()},
@@ -180,7 +180,7 @@ def part_scale(root: Path, sizes: list[int], plain_at: int, rounds: int) -> dict
 
 def part_emulated(root: Path, n: int, actors: int, rate: float) -> dict:
     posts = _make_posts(root, n)
-    classifier = {"type": "emulated:EmulatedAccelerator", "params": {"posts_per_s": rate}}
+    classifier = {"type": "benchmarks.emulated:EmulatedAccelerator", "params": {"posts_per_s": rate}}
     res = _pipeline(root, posts, classifier, BATCH, {"min": actors, "max": actors})
     ceiling = actors * rate
     return {"actors": actors, "posts_per_s_each": rate, "ceiling_posts_per_s": ceiling,
@@ -241,7 +241,7 @@ def main() -> None:
             if part in parts:
                 results[part] = parts[part]()
         ray.shutdown()
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2, default=str))
     _table(results)
 
 

@@ -12,7 +12,8 @@ import threading
 import psutil
 
 ROLES = (("QueueActor", "queue_actor"), ("WriterActor", "writer_actor"),
-         ("MapWorker", "classifier_actor"), ("ReadQueue", "read_task"))
+         ("StageMonitor", "stage_monitor"), ("MapWorker", "classifier_actor"),
+         ("ReadQueue", "read_task"))
 
 
 def _role(proc: psutil.Process) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from queue_store.location import Location, ObjectStore
 from queue_store.names import check_name
 
 
@@ -32,6 +33,9 @@ class QueueConfig(Strict):
     batch_size: int = Field(1000, ge=1)
     lease_seconds: float = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1)
+    # Posts per enqueue transaction: an inference run in the same command claims each chunk
+    # once it is committed (smaller: claims start sooner; larger: a little less per post).
+    enqueue_chunk_posts: int = Field(50_000, ge=1)
 
 
 class PipelineConfig(Strict):
@@ -137,6 +141,9 @@ class BackfillConfig(Strict):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    # Where an S3-compatible store answers (posts, output, gold files as s3:// URIs);
+    # credentials come from the environment / the AWS chain, never from this file.
+    object_store: ObjectStore = Field(default_factory=ObjectStore)
     integrations: dict[str, IntegrationConfig]
 
     @field_validator("integrations")
@@ -153,8 +160,17 @@ class BackfillConfig(Strict):
         return value
 
     @property
-    def output_root(self) -> Path:
-        return Path(self.output_dir or self.data_dir)
+    def output_base(self) -> str:
+        """Where labels go: ``output_dir`` (a folder or a URI), else ``data_dir``."""
+        return self.output_dir or self.data_dir
+
+    def output_location(self, integration: str) -> Location:
+        """One integration's parquet output (a local folder or an object store)."""
+        return Location.of(self.output_base, self.object_store).child(integration)
+
+    def location(self, where: str) -> Location:
+        """A posts folder or gold file, local or in an object store."""
+        return Location.of(where, self.object_store)
 
     def resolve_integration(self, name_or_code: str) -> tuple[str, IntegrationConfig]:
         """Accept a full name or a short code (``-i g``)."""

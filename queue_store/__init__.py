@@ -7,14 +7,16 @@ layout, ``ledger`` the enqueue-time dedupe (run files beside the queue file,
 keyed by ``fingerprint``), ``parquet`` the export, ``rows/`` the shapes and
 types of what is stored (posts and their validation, result rows, output column types).
 """
-from queue_store.models import (ClaimedBatch, CompleteResult, DeadLetter, EnqueueResult,
-                                EnqueueSession, ExportPlan, QueueStatus, ReapResult)
+from queue_store.models import (ClaimedBatch, CompactResult, CompleteResult, DeadLetter,
+                                EnqueueResult, EnqueueSession, ExportPlan, QueueStatus,
+                                ReapResult)
 from queue_store.parquet import ExportStats, export_output
-from queue_store.schema import QueueFileError
+from queue_store.schema import QueueBusyError, QueueFileError
 from queue_store.store import DEFAULT_MAX_ATTEMPTS, QueueStore, Transaction, queue_path
 
 __all__ = [
-    "ClaimedBatch", "CompleteResult", "DeadLetter", "EnqueueResult", "EnqueueSession",
-    "ExportPlan", "ExportStats", "QueueFileError", "QueueStatus", "QueueStore", "ReapResult", "Transaction",
-    "DEFAULT_MAX_ATTEMPTS", "export_output", "queue_path",
+    "ClaimedBatch", "CompactResult", "CompleteResult", "DeadLetter", "EnqueueResult",
+    "EnqueueSession", "ExportPlan", "ExportStats", "QueueBusyError", "QueueFileError",
+    "QueueStatus", "QueueStore", "ReapResult", "Transaction", "DEFAULT_MAX_ATTEMPTS",
+    "export_output", "queue_path",
 ]

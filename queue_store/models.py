@@ -82,6 +82,15 @@ class ReapResult(BaseModel):
     dead_holder_batches: int = 0  # of those, leases of provably dead holders (not expired)
 
 
+class CompactResult(BaseModel):
+    """Bytes on disk before and after ``QueueStore.compact``."""
+
+    file_bytes_before: int        # the queue file and its WAL
+    file_bytes_after: int
+    ledger_bytes: int             # the ledger's run files (kept: they are what dedupes)
+    full: bool                    # rewritten (VACUUM), or free pages handed back
+
+
 class DeadLetter(BaseModel):
     id: int
     uri: str | None
@@ -102,6 +111,8 @@ class QueueStatus(BaseModel):
     dead_undecodable_rows: int = 0
     output_rows_exported: int = 0
     output_rows_unexported: int = 0
+    file_bytes: int = 0    # the queue file and its WAL on disk
+    ledger_bytes: int = 0  # the ledger's run files beside it
 
 
 class ExportPlan(BaseModel):

@@ -1,23 +1,23 @@
 """Write the output queue to a hive-partitioned parquet dataset, crash-safely.
 
-Layout: ``<out_dir>/partition_date=YYYY-MM-DD/<file_stem>.parquet`` with the post's date.
-Each file is written to a dot-prefixed temp name (ignored by dataset readers) and renamed
-into place, so a reader never sees half a file and a rerun replaces rather than adds. Output
+Layout: ``<out>/partition_date=YYYY-MM-DD/<file_stem>.parquet`` with the post's date, in a
+local folder or an object store (``location.py``). Each file appears whole (a temp name
+renamed into place; an object store's completed upload), so a reader never sees half a file,
+and a rerun writes the same names again: it replaces rather than adds. Output
 rows are read back as the typed Arrow tables they were stored as: nothing is parsed or
 inferred here.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from queue_store.isolate import isolate_failures
+from queue_store.location import Location
 from queue_store.rows.column_types import (EXPORT_ERRORS, concat_conformed, conform,
                                            strings_for_nulls)
 from queue_store.rows.typed import from_ipc
@@ -62,18 +62,7 @@ def salvage(rows: Iterable[tuple[int, bytes]], schema: pa.Schema | None
     return pa.concat_tables([conform(t, types[0], lenient=True) for _, t in done]), bad
 
 
-def write_atomic(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a half-written temp file is never left behind
-        raise
-    os.replace(tmp, path)
-
-
-def export_output(store: QueueStore, out_dir: str | Path,
+def export_output(store: QueueStore, out: Location | str | Path,
                   max_rows: int = DEFAULT_EXPORT_ROWS) -> ExportStats:
     """Export every unexported output row; resumes (rewrites) a crashed export first.
 
@@ -82,8 +71,8 @@ def export_output(store: QueueStore, out_dir: str | Path,
     fault are found; those move to dead letters with the error, and the rest is exported: no
     row can jam the export.
     """
+    out = out if isinstance(out, Location) else Location.of(out)  # a path: a local folder
     stats = ExportStats()
-    out = Path(out_dir)
     schema = store.export_schema()
     while (plan := store.plan_export(max_rows)) is not None:
         rows = list(store.export_rows(plan.export_id))
@@ -103,7 +92,7 @@ def export_output(store: QueueStore, out_dir: str | Path,
             day = pc.utf8_slice_codeunits(table.column("preprocessing_timestamp"), 0, 10)
             for date in sorted(pc.unique(day).to_pylist()):
                 part = table.filter(pc.equal(day, date))
-                write_atomic(out / f"partition_date={date}" / f"{plan.file_stem}.parquet", part)
+                out.write_parquet(f"partition_date={date}/{plan.file_stem}.parquet", part)
                 stats.files += 1
                 stats.rows += part.num_rows
         store.mark_exported(plan.export_id)

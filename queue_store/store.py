@@ -20,6 +20,8 @@ Verbs, message-queue style. Every verb that writes is atomic: it runs in one
 - export: ``plan_export(max_rows=50000)``, ``export_rows(export_id)``,
   ``bury_export_rows(bad)``, ``export_schema()``, ``save_export_schema(schema)``,
   ``mark_exported(export_id)``, ``clear_exported()`` — see ``parquet.export_output``.
+- ``compact(full=False)`` — free pages back to the file system (``full``: rewrite the file,
+  refused while batches are leased).
 - reads: ``status(version=None)``, ``pending_versions()``, ``has_pending(version="")``,
   ``dead_letters(limit=20)``, ``dead_reasons(limit=5, version=None)``, ``seen(uris)``.
 """
@@ -41,15 +43,15 @@ from queue_store import codec
 from queue_store.fingerprint import fingerprints
 from queue_store.ledger import Ledger
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import (ClaimedBatch, CompleteResult, DeadLetter, EnqueueResult,
-                                EnqueueSession,
-                                ExportPlan, InvalidPost, QueueStatus, ReapResult)
+from queue_store.models import (ClaimedBatch, CompactResult, CompleteResult, DeadLetter,
+                                EnqueueResult, EnqueueSession, ExportPlan, InvalidPost,
+                                QueueStatus, ReapResult)
 from queue_store.rows.column_types import merge_schema
 from queue_store.rows.shapes import POST_COLUMNS, post_of
 from queue_store.rows.typed import from_ipc, to_ipc
 from queue_store.rows.validation import Validated, as_post_table, split_valid
-from queue_store.schema import (BUSY_TIMEOUT_MS, QueueFileError, connect, file_identity,
-                                storage_error, table_names)
+from queue_store.schema import (BUSY_TIMEOUT_MS, QueueBusyError, QueueFileError, connect,
+                                file_identity, storage_error, table_names)
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -505,6 +507,38 @@ class QueueStore:
             return c.execute(f"DELETE FROM {t['output']} WHERE export_id IN "
                              f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
 
+    def compact(self, full: bool = False) -> CompactResult:
+        """Give the file's free pages back to the file system (after ``clear_exported``, or
+        once batches are done) and truncate the WAL; ``full`` rewrites the whole file
+        (``VACUUM``: needs free disk about the file's size), refused with ``QueueBusyError``
+        while any batch is leased. Outside any transaction; concurrent verbs wait for it."""
+        before = self.file_bytes()
+        try:
+            if full:
+                held = self.conn.execute(f"SELECT COUNT(*) FROM {self.tables['input']} "
+                                         "WHERE status = 'processing'").fetchone()[0]
+                if held:
+                    raise QueueBusyError(
+                        f"queue file {self.path}: {held} batch(es) are leased by a run; "
+                        "compact it once no run is working on it (or after --reap-stale, "
+                        "when its runs are gone)")
+                self.conn.execute("VACUUM")
+            else:
+                # executescript steps it to the end (execute would free one page a call)
+                self.conn.executescript("PRAGMA incremental_vacuum;")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+            raise storage_error(self.path, exc) from None
+        return CompactResult(file_bytes_before=before, file_bytes_after=self.file_bytes(),
+                             ledger_bytes=self.ledger.bytes_on_disk(), full=full)
+
+    def file_bytes(self) -> int:
+        """The queue file and its WAL, on disk."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+
     def set_flag(self, name: str, tx: Transaction | None = None) -> None:
         """Mark something done once per queue file (``flag`` reads it)."""
         with self._within(tx) as c:
@@ -554,6 +588,7 @@ class QueueStore:
                 st.output_rows_exported = n
             else:
                 st.output_rows_unexported = n
+        st.file_bytes, st.ledger_bytes = self.file_bytes(), self.ledger.bytes_on_disk()
         return st
 
     def remaining_posts(self, version: str = "") -> int:

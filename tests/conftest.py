@@ -14,6 +14,12 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The S3-compatible test server (moto, tests/s3_server.py) takes any credentials; without any,
+# pyarrow would ask the cloud's metadata service. Ray workers inherit these.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 import pytest  # noqa: E402
 
@@ -51,6 +57,15 @@ def ray_session():
                  runtime_env={"env_vars": {"PYTHONPATH": root}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto's server mode, its own process) on 127.0.0.1."""
+    from tests.s3_server import S3Server
+
+    with S3Server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

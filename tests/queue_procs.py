@@ -61,5 +61,43 @@ def claim_and_hang(data_dir: str, leases_path: str) -> None:
     time.sleep(600)
 
 
+def compact_full(data_dir: str, started_path: str) -> None:
+    """Rewrite the queue file (VACUUM), saying when it starts: the test kills it mid-way."""
+    store = QueueStore(data_dir, NAME)
+    with open(started_path, "w") as fh:
+        fh.write("1")
+    store.compact(full=True)
+
+
+def export_killed_mid_upload(data_dir: str, out_uri: str, endpoint: str, die_at: str,
+                             ready_path: str) -> None:
+    """Export to an object store, and on the ``die_at``-th file upload only half of it, say
+    so, and wait to be SIGKILLed (the upload never completes)."""
+    import pyarrow as pa
+
+    import queue_store.location as location
+    from queue_store import export_output
+    from queue_store.location import Location, ObjectStore
+
+    real, calls = location.pq.write_table, [0]
+
+    def half_then_wait(table, where, filesystem=None, **kwargs):
+        calls[0] += 1
+        if calls[0] < int(die_at):
+            return real(table, where, filesystem=filesystem, **kwargs)
+        buf = pa.BufferOutputStream()
+        real(table, buf, **kwargs)
+        data = buf.getvalue()
+        stream = filesystem.open_output_stream(where)
+        stream.write(data[: len(data) // 2])
+        with open(ready_path, "w") as fh:
+            fh.write(where)
+        time.sleep(600)
+
+    location.pq.write_table = half_then_wait
+    store = QueueStore(data_dir, NAME)
+    export_output(store, Location.of(out_uri, ObjectStore(endpoint_url=endpoint)), 1000)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

@@ -44,9 +44,12 @@ def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_classifier_actors_load_while_the_enqueue_runs(ray_session, tmp_path):
-    """The feed (the same command's enqueue) only enqueues once a classifier actor has been
-    built: without the overlap it would wait for ever (here: fail after 120 s)."""
+def test_claims_stream_while_the_enqueue_runs_and_an_overlapping_enqueue_queues_each_once(
+        ray_session, tmp_path):
+    """The feed (the same command's enqueue) starts while the classifier actor loads; the
+    run claims and labels its first posts while the feed still runs (without streaming it
+    would wait for ever: here, fail after 120 s); a second enqueue overlapping the first then
+    queues only the new posts, and every post is labelled once."""
     import time
 
     state = tmp_path / "state"
@@ -56,14 +59,21 @@ def test_classifier_actors_load_while_the_enqueue_runs(ray_session, tmp_path):
                                         "params": {"state_dir": str(state)}},
                              actors={"min": 1, "max": 1})
 
-    def feed():
+    def wait_until(ready, what: str) -> None:
         deadline = time.monotonic() + 120
-        while not any(f.name.startswith("init-") for f in state.iterdir()):
-            assert time.monotonic() < deadline, "no classifier actor started during enqueue"
+        while not ready():
+            assert time.monotonic() < deadline, what
             time.sleep(0.1)
-        assert queue_status(tmp_path).processing_posts == 0  # nothing claimed before the end
+
+    def feed():
+        wait_until(lambda: any(f.name.startswith("init-") for f in state.iterdir()),
+                   "no classifier actor started during enqueue")
         enqueue(tmp_path, posts[:150], batch_size=50, config=config)
-        enqueue(tmp_path, posts[100:], batch_size=50, config=config)  # 100–149 queued once
+        wait_until(lambda: queue_status(tmp_path).output_rows_unexported +
+                   queue_status(tmp_path).output_rows_exported >= 50,
+                   "nothing was labelled while the enqueue ran")
+        added = enqueue(tmp_path, posts[100:], batch_size=50, config=config)
+        assert added.enqueued_posts == 150 and added.skipped_known == 50  # 100–149 once
 
     summary = run_inference(config, NAME, quiet=True, feed=feed)
     assert summary.labelled == 300

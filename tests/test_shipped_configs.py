@@ -42,7 +42,7 @@ def test_shipped_configs_never_share_an_output_unless_they_are_the_same_labels()
     for path in sorted(CONFIGS.glob("*.yaml")):
         config = load_config(path)
         for name in config.integrations:
-            places.setdefault((str(config.output_root / name), name), []).append(path.name)
+            places.setdefault((str(config.output_location(name)), name), []).append(path.name)
     shared = {k: v for k, v in places.items() if len(v) > 1}
     assert shared == {}, shared
 

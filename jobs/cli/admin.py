@@ -40,7 +40,7 @@ def queue_status(config: BackfillConfig, names: list[str], as_json: bool) -> str
         return json.dumps(statuses, sort_keys=True)
     cols = ["pending_batches", "pending_posts", "processing_batches", "processing_posts",
             "dead_posts", "dead_undecodable_rows", "output_rows_exported",
-            "output_rows_unexported"]
+            "output_rows_unexported", "file_bytes", "ledger_bytes"]
     width = max(len(c) for c in cols)
     lines = []
     for name, st in statuses.items():
@@ -77,6 +77,20 @@ def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
     return "\n".join(lines) or "no dead letters"
 
 
+def compact_queue(config: BackfillConfig, names: list[str]) -> str:
+    """Each queue file rewritten to its live size (refused, one line, while leased)."""
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
+        res = store.compact(full=True)
+        lines.append(f"{name}: queue file {_mb(res.file_bytes_before)} → "
+                     f"{_mb(res.file_bytes_after)} (ledger {_mb(res.ledger_bytes)} beside it)")
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def integration_names(config: BackfillConfig, wanted: list[str]) -> list[str]:
     """``-i`` values (codes or names, ``all`` or none for every integration) as names."""
     if not wanted or "all" in wanted:
@@ -96,6 +110,8 @@ def run_verbs(config: BackfillConfig, args: Any, out: TextIO) -> None:
         print(requeue_dead(config, names), file=out)
     if args.show_dead:
         print(show_dead(config, names, args.show_dead), file=out)
+    if args.compact_queue:
+        print(compact_queue(config, names), file=out)
     if args.evaluate:
         from jobs.labels.evaluation import evaluate
 

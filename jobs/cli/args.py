@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reap-stale", action="store_true", help="expired leases back to pending")
     p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
     p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
+    p.add_argument("--compact-queue", action="store_true",
+                   help="rewrite each queue file to its live size (VACUUM); refused while a "
+                        "run holds leases")
     p.add_argument("--relabel-other-versions", action="store_true",
                    help="with --add-to-queue: also enqueue posts queued or labelled by another "
                         "config_hash (their old rows stay, told apart by config_hash)")
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     stages = args.add_to_queue or args.run_integrations or args.write_cache
     admin = (args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
-             or args.evaluate or args.report)
+             or args.compact_queue or args.evaluate or args.report)
     if not stages and not admin:
         raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
                           "--write-cache or an admin flag such as --queue-status")

@@ -22,7 +22,7 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
     files = check_stages(config, args, integrations, cache_names, start, end)
     if not args.quiet:
         print(f"data: {config.data_dir}\nposts: {config.posts.path}\n"
-              f"output: {config.output_root}", file=sys.stderr)
+              f"output: {config.output_base}", file=sys.stderr)
     for name in integrations:
         enqueue = functools.partial(_enqueue, config, name, files, args, report)
         if args.run_integrations:

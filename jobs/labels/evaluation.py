@@ -14,11 +14,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from jobs.config import BackfillConfig, ConfigError
 from jobs.labels.output import latest_config_hash, output_dataset, prob_columns
+from queue_store.location import Location
 
 
 class LabelScores(BaseModel):
@@ -67,21 +69,27 @@ class Evaluation(BaseModel):
         return "\n".join(lines)
 
 
-def read_gold(path: str, column: str) -> pa.Table:
-    """The gold file's (uri, gold label) pairs, as text, one per uri. Empty files, repeated
-    uris with conflicting labels and uris that are not text are one clear line each."""
-    p = Path(path)
-    if not p.is_file():
+def read_gold(where: Location, column: str) -> pa.Table:
+    """The gold file's (uri, gold label) pairs, as text, one per uri (a local file or an
+    object). Empty files, repeated uris with conflicting labels and uris that are not text are
+    one clear line each."""
+    path = where.uri
+    try:
+        info = where.fs.get_file_info(where.path)
+    except OSError:
+        info = None
+    if info is None or info.type != pafs.FileType.File:
         raise ConfigError(f"gold file {path!r} not found")
     try:
-        if p.suffix.lower() in (".parquet", ".pq"):
-            table = pq.read_table(p)
-        else:
-            table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
-                column_types={"uri": pa.string(), column: pa.string()}))
+        with where.fs.open_input_file(where.path) as fh:
+            if where.path.lower().endswith((".parquet", ".pq")):
+                table = pq.read_table(fh)
+            else:
+                table = pacsv.read_csv(fh, convert_options=pacsv.ConvertOptions(
+                    column_types={"uri": pa.string(), column: pa.string()}))
     except (pa.ArrowException, OSError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Empty CSV file" in text or p.stat().st_size == 0:
+        if "Empty CSV file" in text or info.size == 0:
             raise ConfigError(f"gold file {path} is empty: it needs a header (uri and the "
                               "gold label column) and one row per hand-labelled post") from None
         raise ConfigError(f"gold file {path}: cannot be read ({text})") from None
@@ -114,7 +122,7 @@ def evaluate(config: BackfillConfig, integration: str, gold_path: str,
     from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix,
                                  f1_score, precision_recall_fscore_support)
 
-    gold = read_gold(gold_path, gold_column)
+    gold = read_gold(config.location(gold_path), gold_column)
     dataset = output_dataset(config, integration)
     version = config_hash if config_hash is not None else latest_config_hash(dataset)
     where = pads.field("uri").isin(gold.column("uri").combine_chunks())

@@ -1,7 +1,6 @@
 """Reading an integration's labels back: one config_hash at a time, in bounded batches."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -12,11 +11,11 @@ from jobs.config import BackfillConfig, ConfigError
 
 
 def output_dataset(config: BackfillConfig, integration: str) -> pads.Dataset:
-    root = Path(config.output_root) / integration
-    if not root.exists() or not any(root.rglob("*.parquet")):
+    root = config.output_location(integration)
+    if not root.has_parquet():
         raise ConfigError(f"no labels for {integration!r} under {root} yet; run "
                           "--run-integrations (and --write-cache) first")
-    return pads.dataset(root, format="parquet", partitioning="hive")
+    return root.dataset()
 
 
 def latest_config_hash(dataset: pads.Dataset) -> str:

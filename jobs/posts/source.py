@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.config import ConfigError
+from queue_store.location import Location
 from queue_store.rows.validation import POST_COLUMNS, is_text_type
 
 READ_SCHEMA = pa.schema([(c, pa.string()) for c in POST_COLUMNS])
@@ -68,11 +69,13 @@ def _column_problem(schema: pa.Schema) -> str | None:
     return None
 
 
-def find_post_files(path: str, start: date | None, end: date | None) -> PostFiles:
-    """List the selected files and read each one's footer (a local folder or any pyarrow URI)."""
+def find_post_files(path: str | Location, start: date | None, end: date | None) -> PostFiles:
+    """List the selected files and read each one's footer (a local folder or any pyarrow URI:
+    ``BackfillConfig.location`` adds the object store's endpoint)."""
     try:
-        fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (
-            pafs.LocalFileSystem(), path)
+        where = path if isinstance(path, Location) else Location.of(path)
+        path = where.uri
+        fs, base = where.fs, where.path
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
         raise ConfigError(f"posts path {path!r} cannot be read ({exc}); set posts.path in the "

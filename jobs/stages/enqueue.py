@@ -5,25 +5,23 @@ Whether a post is new is decided by the queue's ledger inside each enqueue trans
 in this run's input, earlier runs, and (recorded once, when a queue file is newer than the
 parquet output beside it) posts already labelled there — so concurrent enqueues never queue
 a post twice, and there is one dedupe, not three. Posts are handed over in chunks of about
-``CHUNK_POSTS``, one transaction each: an inference run streaming beside the enqueue claims
+``queue.enqueue_chunk_posts``, one transaction each: an inference run streaming beside the enqueue claims
 each chunk as soon as it is committed.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from jobs.config import BackfillConfig
 from jobs.posts.source import PostFiles, iter_posts
 from jobs.stages.progress import Figures, Progress
 from jobs.stages.summary import RunSummary, new_run_id, now_iso
 from queue_store import EnqueueSession, QueueStore
+from queue_store.location import Location
 from queue_store.rows.validation import as_post_table
 
-CHUNK_POSTS = 50_000  # posts per enqueue transaction (rounded to whole queue rows)
 SEEDED = "output_seeded"  # meta flag: the ledger knows every post in the parquet output
 
 
@@ -45,9 +43,10 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
     store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
     try:
         started = time.perf_counter()
-        remember_output(store, config.output_root / name)
+        remember_output(store, config.output_location(name))
         summary.step_s["seed_from_output"] = time.perf_counter() - started
-        feed = Feed(store, version, relabel, config.queue.batch_size, summary)
+        feed = Feed(store, version, relabel, config.queue.batch_size,
+                    config.queue.enqueue_chunk_posts, summary)
         shown = Progress(f"enqueue {name}", files.good_rows, lambda: Figures(
             done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet,
             failed_name="invalid", show_dead=False)
@@ -68,15 +67,15 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
     return summary.finish(config.data_dir, t0, summary.enqueued + summary.rejected_invalid)
 
 
-def remember_output(store: QueueStore, root: Path, batch_rows: int = 100_000) -> None:
+def remember_output(store: QueueStore, root: Location, batch_rows: int = 100_000) -> None:
     """Once per queue file: record in its ledger the posts already in the integration's
     parquet output (each under the config_hash it was labelled with; rows from before
     config_hash existed count as another version), so a queue file newer than its output —
     moved away, deleted, re-created — never queues them again."""
     if store.flag(SEEDED):
         return
-    if root.exists():
-        dataset = pads.dataset(root, format="parquet", partitioning="hive")
+    if root.has_parquet():
+        dataset = root.dataset()
         has_hash = "config_hash" in dataset.schema.names
         for batch in dataset.to_batches(columns=["uri", "config_hash"] if has_hash
                                         else ["uri"], batch_size=batch_rows):
@@ -90,13 +89,14 @@ def remember_output(store: QueueStore, root: Path, batch_rows: int = 100_000) ->
 
 
 class Feed:
-    """Posts on their way into the queue: whole queue rows, ``CHUNK_POSTS`` at a time."""
+    """Posts on their way into the queue: whole queue rows, about ``chunk_posts`` (rounded
+    to whole queue rows) per transaction."""
 
     def __init__(self, store: QueueStore, version: str, relabel: bool, batch_size: int,
-                 summary: RunSummary) -> None:
+                 chunk_posts: int, summary: RunSummary) -> None:
         self.store, self.version, self.relabel = store, version, relabel
         self.batch_size = batch_size
-        self.chunk = max(batch_size, CHUNK_POSTS // batch_size * batch_size)
+        self.chunk = max(batch_size, chunk_posts // batch_size * batch_size)
         self.summary = summary
         self.session = EnqueueSession()
         self.carry: list[pa.Table] = []

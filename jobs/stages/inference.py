@@ -77,7 +77,8 @@ class InferenceRun:
                                   started_at=now_iso(), config_hash=self.integ.classifier.config_hash,
                                   resolved_config=config.model_dump(mode="json"))
         self.t0 = time.monotonic()
-        self.out_dir = str((config.output_root / self.name).resolve())
+        self.out = config.output_location(self.name)
+        self.out_dir = str(self.out)
         self.actors: list[Any] = []
         self.passes: Background | None = None
         self.abandoned = False
@@ -100,7 +101,7 @@ class InferenceRun:
             **pinned, name=f"backfill-monitor-{self.run_id}").remote()
         self.writer = ray.remote(WriterActor).options(
             **pinned, name=f"backfill-writer-{self.run_id}").remote(
-            self.queue, data_dir, self.name, self.out_dir, config.pipeline.export_rows,
+            self.queue, data_dir, self.name, self.out, config.pipeline.export_rows,
             config.pipeline.export_every_seconds, self.monitor)
         self.actors = [self.writer, self.queue, self.monitor]
 

@@ -61,6 +61,68 @@ def check_writable(path: Path, what: str) -> None:
                           "choose another folder in the config or fix its permissions")
 
 
+# File systems SQLite's locking cannot trust (the queue file must be on a local disk).
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse",
+              "fuse.goofys", "fuse.mountpoint-s3", "lustre", "gpfs", "beegfs", "ceph",
+              "fuse.ceph", "glusterfs", "fuse.glusterfs", "afs", "9p.nfs"}
+
+
+def mount_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
+    """The file system type of the mount holding ``path`` (None where it cannot be told)."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    target = str(path)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and \
+                len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def check_data_dir(config: BackfillConfig) -> None:
+    """The queue file needs a local disk: not a URI, not a network file system."""
+    if "://" in config.data_dir:
+        raise ConfigError(f"data_dir {config.data_dir} is not a local folder: the SQLite queue "
+                          "must be on the head node's local disk (put posts and output_dir in "
+                          "object storage instead)")
+    path = Path(config.data_dir).resolve()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    kind = mount_type(probe)
+    if kind in NETWORK_FS:
+        raise ConfigError(f"data_dir {path} is on a network file system ({kind}): SQLite's "
+                          "locking is not safe there; choose a folder on the head node's "
+                          "local disk")
+    check_writable(path, "data_dir")
+
+
+def check_output(config: BackfillConfig, name: str) -> None:
+    """The integration's output can be written: a local folder (checked without writing) or
+    an object store (a probe object written and deleted)."""
+    out = config.output_location(name)
+    if out.local:
+        check_writable(Path(out.path), "output folder")
+        return
+    try:
+        out.check_writable()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"output {out} cannot be written ({_first_line(exc)}); check the "
+                          "bucket, object_store.endpoint_url and the credentials in the "
+                          "environment (AWS_ACCESS_KEY_ID / AWS_PROFILE)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
@@ -68,7 +130,7 @@ def _inside(a: Path, b: Path) -> bool:
 def check_apart(config: BackfillConfig, names: list[str]) -> None:
     """Posts, outputs and the queue never share a folder: labels written under the posts
     path would be read back as posts by the next enqueue."""
-    if "://" in config.posts.path:
+    if "://" in config.posts.path or "://" in config.data_dir:
         return
     posts = Path(config.posts.path).resolve()
     problems = []
@@ -77,7 +139,10 @@ def check_apart(config: BackfillConfig, names: list[str]) -> None:
         problems.append(f"data_dir {data} is inside posts.path {posts}; keep the queue and the "
                         "posts in separate folders")
     for name in names:
-        out = (config.output_root / name).resolve()
+        location = config.output_location(name)
+        if not location.local:
+            continue
+        out = Path(location.path)
         if _inside(out, posts) or _inside(posts, out):
             problems.append(f"the output of {name} ({out}) and posts.path {posts} overlap (one "
                             "is inside the other): the next enqueue would read labels back as "
@@ -100,12 +165,12 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
     problems = Problems()
     touched = list(dict.fromkeys(integrations + cache_names))
     if args.add_to_queue or args.run_integrations or args.write_cache:
-        problems.check(check_writable, Path(config.data_dir), "data_dir")
+        problems.check(check_data_dir, config)
         for name in touched:
             problems.check(check_queue_file, config, name)
     if args.run_integrations or args.write_cache:
         for name in touched:
-            problems.check(check_writable, config.output_root / name, "output folder")
+            problems.check(check_output, config, name)
     if args.run_integrations:
         for name in integrations:
             clf = config.integrations[name].classifier
@@ -115,7 +180,8 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
         from jobs.posts.source import find_post_files
 
         problems.check(check_apart, config, touched)
-        files = problems.check(find_post_files, config.posts.path, start, end)
+        files = problems.check(find_post_files, config.location(config.posts.path), start,
+                               end)
         if files is not None and files.bad and not args.skip_bad_files:
             problems.found.append(files.bad_files_message())
     gpu_users = [n for n in integrations if config.integrations[n].num_gpus > 0]

@@ -14,13 +14,14 @@ def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = Fa
     summary = RunSummary(run_id=new_run_id(name), integration=name, stage="write_cache",
                          started_at=now_iso())
     t0 = time.monotonic()
-    out_dir = str((config.output_root / name).resolve())
+    out = config.output_location(name)
     store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
     try:
-        stats = export_output(store, out_dir, config.pipeline.export_rows)
+        stats = export_output(store, out, config.pipeline.export_rows)
         if clear_queue:
             store.clear_exported()
+            store.compact()  # the cleared rows' pages back to the file system
     finally:
         store.close()
     summary.exported_rows, summary.parquet_files = stats.rows, stats.files
-    return summary.finish(config.data_dir, t0, stats.rows, out_dir)
+    return summary.finish(config.data_dir, t0, stats.rows, str(out))
