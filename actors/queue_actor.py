@@ -15,13 +15,20 @@ import threading
 import time
 from typing import Any
 
-from actors.stats import QueueStats
+import ray
+
+from actors.stage_monitor import StageMonitor
+from actors.stats import QueueStats, StageStats
 from queue_store import QueueStore
 from queue_store.schema import QueueFileError
 
 # The heartbeat gives up on one renewal after a quarter of a lease (and tries again at its
 # next beat); past SAFE_FRACTION of a lease without a renewal, claiming stops.
 SAFE_FRACTION = 0.75
+# The concurrency group of the classifier stage's reports (crash journal, fatal errors,
+# progress): a thread of its own, so they never wait behind the queue's SQLite work.
+STAGE = "stage"
+OPTIONS = {"concurrency_groups": {STAGE: 1}}  # for ray.remote(**OPTIONS)(QueueActor)
 
 
 class QueueActor:
@@ -36,6 +43,7 @@ class QueueActor:
         self.feeding = feeding  # the same command's enqueue is still running
         self.outstanding: dict[int, str] = {}
         self.stats = QueueStats()
+        self.stage = StageMonitor()  # only ever touched from the STAGE thread
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -147,6 +155,43 @@ class QueueActor:
             self.stats.retried += result.retried
             self.stats.dead_lettered += result.dead_lettered
         return result.model_dump()
+
+    # -- the classifier stage's reports (STAGE thread; see actors/stage_monitor.py) ----------
+    @ray.method(concurrency_group=STAGE)
+    def journal_begin(self, key: str, n_posts: int) -> Any:
+        return self.stage.journal_begin(key, n_posts)
+
+    @ray.method(concurrency_group=STAGE)
+    def journal_set_active(self, key: str, posts: list[int]) -> None:
+        self.stage.journal_set_active(key, posts)
+
+    @ray.method(concurrency_group=STAGE)
+    def journal_end(self, key: str) -> None:
+        self.stage.journal_end(key)
+
+    @ray.method(concurrency_group=STAGE)
+    def report_fatal(self, message: str, exit_code: int = 2) -> None:
+        self.stage.report_fatal(message, exit_code)
+
+    @ray.method(concurrency_group=STAGE)
+    def add_usage(self, counts: dict[str, int]) -> None:
+        self.stage.add_usage(counts)
+
+    @ray.method(concurrency_group=STAGE)
+    def report_actor(self, actor: str, state: str) -> None:
+        self.stage.report_actor(actor, state)
+
+    @ray.method(concurrency_group=STAGE)
+    def report_progress(self, actor: str, posts: int, outside_classify_s: float) -> None:
+        self.stage.report_progress(actor, posts, outside_classify_s)
+
+    @ray.method(concurrency_group=STAGE)
+    def report_waiting(self, actor: str, status: dict[str, str]) -> None:
+        self.stage.report_waiting(actor, status)
+
+    @ray.method(concurrency_group=STAGE)
+    def stage_stats(self) -> StageStats:
+        return self.stage.get_stats()
 
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> QueueStats:

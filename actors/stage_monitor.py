@@ -5,9 +5,10 @@ The crash journal (which posts a classifier process was running when it died, se
 rejected API key, a label of the wrong type, a disk that cannot be written), hosted-model
 usage counters, and what the stage is doing: actors loading their model or ready, posts
 classified so far (one report per ``classify`` call, so slow models show progress), and what
-a hosted model waits on (a rate limit, a server that does not answer). It is its own small
-actor, not the QueueActor: a classifier announces every block here before running it, and
-must never wait behind the queue's SQLite work.
+a hosted model waits on (a rate limit, a server that does not answer). It lives inside the
+QueueActor (one process fewer per run) behind a concurrency group of its own: a classifier
+announces every block here before running it, and must never wait behind the queue's SQLite
+work.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ class StageMonitor:
         self.stage_cpu: dict[str, tuple[int, float]] = {}
         self.actors: dict[str, str] = {}  # actor -> "loading" | "ready"
         self.waiting: dict[str, dict[str, str]] = {}  # actor -> its classifier's status()
-        self.cpu_at_start = time.process_time()
 
     def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
         return self.journal.begin(key, n_posts)
@@ -69,4 +69,4 @@ class StageMonitor:
                           stage_us_per_post=round(cpu / posts * 1e6, 2) if posts else None,
                           actors_loading=states.count("loading"),
                           actors_ready=states.count("ready"), waiting_on=waiting,
-                          cpu_s=time.process_time() - self.cpu_at_start)
+                          cpu_s=time.thread_time())  # the thread that serves it

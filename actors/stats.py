@@ -62,4 +62,4 @@ class StageStats(BaseModel):
     actors_loading: int = 0       # classifier actors building their classifier (model load)
     actors_ready: int = 0
     waiting_on: dict[str, str] = Field(default_factory=dict)  # e.g. rate_limit, last_error
-    cpu_s: float = 0.0  # the StageMonitor's CPU time since it was set up
+    cpu_s: float = 0.0  # CPU time of the QueueActor thread serving the stage's reports

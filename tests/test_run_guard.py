@@ -23,16 +23,17 @@ class _Answer:
 
 
 class _Actors:
-    """Plays the QueueActor, the StageMonitor and ``ray.get`` over them."""
+    """Plays the QueueActor (its queue and stage figures) and ``ray.get`` over them."""
 
     def __init__(self) -> None:
-        self.queue_stats, self.stage_stats, self.down = QueueStats(), StageStats(), False
+        self.queue_stats, self.stage_answer, self.down = QueueStats(), StageStats(), False
         self.get_stats = _Answer(self, "stats")
+        self.stage_stats = _Answer(self, "stage")
 
     def get(self, refs: list, timeout: float) -> list:
         if self.down:
             raise ConnectionError("the cluster is gone")
-        return [self.queue_stats, self.stage_stats]
+        return [self.queue_stats, self.stage_answer]
 
 
 def _guard(no_progress_s: float = 60, lost_after_s: float = 30):
@@ -50,18 +51,18 @@ def test_the_progress_line_says_what_the_run_waits_for():
     guard.feeding = False
     guard.check()
     assert guard.figures().waiting == "starting classifier actors"
-    actors.stage_stats = StageStats(actors_loading=1)
+    actors.stage_answer = StageStats(actors_loading=1)
     guard.check()
     assert guard.figures().waiting == "loading the model (1 classifier actor(s))"
-    actors.stage_stats = StageStats(actors_ready=1, classified=50)
+    actors.stage_answer = StageStats(actors_ready=1, classified=50)
     guard.check()
     assert guard.figures().waiting is None  # it moves
-    actors.stage_stats = StageStats(actors_ready=1, classified=50, waiting_on={
+    actors.stage_answer = StageStats(actors_ready=1, classified=50, waiting_on={
         "last_error": "chat completion: connection error (ClientConnectorError)"})
     clock.now += 5  # and then it does not
     guard.check()
     assert "the hosted model: chat completion: connection error" in guard.figures().waiting
-    actors.stage_stats = StageStats(actors_ready=1, classified=50, waiting_on={
+    actors.stage_answer = StageStats(actors_ready=1, classified=50, waiting_on={
         "rate_limit": "the server asked to wait 30 s (HTTP 429); waiting 12 s more"})
     guard.check()
     assert guard.figures().waiting.startswith("a rate limit: the server asked to wait 30 s")
@@ -80,12 +81,12 @@ def test_no_progress_stops_the_run_saying_what_it_waited_for():
     assert "starting classifier actors" in str(guard.stop_reason)
 
     guard, actors, clock = _guard(no_progress_s=60)
-    actors.stage_stats = StageStats(actors_ready=1, classified=10)
+    actors.stage_answer = StageStats(actors_ready=1, classified=10)
     guard.check()
     clock.now += 59
     guard.check()
     assert guard.stop_reason is None
-    actors.stage_stats = StageStats(actors_ready=1, classified=11)  # one more post: moving
+    actors.stage_answer = StageStats(actors_ready=1, classified=11)  # one more post: moving
     clock.now += 59
     guard.check()
     assert guard.stop_reason is None
@@ -96,7 +97,7 @@ def test_no_progress_stops_the_run_saying_what_it_waited_for():
 
 def test_a_fatal_error_stops_the_run_with_its_own_line_and_exit_code():
     guard, actors, _ = _guard()
-    actors.stage_stats = StageStats(fatal=Fatal(message="the key was refused", exit_code=2))
+    actors.stage_answer = StageStats(fatal=Fatal(message="the key was refused", exit_code=2))
     guard.check()
     assert str(guard.stop_reason) == "the key was refused" and guard.stop_reason.exit_code == 2
 

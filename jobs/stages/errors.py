@@ -32,7 +32,7 @@ def true_cause(ray: Any, exc: BaseException, queue: Any, writer: Any,
     """What to report instead of ``exc`` (``exc`` itself when nothing better is known)."""
     from ray.exceptions import RayActorError, RayTaskError
 
-    stats = _actor_says(ray, monitor, "get_stats")
+    stats = _actor_says(ray, monitor, "stage_stats")
     fatal = getattr(stats, "fatal", None)
     if fatal is not None:
         return RunStopped(fatal.message, fatal.exit_code)
@@ -41,9 +41,8 @@ def true_cause(ray: Any, exc: BaseException, queue: Any, writer: Any,
         return RunStopped(str(cause), 2)
     if isinstance(cause, OSError) and cause.errno:
         return RunStopped(f"{cause.strerror or cause} (errno {cause.errno})", 1)
-    dead = _which_died(ray, {"QueueActor (claims and leases)": queue,
-                             "WriterActor (completions and parquet)": writer,
-                             "StageMonitor (crash journal)": monitor}, exc)
+    dead = _which_died(ray, {"QueueActor (claims, leases and the crash journal)": queue,
+                             "WriterActor (completions and parquet)": writer}, exc)
     if dead:
         return PipelineActorDied(dead)
     if isinstance(exc, RayActorError):

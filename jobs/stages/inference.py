@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from actors.classifier_stage import ClassifierStage
+from actors.queue_actor import OPTIONS as QUEUE_ACTOR_OPTIONS
 from actors.queue_actor import QueueActor
 from actors.queue_datasource import QueueDatasource
-from actors.stage_monitor import StageMonitor
 from actors.stats import WriterStats
 from actors.writer_actor import WriterActor
 from classifiers.scrub import register_secret
@@ -93,17 +93,16 @@ class InferenceRun:
         data_dir = str(Path(config.data_dir).resolve())
         # Leases name this driver process: if it dies, a rerun on this host reclaims them.
         holder = LeaseHolder.this_process(self.run_id).encode()
-        self.queue = ray.remote(QueueActor).options(
+        self.queue = ray.remote(**QUEUE_ACTOR_OPTIONS)(QueueActor).options(
             **pinned, name=f"backfill-queue-{self.run_id}").remote(
             data_dir, self.name, config.queue.max_attempts, config.queue.lease_seconds,
             holder, self.max_records, feeding=feeding, version=self.summary.config_hash)
-        self.monitor = ray.remote(StageMonitor).options(
-            **pinned, name=f"backfill-monitor-{self.run_id}").remote()
+        self.monitor = self.queue  # the stage's reports: a concurrency group of the QueueActor
         self.writer = ray.remote(WriterActor).options(
             **pinned, name=f"backfill-writer-{self.run_id}").remote(
             self.queue, data_dir, self.name, self.out, config.pipeline.export_rows,
             config.pipeline.export_every_seconds, self.monitor)
-        self.actors = [self.writer, self.queue, self.monitor]
+        self.actors = [self.writer, self.queue]
 
     def execute(self, feed: Callable[[], Any] | None, quiet: bool) -> RunSummary:
         self._start_actors(feeding=feed is not None)
@@ -182,7 +181,7 @@ class InferenceRun:
         qs, ss, status = guard.queue_stats, guard.stage_stats, None
         if final:
             qs = self._ask(self.queue.get_stats.remote(), 30) or qs
-            ss = self._ask(self.monitor.get_stats.remote(), 30) or ss
+            ss = self._ask(self.monitor.stage_stats.remote(), 30) or ss
             status = self._ask(self.queue.queue_status.remote(), 30)
         self.summary.take(qs, ss, writer_stats, status)
         cost = getattr(self.integ.classifier.typed, "estimated_cost", None)  # priced ones

@@ -73,7 +73,7 @@ class RunGuard:
         """One poll: refresh the figures and decide whether the run must stop."""
         try:
             qs, ss = self.ray.get([self.queue.get_stats.remote(),
-                                   self.monitor.get_stats.remote()],
+                                   self.monitor.stage_stats.remote()],
                                   timeout=min(10.0, self.lost_after_s / 2))
         except Exception as exc:  # noqa: BLE001 - an actor or the cluster is gone
             now = self.clock()
