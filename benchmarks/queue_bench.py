@@ -52,9 +52,9 @@ def run_ours(n: int, data_dir: str) -> dict:
     while batches := store.claim(max_batches=8, lease_seconds=60, owner="bench"):
         for b in batches:  # typed label columns beside the posts, as the writer sends them
             posts = pa.Table.from_batches([codec.loads_posts(b.payload)])
-            n = posts.num_rows
-            labelled = posts.append_column("label", pa.array(np.ones(n, np.int64))) \
-                .append_column("prob_intergroup", pa.array(np.full(n, 0.9)))
+            rows = posts.num_rows
+            labelled = posts.append_column("label", pa.array(np.ones(rows, np.int64))) \
+                .append_column("prob_intergroup", pa.array(np.full(rows, 0.9)))
             done += store.complete(b.batch_id, b.lease_id, labelled, []).labelled
     t_cc = time.perf_counter() - t0
     assert done == n, (done, n)

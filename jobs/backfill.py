@@ -20,7 +20,7 @@ from classifiers.scrub import scrub
 from jobs.cli import admin
 from jobs.cli.args import build_parser, check_args
 from jobs.cli.endings import EXIT_INTERRUPTED, EXIT_USAGE, Summaries, closing_lines
-from jobs.cli.stages import run_stages
+from jobs.cli.stages import run_stages, selection_of
 from jobs.config import BackfillConfig, ConfigError, load_config
 from jobs.stages.errors import RunStopped
 from jobs.stages.preflight import PreflightErrors
@@ -44,6 +44,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _date_range(args: Any, config: BackfillConfig) -> tuple[date | None, date | None]:
+    if args.backfill_period:  # the last N days/hours: from that day's partition on
+        return selection_of(args).since.date(), None
     start = args.start_date or config.posts.start_date
     end = args.end_date or config.posts.end_date
     if start and end and start > end:

@@ -99,6 +99,18 @@ def test_gpu_asked_on_cpu_cluster(ray_session, tmp_path, capsys):
     assert "num_gpus=1" in line and "set num_gpus: 0" in line
 
 
+@pytest.mark.ray
+def test_actors_holding_every_cpu_are_refused_before_the_run_waits_for_ever(
+        ray_session, tmp_path, capsys):
+    """Two actors at 1 CPU on a 2-CPU Ray leave none for a read task: the run would read
+    nothing until its no-progress timeout (600 s by default)."""
+    cpus = ray_session.cluster_resources()["CPU"]
+    cfg = write_config(tmp_path, PLUGIN, num_cpus=cpus / 2, actors={"min": 2, "max": 2})
+    line = _err(capsys, ["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
+    assert f"need {cpus + 0.25:g} CPUs, but the Ray cluster has {cpus:g}" in line, line
+    assert "lower num_cpus" in line
+
+
 def _posts_with_bad_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --write-cache: delete exported output rows")
     p.add_argument("--start-date", type=_day, help="first partition_date (inclusive)")
     p.add_argument("--end-date", type=_day, help="last partition_date (inclusive)")
+    p.add_argument("--sample-records", action="store_true",
+                   help="with --add-to-queue: enqueue a reproducible sample (by uri) of the "
+                        "posts; needs --sample-proportion")
+    p.add_argument("--sample-proportion", type=float, metavar="P",
+                   help="with --sample-records: keep this share of posts, 0 < P <= 1 (the same "
+                        "posts for every integration and rerun; a larger P keeps a superset)")
+    p.add_argument("--sample-seed", type=int, default=0, metavar="S",
+                   help="with --sample-records: another seed draws another sample (default 0)")
+    p.add_argument("--backfill-period", choices=["days", "hours"],
+                   help="with --add-to-queue: only posts of the last N days or hours (by the "
+                        "post's own timestamp); needs --backfill-duration N")
+    p.add_argument("--backfill-duration", type=_positive, metavar="N",
+                   help="with --backfill-period: how many days or hours back")
     p.add_argument("--max-records-per-run", type=_positive, help="claim at most N posts "
                    "(whole batches)")
     p.add_argument("--queue-status", action="store_true", help="counts per queue state")
@@ -120,9 +133,29 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("name the integration(s) with -i (e.g. -i g)")
     if args.relabel_other_versions and not args.add_to_queue:
         raise ConfigError("--relabel-other-versions only goes with --add-to-queue")
+    _check_selection(args)
     if args.clear_queue and not args.write_cache:
         raise ConfigError("--clear-queue only goes with --write-cache NAME|all")
     if args.config_hash and not (args.evaluate or args.report):
         raise ConfigError("--config-hash only goes with --evaluate or --report")
     if args.json and not args.queue_status:
         raise ConfigError("--json only goes with --queue-status")
+
+
+def _check_selection(args: argparse.Namespace) -> None:
+    """Sampling and relative windows: only with --add-to-queue, and only whole."""
+    sampling = args.sample_records or args.sample_proportion is not None
+    window = args.backfill_period or args.backfill_duration
+    if (sampling or window) and not args.add_to_queue:
+        raise ConfigError("sampling and --backfill-period only go with --add-to-queue")
+    if args.sample_records and args.sample_proportion is None:
+        raise ConfigError("--sample-records needs --sample-proportion P (0 < P <= 1)")
+    if args.sample_proportion is not None and not args.sample_records:
+        raise ConfigError("--sample-proportion only goes with --sample-records")
+    if args.sample_proportion is not None and not 0 < args.sample_proportion <= 1:
+        raise ConfigError(f"--sample-proportion {args.sample_proportion:g} is outside (0, 1]")
+    if bool(args.backfill_period) != bool(args.backfill_duration):
+        raise ConfigError("--backfill-period days|hours and --backfill-duration N go together")
+    if window and (args.start_date or args.end_date):
+        raise ConfigError("--backfill-period selects its own dates: drop --start-date/"
+                          "--end-date, or drop the period")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any
 
 from jobs.cli.admin import integration_names
 from jobs.cli.endings import Summaries
 from jobs.config import BackfillConfig
+from jobs.posts.selection import Selection
 from jobs.stages.errors import RunStopped
 from jobs.stages.preflight import check_stages
 
@@ -60,4 +61,16 @@ def _enqueue(config: BackfillConfig, name: str, files: Any, args: Any,
     from jobs.stages.enqueue import enqueue_posts
 
     report(enqueue_posts(config, name, files, quiet=args.quiet,
-                         relabel=args.relabel_other_versions))
+                         relabel=args.relabel_other_versions, selection=selection_of(args)))
+
+
+def selection_of(args: Any) -> Selection:
+    """The sample and window a command asked for (nothing: every post). The window ends at
+    the command's ``args.now`` (set once: every integration's window is the same)."""
+    sample = {"sample_proportion": args.sample_proportion, "sample_seed": args.sample_seed}
+    if args.backfill_period:
+        if getattr(args, "now", None) is None:
+            args.now = datetime.now(timezone.utc)
+        return Selection.window(args.backfill_period, args.backfill_duration, args.now,
+                                **sample)
+    return Selection(**sample)

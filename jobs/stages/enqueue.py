@@ -15,6 +15,7 @@ import time
 import pyarrow as pa
 
 from jobs.config import BackfillConfig
+from jobs.posts.selection import Selection
 from jobs.posts.source import PostFiles, iter_posts
 from jobs.stages.progress import Figures, Progress
 from jobs.stages.summary import RunSummary, new_run_id, now_iso
@@ -26,10 +27,11 @@ SEEDED = "output_seeded"  # meta flag: the ledger knows every post in the parque
 
 
 def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
-                  quiet: bool = False, relabel: bool = False) -> RunSummary:
+                  quiet: bool = False, relabel: bool = False,
+                  selection: Selection | None = None) -> RunSummary:
     """Enqueue the posts of ``files`` (chosen by ``find_post_files``) for one integration.
     Posts queued or labelled for another config_hash are skipped (counted) unless
-    ``relabel``."""
+    ``relabel``; ``selection`` samples and windows them (counted too)."""
     name, integ = config.resolve_integration(integration)
     version = integ.classifier.config_hash
     summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
@@ -46,7 +48,7 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
         remember_output(store, config.output_location(name))
         summary.step_s["seed_from_output"] = time.perf_counter() - started
         feed = Feed(store, version, relabel, config.queue.batch_size,
-                    config.queue.enqueue_chunk_posts, summary)
+                    config.queue.enqueue_chunk_posts, summary, selection or Selection())
         shown = Progress(f"enqueue {name}", files.good_rows, lambda: Figures(
             done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet,
             failed_name="invalid", show_dead=False)
@@ -93,11 +95,12 @@ class Feed:
     to whole queue rows) per transaction."""
 
     def __init__(self, store: QueueStore, version: str, relabel: bool, batch_size: int,
-                 chunk_posts: int, summary: RunSummary) -> None:
+                 chunk_posts: int, summary: RunSummary, selection: Selection) -> None:
         self.store, self.version, self.relabel = store, version, relabel
         self.batch_size = batch_size
         self.chunk = max(batch_size, chunk_posts // batch_size * batch_size)
         self.summary = summary
+        self.selection = selection
         self.session = EnqueueSession()
         self.carry: list[pa.Table] = []
         self.carried = 0
@@ -105,6 +108,9 @@ class Feed:
     def add(self, batch: pa.RecordBatch) -> None:
         self.summary.rows_read += batch.num_rows
         table = as_post_table(batch)  # text types unified; a bad byte rejects its post later
+        table, sampled_out, outside = self.selection.keep(table)
+        self.summary.sampled_out += sampled_out
+        self.summary.outside_window += outside
         self.carry.append(table)
         self.carried += table.num_rows
         if self.carried >= self.chunk:

@@ -34,7 +34,7 @@ from classifiers.scrub import register_secret
 from jobs.config import BackfillConfig
 from jobs.stages.errors import PipelineActorDied, RunStopped, true_cause
 from jobs.stages.progress import Progress
-from jobs.stages.ray_setup import check_gpus, driver_node_strategy, ensure_ray, ray_where
+from jobs.stages.ray_setup import check_resources, driver_node_strategy, ensure_ray, ray_where
 from jobs.stages.run_guard import RunGuard
 from jobs.stages.summary import RunSummary
 from jobs.stages.summary import new_run_id, now_iso
@@ -69,7 +69,7 @@ class InferenceRun:
         self.config = config
         self.name, self.integ = config.resolve_integration(integration)
         self.ray = ensure_ray(config, verbose)
-        check_gpus(self.ray, self.name, self.integ)
+        check_resources(self.ray, self.name, self.integ, config.pipeline.read_task_num_cpus)
         self.verbose = verbose
         self.max_records = max_records
         self.run_id = new_run_id(self.name)

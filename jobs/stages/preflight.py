@@ -2,7 +2,8 @@
 
 Every problem of the config is collected — folders, overlapping locations, posts files, queue
 files, each classifier's params, model, files and key, GPUs — and reported together, one
-``error:`` line each, exit 2, with nothing created. GPUs are checked last (they need Ray up).
+``error:`` line each, exit 2, with nothing created. CPUs and GPUs are checked last (they need
+Ray up).
 """
 from __future__ import annotations
 
@@ -185,11 +186,14 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
         if files is not None and files.bad and not args.skip_bad_files:
             problems.found.append(files.bad_files_message())
     gpu_users = [n for n in integrations if config.integrations[n].num_gpus > 0]
-    if args.run_integrations and gpu_users:  # Ray must be up to know the cluster's GPUs
-        from jobs.stages.ray_setup import check_gpus, ensure_ray
+    # Ray must be up to know the cluster's CPUs and GPUs: started for that when nothing else
+    # is wrong, or when GPUs are asked for (so every problem is told in one go).
+    if args.run_integrations and (gpu_users or not problems.found):
+        from jobs.stages.ray_setup import check_resources, ensure_ray
 
         ray = ensure_ray(config, getattr(args, "verbose", False), getattr(args, "quiet", False))
-        for name in gpu_users:
-            problems.check(check_gpus, ray, name, config.integrations[name])
+        for name in integrations:
+            problems.check(check_resources, ray, name, config.integrations[name],
+                           config.pipeline.read_task_num_cpus)
     problems.raise_if_any()
     return files

@@ -126,16 +126,27 @@ def interrupt_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def check_gpus(ray: Any, name: str, integ: IntegrationConfig) -> None:
-    """Ray would wait (up to the no-progress timeout) for GPUs that do not exist."""
-    if integ.num_gpus <= 0:
-        return
-    have = ray.cluster_resources().get("GPU", 0)
-    if have < integ.num_gpus * integ.actors.min:
+def check_resources(ray: Any, name: str, integ: IntegrationConfig,
+                    read_task_num_cpus: float) -> None:
+    """Ray would wait (up to the no-progress timeout) for GPUs that do not exist, or for the
+    CPU a read task needs once the classifier actors hold every CPU (nothing is read, so
+    nothing is labelled)."""
+    resources = ray.cluster_resources()
+    have = resources.get("GPU", 0)
+    if integ.num_gpus > 0 and have < integ.num_gpus * integ.actors.min:
         raise ConfigError(
             f"integration {name!r} asks for num_gpus={integ.num_gpus} per actor "
             f"(x{integ.actors.min} actors) but the Ray cluster has {have:g} GPU(s); "
             "set num_gpus: 0 for CPU, or submit to a cluster with GPUs")
+    cpus = resources.get("CPU", 0)
+    need = integ.num_cpus * integ.actors.min + read_task_num_cpus
+    if need > cpus:
+        raise ConfigError(
+            f"integration {name!r}: {integ.actors.min} classifier actor(s) x num_cpus="
+            f"{integ.num_cpus:g} plus one read task (pipeline.read_task_num_cpus="
+            f"{read_task_num_cpus:g}) need {need:g} CPUs, but the Ray cluster has {cpus:g}: "
+            "no post could be read; lower num_cpus (an accelerator's actor needs little host "
+            "CPU) or actors.min")
 
 
 def driver_node_strategy(ray: Any) -> Any:

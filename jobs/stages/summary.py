@@ -39,6 +39,8 @@ class RunSummary(BaseModel):
     skipped_other_version: int = 0     # queued or labelled for another config_hash
     relabelled: int = 0                # other-version posts queued again (--relabel-...)
     rejected_invalid: int = 0
+    sampled_out: int = 0       # enqueue: left out by --sample-records
+    outside_window: int = 0    # enqueue: older than --backfill-period/--backfill-duration
     invalid_by_reason: dict[str, int] = Field(default_factory=dict)
     claimed_batches: int = 0
     claimed: int = 0

@@ -1,0 +1,89 @@
+"""Sampling and relative windows at enqueue, through the CLI: a reproducible sample decided
+by the uri, the last N days/hours by each post's own timestamp, and one error line for each
+bad combination of flags."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.backfill import main
+from queue_store import QueueStore
+from tests.cli_helpers import write_config, write_posts
+from tests.pipeline_helpers import PLUGIN
+from tests.queue_helpers import NAME, input_uris, queued_uris
+
+
+def _queued(tmp_path, data: str, posts, *flags: str) -> set[str]:
+    cfg = write_config(tmp_path / data, {"type": PLUGIN}, posts=posts)
+    assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", "--quiet",
+                 *flags]) == 0
+    store = QueueStore(tmp_path / data / "data", NAME)
+    try:
+        return queued_uris(store, input_uris(posts))
+    finally:
+        store.close()
+
+
+def test_a_sample_is_reproducible_and_a_larger_proportion_keeps_a_superset(tmp_path, capsys):
+    posts = write_posts(tmp_path, 2000, days=2)
+    every = _queued(tmp_path, "all", posts)
+    a = _queued(tmp_path, "a", posts, "--sample-records", "--sample-proportion", "0.3")
+    out = capsys.readouterr().out
+    again = _queued(tmp_path, "b", posts, "--sample-records", "--sample-proportion", "0.3")
+    more = _queued(tmp_path, "c", posts, "--sample-records", "--sample-proportion", "0.6")
+    other_seed = _queued(tmp_path, "d", posts, "--sample-records", "--sample-proportion",
+                         "0.3", "--sample-seed", "7")
+    assert a == again and a < more < every and a != other_seed
+    assert 0.25 < len(a) / len(every) < 0.35 and 0.55 < len(more) / len(every) < 0.65
+    sampled_out = int(out.split("sampled_out")[1].split()[0])
+    assert sampled_out >= len(every) - len(a)  # invalid posts may be sampled out too
+
+
+def test_a_relative_window_keeps_posts_by_their_own_timestamp(tmp_path, capsys):
+    now = datetime.now(timezone.utc)
+    ages = {"1h": timedelta(hours=1), "3h": timedelta(hours=3), "30h": timedelta(hours=30),
+            "5d": timedelta(days=5)}
+    posts = tmp_path / "posts"
+    for name, age in ages.items():
+        when = now - age
+        day = posts / f"partition_date={when:%Y-%m-%d}"
+        day.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"uri": [f"at://{name}"], "text": [f"a post {name} old"],
+                                 "preprocessing_timestamp": [f"{when:%Y-%m-%d-%H:%M:%S}"]}),
+                       day / f"{name}.parquet")
+    two_hours = _queued(tmp_path, "h", posts, "--backfill-period", "hours",
+                        "--backfill-duration", "2")
+    assert "outside_window" in capsys.readouterr().out
+    two_days = _queued(tmp_path, "d", posts, "--backfill-period", "days",
+                       "--backfill-duration", "2")
+    assert two_hours == {"at://1h"} and two_days == {"at://1h", "at://3h", "at://30h"}
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--sample-records"], "needs --sample-proportion"),
+    (["--sample-records", "--sample-proportion", "0"], "outside (0, 1]"),
+    (["--sample-records", "--sample-proportion", "1.5"], "outside (0, 1]"),
+    (["--sample-proportion", "0.5"], "only goes with --sample-records"),
+    (["--backfill-period", "days"], "go together"),
+    (["--backfill-duration", "3"], "go together"),
+    (["--backfill-period", "days", "--backfill-duration", "3", "--start-date", "2024-10-01"],
+     "drop --start-date"),
+])
+def test_bad_selection_flags_are_one_error_line_before_anything(tmp_path, capsys, flags,
+                                                                needle):
+    cfg = write_config(tmp_path, {"type": PLUGIN})
+    assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                 *flags]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "data").exists()
+
+
+def test_sampling_without_an_enqueue_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path, {"type": PLUGIN})
+    assert main(["--config", str(cfg), "--queue-status", "--sample-records",
+                 "--sample-proportion", "0.5"]) == 2
+    assert "only go with --add-to-queue" in capsys.readouterr().err
