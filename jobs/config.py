@@ -48,6 +48,7 @@ class PipelineConfig(Strict):
     # 1 MiB 7.9k posts/s. A model-bound run can take smaller blocks at no cost.
     read_block_bytes: int = Field(512 << 10, ge=1024)
     export_rows: int = Field(50_000, ge=1)
+    compact_rows: int = Field(1_000_000, ge=1)  # rows per file --compact-output writes
     export_every_seconds: float = Field(60, gt=0)
     no_progress_timeout_s: float = Field(600, gt=0)
     # A run whose actors stop answering this long (the Ray cluster went away) stops with

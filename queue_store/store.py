@@ -21,7 +21,7 @@ Verbs, message-queue style. Every verb that writes is atomic: it runs in one
   ``bury_export_rows(bad)``, ``export_schema()``, ``save_export_schema(schema)``,
   ``mark_exported(export_id)``, ``clear_exported()`` — see ``parquet.export_output``.
 - ``compact(full=False)`` — free pages back to the file system (``full``: rewrite the file,
-  refused while batches are leased).
+  refused while batches are leased); ``busy_exporting()`` — why the output may change now.
 - reads: ``status(version=None)``, ``pending_versions()``, ``has_pending(version="")``,
   ``dead_letters(limit=20)``, ``dead_reasons(limit=5, version=None)``, ``seen(uris)``.
 """
@@ -515,8 +515,7 @@ class QueueStore:
         before = self.file_bytes()
         try:
             if full:
-                held = self.conn.execute(f"SELECT COUNT(*) FROM {self.tables['input']} "
-                                         "WHERE status = 'processing'").fetchone()[0]
+                held = self._leased_batches()
                 if held:
                     raise QueueBusyError(
                         f"queue file {self.path}: {held} batch(es) are leased by a run; "
@@ -533,6 +532,23 @@ class QueueStore:
             raise storage_error(self.path, exc) from None
         return CompactResult(file_bytes_before=before, file_bytes_after=self.file_bytes(),
                              ledger_bytes=self.ledger.bytes_on_disk(), full=full)
+
+    def busy_exporting(self) -> str | None:
+        """Why the parquet output may change under a compaction now (None: it may not): batches
+        leased by a run, or an export planned and not finished (a crash's is finished by the
+        next export)."""
+        held = self._leased_batches()
+        if held:
+            return f"{held} batch(es) are leased by a run"
+        planned = self.conn.execute(f"SELECT COUNT(*) FROM {self.tables['exports']} WHERE "
+                                    "state = 'planned'").fetchone()[0]
+        if planned:
+            return f"{planned} export(s) are unfinished (--write-cache finishes them)"
+        return None
+
+    def _leased_batches(self) -> int:
+        return self.conn.execute(f"SELECT COUNT(*) FROM {self.tables['input']} WHERE status = "
+                                 "'processing'").fetchone()[0]
 
     def file_bytes(self) -> int:
         """The queue file and its WAL, on disk."""

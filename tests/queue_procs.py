@@ -99,5 +99,45 @@ def export_killed_mid_upload(data_dir: str, out_uri: str, endpoint: str, die_at:
     export_output(store, Location.of(out_uri, ObjectStore(endpoint_url=endpoint)), 1000)
 
 
+def compact_killed_at(data_dir: str, out_dir: str, step: str) -> None:
+    """Compact the output and SIGKILL this process at ``step``: ``writing`` (one new file
+    written), ``swapped`` (new files visible, old ones hidden), ``deleting`` (some old files
+    deleted)."""
+    import signal
+
+    import queue_store.compaction as compaction
+    from queue_store.location import Location
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if step == "writing":
+        real_writer = compaction.pq.ParquetWriter
+
+        class DyingWriter(real_writer):
+            def close(self) -> None:
+                super().close()
+                die()
+
+        compaction.pq.ParquetWriter = DyingWriter
+    elif step == "swapped":
+        real_exchange = compaction.exchange
+
+        def exchange_then_die(a, b):
+            real_exchange(a, b)
+            die()
+
+        compaction.exchange = exchange_then_die
+    else:
+        def rmtree_part_way(path, *args, **kwargs):
+            victims = sorted(os.listdir(path))
+            os.remove(os.path.join(path, victims[0]))
+            die()
+
+        compaction.shutil = type("S", (), {"rmtree": staticmethod(rmtree_part_way)})
+    store = QueueStore(data_dir, NAME)
+    compaction.compact_output(store, Location.of(out_dir), 1000)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

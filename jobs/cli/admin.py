@@ -87,6 +87,24 @@ def compact_queue(config: BackfillConfig, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def compact_output(config: BackfillConfig, names: list[str]) -> str:
+    """Each integration's unfinished exports finished, then its partitions compacted."""
+    from queue_store import export_output
+    from queue_store.compaction import compact_output as compact
+
+    lines: list[str] = []
+    for name, store in _stores(config, names, lines):
+        out = config.output_location(name)
+        export_output(store, out, config.pipeline.export_rows)  # finishes planned exports
+        try:
+            res = compact(store, out, config.pipeline.compact_rows)
+        except ValueError as exc:  # busy, or an object store: one line
+            raise ConfigError(str(exc)) from None
+        lines.append(f"{name}: {res.partitions} partition(s) compacted, {res.files_before} "
+                     f"file(s) → {res.files_after} ({res.rows:,} rows)")
+    return "\n".join(lines)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -110,6 +128,9 @@ def run_verbs(config: BackfillConfig, args: Any, out: TextIO) -> None:
         print(requeue_dead(config, names), file=out)
     if args.show_dead:
         print(show_dead(config, names, args.show_dead), file=out)
+    if args.compact_output:
+        print(compact_output(config, integration_names(config, [args.compact_output])),
+              file=out)
     if args.compact_queue:
         print(compact_queue(config, names), file=out)
     if args.evaluate:

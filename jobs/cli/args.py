@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reap-stale", action="store_true", help="expired leases back to pending")
     p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
     p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
+    p.add_argument("--compact-output", metavar="NAME|all",
+                   help="rewrite each partition's small parquet files into files of "
+                        "pipeline.compact_rows rows, swapped in atomically (local output "
+                        "only; refused while a run holds leases)")
     p.add_argument("--compact-queue", action="store_true",
                    help="rewrite each queue file to its live size (VACUUM); refused while a "
                         "run holds leases")
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     stages = args.add_to_queue or args.run_integrations or args.write_cache
     admin = (args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
-             or args.compact_queue or args.evaluate or args.report)
+             or args.compact_queue or args.compact_output or args.evaluate or args.report)
     if not stages and not admin:
         raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
                           "--write-cache or an admin flag such as --queue-status")
