@@ -41,6 +41,15 @@ class LeaseHolder(BaseModel):
     def encode(self) -> str:
         return self.model_dump_json()
 
+    @classmethod
+    def describe(cls, owner: str | None) -> str:
+        """A lease's holder in words, e.g. ``run g-2026… (pid 4242 on node-1)``."""
+        holder = cls.parse(owner)
+        if holder is None:
+            return repr(owner or "unnamed")
+        run = f"run {holder.run_id} " if holder.run_id else ""
+        return f"{run}(pid {holder.pid} on {holder.host})"
+
     def provably_dead(self) -> bool:
         """True only when this host can see that the holding process no longer runs."""
         if self.host != socket.gethostname():

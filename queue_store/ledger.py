@@ -5,7 +5,9 @@ per version.
 An **entry** is a post's fingerprint (``fingerprint.py``: ``key`` orders the entries, ``check``
 tells apart two uris whose keys collide — they make two entries), the version it was queued
 for (a small id from the queue file's ``versions`` table) and ``seq``, the ledger write that
-recorded it (so an enqueue tells its own repeats from posts queued before it).
+recorded it (so an enqueue tells its own repeats from posts queued before it). A *forget*
+entry (version id ``FORGET``) cancels a post's entries of earlier ledger writes, whatever
+their version: clearing a queue forgets its posts, so a later enqueue queues them again.
 
 Entries live in immutable **run** files sorted by key, in ``<integration>.ledger/`` beside the
 queue file, memory-mapped for lookups (their pages are the file system's cache, not a
@@ -37,6 +39,9 @@ import numpy as np
 MAGIC = b"BFLEDG01"
 HEADER = 16  # magic + entry count
 FANOUT = 4  # runs of one tier merged into one
+# The version id of a *forget* entry: the post's earlier entries (every version) no longer
+# count, as of its ledger write — a cleared queue's posts may be queued again.
+FORGET = 0xFFFF
 TIER_BASE = 4096  # entries of a tier-0 run (smaller runs are tier 0 too)
 MERGE_CHUNK = 1 << 20  # entries merged at a time: bounds a merge's memory
 STALE_TMP_S = 3600.0  # an unfinished merge file older than this is abandoned
@@ -128,13 +133,18 @@ class Ledger:
             return hits
         order = np.argsort(keys, kind="stable")
         sk, sc = keys[order], checks[order]
-        for run in self.runs(c):
-            for pos, vids, seqs in _matches(run, sk, sc):
-                posts = order[pos]
-                mine = vids == vid
-                hits.same[posts[mine]] = True
-                hits.same_seq[posts[mine]] = seqs[mine]
-                hits.other[posts[~mine]] = True
+        found = [(order[pos], vids.astype(np.int64), seqs.astype(np.int64))
+                 for run in self.runs(c) for pos, vids, seqs in _matches(run, sk, sc)]
+        if not found:
+            return hits
+        posts, vids, seqs = (np.concatenate(x) for x in zip(*found))
+        forgotten = np.full(n, -1, np.int64)  # the latest forget of each post
+        np.maximum.at(forgotten, posts[vids == FORGET], seqs[vids == FORGET])
+        live = (vids != FORGET) & (seqs > forgotten[posts])
+        mine = live & (vids == vid)
+        hits.same[posts[mine]] = True
+        np.maximum.at(hits.same_seq, posts[mine], seqs[mine])
+        hits.other[posts[live & (vids != vid)]] = True
         return hits
 
     # -- writing -------------------------------------------------------------------------
@@ -150,6 +160,11 @@ class Ledger:
         _write_run(self.folder / name, keys[order], checks[order],
                    np.full(len(keys), seq, np.uint32), np.full(len(keys), vid, np.uint16))
         c.execute(f"INSERT INTO {self.runs_table} (name, n) VALUES (?, ?)", (name, len(keys)))
+
+    def forget(self, c: Any, keys: np.ndarray, checks: np.ndarray, seq: int) -> None:
+        """Cancel these posts' entries of earlier writes (every version), in the caller's
+        transaction: a later enqueue queues them again."""
+        self.add(c, keys, checks, FORGET, seq)
 
     def _collect_garbage(self, c: Any) -> None:
         """Run files no committed transaction names (a crash or rollback left them): only a

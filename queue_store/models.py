@@ -82,6 +82,16 @@ class ReapResult(BaseModel):
     dead_holder_batches: int = 0  # of those, leases of provably dead holders (not expired)
 
 
+class ClearResult(BaseModel):
+    """What ``clear_input`` / ``clear_output`` deleted."""
+
+    input_batches: int = 0
+    input_posts: int = 0       # pending batches' posts, forgotten in the ledger
+    dead_posts: int = 0        # dead letters, forgotten too
+    unexported_rows: int = 0   # output rows never exported: labels lost, posts forgotten
+    exported_rows: int = 0     # output rows already in parquet (the files stay)
+
+
 class CompactResult(BaseModel):
     """Bytes on disk before and after ``QueueStore.compact``."""
 

@@ -41,9 +41,10 @@ import pyarrow.compute as pc
 
 from queue_store import codec
 from queue_store.fingerprint import fingerprints
-from queue_store.ledger import Ledger
+from queue_store.ledger import FORGET, Ledger
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import (ClaimedBatch, CompactResult, CompleteResult, DeadLetter,
+from queue_store.models import (ClaimedBatch, ClearResult, CompactResult, CompleteResult,
+                                DeadLetter,
                                 EnqueueResult, EnqueueSession, ExportPlan, InvalidPost,
                                 QueueStatus, ReapResult)
 from queue_store.rows.column_types import merge_schema
@@ -249,8 +250,8 @@ class QueueStore:
         if row is None:
             row = c.execute(f"INSERT INTO {t} (version) VALUES (?) RETURNING vid",
                             (version,)).fetchone()
-        if row[0] > np.iinfo(np.uint16).max:
-            raise QueueFileError(f"queue file {self.path}: more than 65,535 config versions")
+        if row[0] >= FORGET:  # the largest uint16 marks forget entries
+            raise QueueFileError(f"queue file {self.path}: more than 65,534 config versions")
         return row[0]
 
     def _next_seq(self, c: Any) -> int:
@@ -506,6 +507,75 @@ class QueueStore:
         with self._within(tx) as c:
             return c.execute(f"DELETE FROM {t['output']} WHERE export_id IN "
                              f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
+
+    def clear_input(self, tx: Transaction | None = None) -> ClearResult:
+        """Delete every queued batch and dead letter, and forget their posts in the ledger (a
+        later enqueue queues them again); refused with ``QueueBusyError`` while any batch is
+        leased (the message names the holders). One transaction."""
+        t = self.tables
+        with self._within(tx) as c:
+            self._refuse_if_leased(c)
+            result = ClearResult()
+            pages = self._pages(c, f"SELECT id, payload FROM {t['input']}")
+            for page in pages:
+                uris = [codec.loads_posts(p).column("uri") for _, p in page]
+                result.input_posts += self._forget(c, uris)
+            result.input_batches = c.execute(f"DELETE FROM {t['input']}").rowcount
+            for page in self._pages(c, f"SELECT id, uri FROM {t['dead']} WHERE uri IS NOT NULL"):
+                result.dead_posts += self._forget(c, [pa.array([u for _, u in page],
+                                                                pa.string())])
+            c.execute(f"DELETE FROM {t['dead']}")
+        return result
+
+    def clear_output(self, tx: Transaction | None = None) -> ClearResult:
+        """Delete every output row — exported ones (their parquet stays) and ones not yet
+        exported (their labels are lost: their posts are forgotten in the ledger, so a later
+        enqueue queues them again). Refused while leased or with an unfinished export."""
+        t = self.tables
+        with self._within(tx) as c:
+            self._refuse_if_leased(c)
+            if c.execute(f"SELECT 1 FROM {t['exports']} WHERE state = 'planned'").fetchone():
+                raise QueueBusyError(f"queue file {self.path}: an export is unfinished; "
+                                     "finish it with --write-cache first")
+            result = ClearResult()
+            for page in self._pages(c, f"SELECT id, payload FROM {t['output']} "
+                                       "WHERE export_id IS NULL"):
+                uris = [from_ipc(p).column("uri") for _, p in page]
+                result.unexported_rows += self._forget(c, uris)
+            result.exported_rows = c.execute(
+                f"SELECT COALESCE(SUM(n_rows), 0) FROM {t['output']} WHERE export_id IS NOT "
+                "NULL").fetchone()[0]
+            c.execute(f"DELETE FROM {t['output']}")
+        return result
+
+    def _refuse_if_leased(self, c: Any) -> None:
+        holders = [owner for (owner,) in c.execute(
+            f"SELECT DISTINCT lease_owner FROM {self.tables['input']} WHERE status = "
+            "'processing' LIMIT 3")]
+        if holders:
+            who = ", ".join(LeaseHolder.describe(h) for h in holders)
+            raise QueueBusyError(f"queue file {self.path}: batches are leased by a live run "
+                                 f"({who}); wait for it to end (or --reap-stale once it is "
+                                 "gone), then clear")
+
+    def _forget(self, c: Any, uris: list[pa.Array | pa.ChunkedArray]) -> int:
+        """Forget these posts in the ledger (one run file); returns how many."""
+        if not uris:
+            return 0
+        column = pa.chunked_array([u.cast(pa.string()) for u in uris], pa.string())
+        keys, checks = fingerprints(pc.drop_null(column))
+        self.ledger.forget(c, keys, checks, self._next_seq(c))
+        return len(keys)
+
+    @staticmethod
+    def _pages(c: Any, select: str, size: int = 256) -> Iterator[list[tuple[Any, Any]]]:
+        """``select`` (``id`` first) in pages of ``size`` rows, in id order."""
+        last = 0
+        where = " AND " if " WHERE " in select else " WHERE "
+        while page := c.execute(f"{select}{where}id > ? ORDER BY id LIMIT ?",
+                                (last, size)).fetchall():
+            yield page
+            last = page[-1][0]
 
     def compact(self, full: bool = False) -> CompactResult:
         """Give the file's free pages back to the file system (after ``clear_exported``, or

@@ -139,3 +139,25 @@ def test_fingerprints_are_stable_across_releases():
     # XXH3-128 of no bytes, as published by xxHash; then a uri, as first recorded here.
     assert as_hex[0] == "99aa06d3014798d86001c324468d497f"
     assert (int(keys[1]), int(checks[1])) == (2601102743322156264, -5280016898719402917)
+
+
+def test_a_forget_entry_cancels_earlier_entries_of_every_version(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "TIER_BASE", 2)
+    led, conn = _ledger(tmp_path)
+
+    def write(fn, *args):
+        conn.execute("BEGIN IMMEDIATE")
+        fn(conn, *args)
+        conn.execute("COMMIT")
+
+    write(led.add, _i64(1, 2, 3), _i64(1, 2, 3), 1, 1)
+    write(led.add, _i64(1), _i64(1), 2, 2)          # post 1 also under version 2
+    write(led.forget, _i64(1, 2), _i64(1, 2), 3)    # posts 1 and 2 cleared
+    hits = led.lookup(conn, _i64(1, 2, 3), _i64(1, 2, 3), vid=1)
+    assert hits.same.tolist() == [False, False, True] and not hits.other.any()
+    write(led.add, _i64(2), _i64(2), 1, 4)          # queued again after the clear
+    for _ in range(2):  # before and after merging: the same answers
+        hits = led.lookup(conn, _i64(1, 2, 3), _i64(1, 2, 3), vid=1)
+        assert hits.same.tolist() == [False, True, True]
+        assert hits.same_seq.tolist() == [-1, 4, 1]
+        _merge_all(led, conn)

@@ -1,6 +1,6 @@
-"""Sampling and relative windows at enqueue, through the CLI: a reproducible sample decided
+"""Which posts and integrations an enqueue feeds, through the CLI: a reproducible sample decided
 by the uri, the last N days/hours by each post's own timestamp, and one error line for each
-bad combination of flags."""
+bad combination of flags; without -i, every integration."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -87,3 +87,21 @@ def test_sampling_without_an_enqueue_is_refused(tmp_path, capsys):
     assert main(["--config", str(cfg), "--queue-status", "--sample-records",
                  "--sample-proportion", "0.5"]) == 2
     assert "only go with --add-to-queue" in capsys.readouterr().err
+
+
+def test_without_i_every_integration_of_the_config_is_enqueued(tmp_path, capsys):
+    import yaml
+
+    posts = write_posts(tmp_path, 300, days=1)
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["integrations"]["ml_inference_valence"] = {"code": "v", "classifier": {
+        "type": "vader"}}
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "--quiet"]) == 0
+    queued = {}
+    for name in raw["integrations"]:
+        store = QueueStore(tmp_path / "data", name)
+        queued[name] = queued_uris(store, input_uris(posts))
+        store.close()
+    assert queued[NAME] == queued["ml_inference_valence"] and len(queued[NAME]) > 280

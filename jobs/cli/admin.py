@@ -6,6 +6,7 @@ They replace the hand-written SQL the old tool documented; correctness never dep
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Iterable, TextIO
 
 from classifiers.scrub import scrub
@@ -77,6 +78,44 @@ def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
     return "\n".join(lines) or "no dead letters"
 
 
+def clear_queues(config: BackfillConfig, names: list[str], inputs: bool, outputs: bool,
+                 yes: bool, ask: TextIO, out: TextIO) -> None:
+    """Say what will be deleted, ask (or take ``--yes``), then clear each queue in one
+    transaction; a queue leased by a live run is refused, naming the run."""
+    missing: list[str] = []
+    plan = []
+    for name, store in _stores(config, names, missing):
+        st = store.status()
+        if inputs:
+            plan.append(f"{name}: input queue — {st.pending_posts + st.processing_posts} "
+                        f"queued post(s), {st.dead_posts} dead letter(s)")
+        if outputs:
+            plan.append(f"{name}: output queue — {st.output_rows_unexported} row(s) NOT YET "
+                        f"EXPORTED (their labels are lost), {st.output_rows_exported} exported "
+                        "row(s) (their parquet stays)")
+    print("\n".join(plan + missing), file=out)
+    if not plan:
+        return
+    if not yes:
+        if not ask.isatty():
+            raise ConfigError("clearing asks for confirmation and there is no terminal to ask "
+                              "on: pass --yes to clear (nothing was deleted)")
+        print("delete all of this? type yes: ", end="", file=out, flush=True)
+        if ask.readline().strip().lower() != "yes":
+            print("nothing was deleted", file=out)
+            return
+    for name, store in _stores(config, names, []):
+        try:
+            got = [store.clear_input()] if inputs else []
+            got += [store.clear_output()] if outputs else []
+        except ValueError as exc:  # leased by a live run, an unfinished export
+            raise ConfigError(str(exc)) from None
+        store.compact()
+        for res in got:
+            print(f"{name}: cleared " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in res.model_dump().items() if v), file=out)
+
+
 def compact_queue(config: BackfillConfig, names: list[str]) -> str:
     """Each queue file rewritten to its live size (refused, one line, while leased)."""
     lines: list[str] = []
@@ -128,6 +167,9 @@ def run_verbs(config: BackfillConfig, args: Any, out: TextIO) -> None:
         print(requeue_dead(config, names), file=out)
     if args.show_dead:
         print(show_dead(config, names, args.show_dead), file=out)
+    if args.clear_input_queues or args.clear_output_queues:
+        clear_queues(config, names, args.clear_input_queues, args.clear_output_queues,
+                     args.yes, sys.stdin, out)
     if args.compact_output:
         print(compact_output(config, integration_names(config, [args.compact_output])),
               file=out)
@@ -140,6 +182,17 @@ def run_verbs(config: BackfillConfig, args: Any, out: TextIO) -> None:
             raise ConfigError("--evaluate needs one integration: add -i CODE")
         print(evaluate(config, names[0], args.evaluate, args.gold_column,
                        args.config_hash).text(), file=out)
+    if args.sample_for_annotation:
+        from jobs.labels.annotation import sample_for_annotation
+
+        if len(names) != 1:
+            raise ConfigError("--sample-for-annotation needs one integration: add -i CODE")
+        got = sample_for_annotation(config, names[0], args.sample_for_annotation, args.seed,
+                                    args.config_hash)
+        print(f"annotation sample: {got.posts} of {got.population} labelled posts "
+              f"(config_hash {got.config_hash or '-'})\n  {got.csv}\n  {got.html}\n"
+              "fill its gold column, then: --evaluate CSV --gold-column gold -i "
+              f"{names[0]}", file=out)
     if args.report:
         from jobs.labels.report import write_report
 

@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reap-stale", action="store_true", help="expired leases back to pending")
     p.add_argument("--requeue-dead", action="store_true", help="dead posts back to pending")
     p.add_argument("--show-dead", type=_positive, metavar="N", help="list N dead letters")
+    p.add_argument("--clear-input-queues", action="store_true",
+                   help="delete the -i integrations' (default: all) queued batches and dead "
+                        "letters (their posts may be queued again); asks first")
+    p.add_argument("--clear-output-queues", action="store_true",
+                   help="delete their output rows, exported or not (unexported labels are "
+                        "lost; their posts may be queued again); asks first")
+    p.add_argument("--bypass-write", action="store_true",
+                   help="with --write-cache NAME --clear-queue: clear the output rows without "
+                        "writing them; asks first")
+    p.add_argument("--yes", action="store_true",
+                   help="answer yes to the clearing question (scripts; needed without a "
+                        "terminal)")
     p.add_argument("--compact-output", metavar="NAME|all",
                    help="rewrite each partition's small parquet files into files of "
                         "pipeline.compact_rows rows, swapped in atomically (local output "
@@ -109,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "config_hash (their old rows stay, told apart by config_hash)")
     p.add_argument("--evaluate", metavar="GOLD",
                    help="labels of -i INTEGRATION against a gold CSV/parquet (uri + label)")
+    p.add_argument("--sample-for-annotation", type=_positive, metavar="N",
+                   help="with -i INTEGRATION: a CSV (and an HTML page) of N labelled posts to "
+                        "label by hand, stratified by predicted label and confidence (least "
+                        "certain over-represented, weights written), with an empty gold column")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --sample-for-annotation: another seed draws another sample")
     p.add_argument("--gold-column", default="label", help="with --evaluate: the gold label column")
     p.add_argument("--report", metavar="NAME|all",
                    help="write <data_dir>/reports/<integration>.html about the labels")
@@ -127,21 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     stages = args.add_to_queue or args.run_integrations or args.write_cache
     admin = (args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
-             or args.compact_queue or args.compact_output or args.evaluate or args.report)
+             or args.compact_queue or args.compact_output or args.evaluate or args.report
+             or args.sample_for_annotation or args.clear_input_queues
+             or args.clear_output_queues)
     if not stages and not admin:
         raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
                           "--write-cache or an admin flag such as --queue-status")
     if args.add_to_queue and args.record_type != "posts":
         raise ConfigError("--add-to-queue needs -r posts")
-    if (args.add_to_queue or args.run_integrations) and not args.integration:
-        raise ConfigError("name the integration(s) with -i (e.g. -i g)")
     if args.relabel_other_versions and not args.add_to_queue:
         raise ConfigError("--relabel-other-versions only goes with --add-to-queue")
     _check_selection(args)
+    if args.bypass_write and not (args.write_cache and args.clear_queue):
+        raise ConfigError("--bypass-write only goes with --write-cache NAME --clear-queue")
+    if args.yes and not (args.clear_input_queues or args.clear_output_queues
+                         or args.bypass_write):
+        raise ConfigError("--yes only goes with --clear-input-queues, --clear-output-queues "
+                          "or --bypass-write")
     if args.clear_queue and not args.write_cache:
         raise ConfigError("--clear-queue only goes with --write-cache NAME|all")
-    if args.config_hash and not (args.evaluate or args.report):
-        raise ConfigError("--config-hash only goes with --evaluate or --report")
+    if args.config_hash and not (args.evaluate or args.report or args.sample_for_annotation):
+        raise ConfigError("--config-hash only goes with --evaluate, --report or "
+                          "--sample-for-annotation")
     if args.json and not args.queue_status:
         raise ConfigError("--json only goes with --queue-status")
 

@@ -17,7 +17,9 @@ from jobs.stages.preflight import check_stages
 
 def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date | None,
                report: Summaries) -> None:
-    integrations = integration_names(config, args.integration) if args.integration else []
+    # No -i: every integration of the config (one after another).
+    integrations = integration_names(config, args.integration) \
+        if args.add_to_queue or args.run_integrations else []
     cache_names = integration_names(config, [args.write_cache]) if args.write_cache else []
     # Everything the stages need is checked before any of them writes anything.
     files = check_stages(config, args, integrations, cache_names, start, end)
@@ -34,7 +36,11 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
         span = f"between {start or 'the first'} and {end or 'the last'} day"
         print(f"enqueue: no posts under {config.posts.path} {span} (check the date range and "
               "posts.path)", file=sys.stderr)
-    if args.write_cache:
+    if args.write_cache and args.bypass_write:  # clear without writing (asks first)
+        from jobs.cli.admin import clear_queues
+
+        clear_queues(config, cache_names, False, True, args.yes, sys.stdin, sys.stdout)
+    elif args.write_cache:
         from jobs.stages.write_cache import write_cache
 
         for name in cache_names:

@@ -64,6 +64,10 @@ class Evaluation(BaseModel):
         lines += ["", "confusion (rows gold, columns predicted): " + " ".join(self.labels)]
         lines += [f"{name.ljust(w)}  " + " ".join(f"{v:6d}" for v in row)
                   for name, row in zip(self.labels, self.confusion)]
+        if "weighted_accuracy" in self.extra:
+            lines.insert(3, f"weighted by the sample's strata: accuracy "
+                            f"{self.extra['weighted_accuracy']:.4f}   macro-F1 "
+                            f"{self.extra['weighted_macro_f1']:.4f}")
         if self.calibration_plot:
             lines.append(f"reliability plot: {self.calibration_plot}")
         return "\n".join(lines)
@@ -86,7 +90,8 @@ def read_gold(where: Location, column: str) -> pa.Table:
                 table = pq.read_table(fh)
             else:
                 table = pacsv.read_csv(fh, convert_options=pacsv.ConvertOptions(
-                    column_types={"uri": pa.string(), column: pa.string()}))
+                    column_types={"uri": pa.string(), column: pa.string()},
+                    strings_can_be_null=True))  # an empty gold cell: not annotated yet
     except (pa.ArrowException, OSError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "Empty CSV file" in text or info.size == 0:
@@ -105,9 +110,15 @@ def read_gold(where: Location, column: str) -> pa.Table:
             raise ConfigError(f"gold file {path}: column uri holds {uri.type}, not post uris")
         uri = pc.cast(uri, pa.string())  # numeric ids, compared as the text they print as
     gold = pc.cast(table.column(column), pa.string())
-    pairs = pa.table({"uri": pc.cast(uri, pa.string()), "gold": gold}).filter(
-        pc.and_(pc.is_valid(gold), pc.is_valid(uri)))
-    distinct = pairs.group_by(["uri", "gold"]).aggregate([])
+    columns = {"uri": pc.cast(uri, pa.string()), "gold": gold}
+    if "weight" in table.column_names:  # an annotation sample's (--sample-for-annotation)
+        columns["weight"] = pc.cast(table.column("weight"), pa.float64())
+    pairs = pa.table(columns).filter(pc.and_(pc.is_valid(gold), pc.is_valid(uri)))
+    distinct = pairs.group_by(["uri", "gold"]).aggregate(
+        [("weight", "max")] if "weight" in columns else [])
+    if "weight_max" in distinct.column_names:
+        distinct = distinct.rename_columns(["weight" if c == "weight_max" else c
+                                            for c in distinct.column_names])
     labels_per_uri = distinct.group_by("uri").aggregate([("gold", "count")])
     conflicting = labels_per_uri.filter(pc.greater(labels_per_uri.column("gold_count"), 1))
     if conflicting.num_rows:
@@ -160,6 +171,13 @@ def evaluate(config: BackfillConfig, integration: str, gold_path: str,
                    for lab, p, r, f, s in zip(labels, prec, rec, f1, support)},
         confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         calibration_plot=plot)
+    if "weight" in joined.column_names:  # stratified sample: estimates for the whole output
+        weights = pc.fill_null(joined.column("weight"), 1.0).to_pylist()
+        result.extra["weighted_accuracy"] = float(accuracy_score(y_true, y_pred,
+                                                                 sample_weight=weights))
+        result.extra["weighted_macro_f1"] = float(f1_score(
+            y_true, y_pred, labels=labels, average="macro", sample_weight=weights,
+            zero_division=0))
     (reports / f"{stem}.json").write_text(result.model_dump_json(indent=2))
     return result
 
