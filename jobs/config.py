@@ -29,6 +29,14 @@ class PostsConfig(Strict):
     read_batch_rows: int = Field(10_000, ge=1)
 
 
+class FeedsConfig(Strict):
+    """For ``-r posts_used_in_feeds``: the uris served in study users' feeds, per day."""
+
+    path: str | None = None      # <path>/partition_date=YYYY-MM-DD/*.parquet with a uri column
+    lookback_days: int = Field(5, ge=0)  # a feed day D shows posts of days D-lookback .. D
+    earliest_date: date | None = None    # no post before this day
+
+
 class QueueConfig(Strict):
     batch_size: int = Field(1000, ge=1)
     lease_seconds: float = Field(60, gt=0)
@@ -139,6 +147,7 @@ class BackfillConfig(Strict):
     data_dir: str = "data"
     output_dir: str | None = None
     posts: PostsConfig = Field(default_factory=PostsConfig)
+    feeds: FeedsConfig = Field(default_factory=FeedsConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -242,6 +251,8 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     posts = dict(raw.get("posts") or {})
     posts["path"] = _resolve(base, posts.get("path", PostsConfig().path))
     raw["posts"] = posts
+    if isinstance(raw.get("feeds"), dict) and isinstance(raw["feeds"].get("path"), str):
+        raw["feeds"] = dict(raw["feeds"], path=_resolve(base, raw["feeds"]["path"]))
     integrations = raw.get("integrations")
     if isinstance(integrations, dict):
         raw["integrations"] = {name: _resolve_integration(base, block)

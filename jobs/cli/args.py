@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "http://localhost:8000/v1")
     p.add_argument("--address", help="join this running Ray cluster (host:port or auto); "
                    "without it, or RAY_ADDRESS, the job starts its own local Ray")
-    p.add_argument("-r", "--record-type", choices=["posts"], help="records to enqueue")
+    p.add_argument("-r", "--record-type", choices=["posts", "posts_used_in_feeds"],
+                   help="records to enqueue: every post, or only posts served in study users' "
+                        "feeds (feeds: in the config)")
     p.add_argument("--add-to-queue", action="store_true", help="stage 1: enqueue posts")
     p.add_argument("-i", "--integration", action="append", default=[],
                    help="integration code or name (repeatable)")
@@ -151,8 +153,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not stages and not admin:
         raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
                           "--write-cache or an admin flag such as --queue-status")
-    if args.add_to_queue and args.record_type != "posts":
-        raise ConfigError("--add-to-queue needs -r posts")
+    if args.add_to_queue and args.record_type not in ("posts", "posts_used_in_feeds"):
+        raise ConfigError("--add-to-queue needs -r posts or -r posts_used_in_feeds")
     if args.relabel_other_versions and not args.add_to_queue:
         raise ConfigError("--relabel-other-versions only goes with --add-to-queue")
     _check_selection(args)

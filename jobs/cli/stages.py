@@ -22,12 +22,17 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
         if args.add_to_queue or args.run_integrations else []
     cache_names = integration_names(config, [args.write_cache]) if args.write_cache else []
     # Everything the stages need is checked before any of them writes anything.
-    files = check_stages(config, args, integrations, cache_names, start, end)
+    files, feeds = check_stages(config, args, integrations, cache_names, start, end)
+    if feeds is not None and feeds.missing:
+        shown = ", ".join(d.isoformat() for d in feeds.missing[:10])
+        more = f" (and {len(feeds.missing) - 10} more)" if len(feeds.missing) > 10 else ""
+        print(f"feeds: {len(feeds.missing)} day(s) of the range have no feed files under "
+              f"{feeds.where.uri}: {shown}{more}", file=sys.stderr)
     if not args.quiet:
         print(f"data: {config.data_dir}\nposts: {config.posts.path}\n"
               f"output: {config.output_base}", file=sys.stderr)
     for name in integrations:
-        enqueue = functools.partial(_enqueue, config, name, files, args, report)
+        enqueue = functools.partial(_enqueue, config, name, files, feeds, args, report)
         if args.run_integrations:
             _infer(config, name, args, report, enqueue if args.add_to_queue else None)
         elif args.add_to_queue:
@@ -62,12 +67,22 @@ def _infer(config: BackfillConfig, name: str, args: Any, report: Summaries,
         raise
 
 
-def _enqueue(config: BackfillConfig, name: str, files: Any, args: Any,
+def _enqueue(config: BackfillConfig, name: str, files: Any, feeds: Any, args: Any,
              report: Summaries) -> None:
     from jobs.stages.enqueue import enqueue_posts
 
-    report(enqueue_posts(config, name, files, quiet=args.quiet,
-                         relabel=args.relabel_other_versions, selection=selection_of(args)))
+    batches = None
+    if feeds is not None:  # -r posts_used_in_feeds
+        from jobs.posts.feeds import served_posts
+
+        batches = served_posts(config, feeds, files, config.posts.read_batch_rows)
+    summary = enqueue_posts(config, name, files, quiet=args.quiet,
+                            relabel=args.relabel_other_versions, selection=selection_of(args),
+                            batches=batches)
+    if feeds is not None:
+        summary.feed_days = len(feeds.files)
+        summary.missing_feed_days = len(feeds.missing)
+    report(summary)
 
 
 def selection_of(args: Any) -> Selection:

@@ -11,6 +11,7 @@ each chunk as soon as it is committed.
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -28,10 +29,12 @@ SEEDED = "output_seeded"  # meta flag: the ledger knows every post in the parque
 
 def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
                   quiet: bool = False, relabel: bool = False,
-                  selection: Selection | None = None) -> RunSummary:
+                  selection: Selection | None = None,
+                  batches: Iterator[pa.RecordBatch] | None = None) -> RunSummary:
     """Enqueue the posts of ``files`` (chosen by ``find_post_files``) for one integration.
     Posts queued or labelled for another config_hash are skipped (counted) unless
-    ``relabel``; ``selection`` samples and windows them (counted too)."""
+    ``relabel``; ``selection`` samples and windows them (counted too). ``batches``: posts
+    chosen otherwise (``-r posts_used_in_feeds``) instead of every post of ``files``."""
     name, integ = config.resolve_integration(integration)
     version = integ.classifier.config_hash
     summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
@@ -49,11 +52,12 @@ def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
         summary.step_s["seed_from_output"] = time.perf_counter() - started
         feed = Feed(store, version, relabel, config.queue.batch_size,
                     config.queue.enqueue_chunk_posts, summary, selection or Selection())
-        shown = Progress(f"enqueue {name}", files.good_rows, lambda: Figures(
+        total = None if batches else files.good_rows  # feeds: not known up front
+        shown = Progress(f"enqueue {name}", total, lambda: Figures(
             done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet,
             failed_name="invalid", show_dead=False)
         with shown:
-            batches = iter_posts(files, config.posts.read_batch_rows)
+            batches = batches or iter_posts(files, config.posts.read_batch_rows)
             while True:
                 started = time.perf_counter()
                 batch = next(batches, None)

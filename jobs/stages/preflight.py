@@ -162,7 +162,8 @@ def check_queue_file(config: BackfillConfig, name: str) -> None:
 
 def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
                  cache_names: list[str], start: date | None, end: date | None) -> Any:
-    """Everything the chosen stages need; returns the selected posts files (or None)."""
+    """Everything the chosen stages need; returns the selected posts files (or None) and,
+    for ``-r posts_used_in_feeds``, the feed days (else None)."""
     problems = Problems()
     touched = list(dict.fromkeys(integrations + cache_names))
     if args.add_to_queue or args.run_integrations or args.write_cache:
@@ -176,11 +177,17 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
         for name in integrations:
             clf = config.integrations[name].classifier
             problems.check(classifier_preflight, clf.type, clf.params)
-    files = None
+    files = feeds = None
     if args.add_to_queue:
         from jobs.posts.source import find_post_files
 
         problems.check(check_apart, config, touched)
+        feeds = None
+        if args.record_type == "posts_used_in_feeds":
+            from jobs.posts.feeds import find_feed_days, posts_window
+
+            feeds = problems.check(find_feed_days, config, start, end)
+            start = posts_window(config, start)  # the posts a feed day's look-back needs
         files = problems.check(find_post_files, config.location(config.posts.path), start,
                                end)
         if files is not None and files.bad and not args.skip_bad_files:
@@ -196,4 +203,4 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
             problems.check(check_resources, ray, name, config.integrations[name],
                            config.pipeline.read_task_num_cpus)
     problems.raise_if_any()
-    return files
+    return files, feeds

@@ -41,6 +41,8 @@ class RunSummary(BaseModel):
     rejected_invalid: int = 0
     sampled_out: int = 0       # enqueue: left out by --sample-records
     outside_window: int = 0    # enqueue: older than --backfill-period/--backfill-duration
+    feed_days: int = 0         # -r posts_used_in_feeds: feed days read
+    missing_feed_days: int = 0  # days of the range without feed files (listed on stderr)
     invalid_by_reason: dict[str, int] = Field(default_factory=dict)
     claimed_batches: int = 0
     claimed: int = 0

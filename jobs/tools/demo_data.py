@@ -112,6 +112,29 @@ def write_gold(posts: Path, out: Path, sample: int | None = None, seed: int = 0)
     return len(uris)
 
 
+def write_feeds(posts: Path, out: Path, per_day: int = 300, lookback_days: int = 3,
+                seed: int = 0) -> dict[str, int]:
+    """Feed files for the demo posts (``-r posts_used_in_feeds``): for each posts day D, the
+    uris of ``per_day`` posts of days D-lookback_days .. D served that day (a post may be
+    served on several days), in ``<out>/partition_date=D/feed.parquet``. Returns uris per day."""
+    import pyarrow.dataset as pads
+
+    rng = random.Random(seed)
+    days = sorted(p.name.split("=", 1)[1] for p in posts.glob("partition_date=*"))
+    by_day = {d: pads.dataset(posts / f"partition_date={d}").to_table(
+        columns=["uri"]).column("uri").to_pylist() for d in days}
+    written = {}
+    for d in days:
+        first = (date.fromisoformat(d) - timedelta(days=lookback_days)).isoformat()
+        pool = [u for day in days if first <= day <= d for u in by_day[day]]
+        served = rng.sample(pool, min(per_day, len(pool)))
+        folder = out / f"partition_date={d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"uri": served}), folder / "feed.parquet")
+        written[d] = len(served)
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posts", type=int, default=5000)
@@ -122,7 +145,13 @@ def main() -> None:
     ap.add_argument("--gold", type=Path, metavar="CSV",
                     help="instead: write a gold file (uri,label) for the posts at --out")
     ap.add_argument("--gold-sample", type=int, help="with --gold: a random sample of N posts")
+    ap.add_argument("--feeds", type=Path, metavar="DIR",
+                    help="instead: write feed files (uris served per day) for the posts at --out")
     args = ap.parse_args()
+    if args.feeds:
+        n = sum(write_feeds(args.out, args.feeds).values())
+        print(f"wrote {n} served uris for {args.out} to {args.feeds}")
+        return
     if args.gold:
         n = write_gold(args.out, args.gold, args.gold_sample)
         print(f"wrote {n} gold labels for {args.out} to {args.gold}")
