@@ -38,6 +38,20 @@ EXAMPLES = """examples:
       --start-date 2024-10-01 --end-date 2024-10-07
   python -m jobs.backfill --config configs/intergroup.yaml -i g --run-integrations
   python -m jobs.backfill --config configs/intergroup.yaml --write-cache all --clear-queue
+  # which posts: a 10 % sample, the last 6 hours, or only posts shown in feeds
+  python -m jobs.backfill --config configs/demo.yaml -r posts --add-to-queue \\
+      --sample-records --sample-proportion 0.1
+  python -m jobs.backfill --config configs/demo.yaml -r posts --add-to-queue \\
+      --backfill-period hours --backfill-duration 6
+  python -m jobs.backfill --config configs/demo.yaml -r posts_used_in_feeds --add-to-queue \\
+      --set feeds.path=$PWD/demo_data/feeds   # python -m jobs.tools.demo_data --feeds ...
+  # hand labels: a stratified sample to annotate, then evaluate against it
+  python -m jobs.backfill --config configs/demo.yaml -i g --sample-for-annotation 200
+  python -m jobs.backfill --config configs/demo.yaml -i g --evaluate FILLED.csv \\
+      --gold-column gold
+  # housekeeping: clear queues (asks first), compact the output and the queue file
+  python -m jobs.backfill --config configs/demo.yaml -i g --clear-input-queues --yes
+  python -m jobs.backfill --config configs/demo.yaml --compact-output all --compact-queue
   # on a cluster (run from the project folder; data paths absolute or shared)
   ray job submit --working-dir . -- python -m jobs.backfill \\
       --config configs/intergroup.yaml -r posts --add-to-queue -i g --run-integrations
