@@ -32,16 +32,39 @@ def _private(proc: psutil.Process) -> int:
     return mem.rss - getattr(mem, "shared", 0)
 
 
-class RssSampler:
-    """Peak private RSS per role while the ``with`` block runs (sampled every ``interval`` s)."""
+class Sampler:
+    """Calls ``sample()`` every ``interval`` seconds while the ``with`` block runs."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
-        self.peaks: dict[str, int] = {}
         self._stop = threading.Event()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "Sampler":
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class RssSampler(Sampler):
+    """Peak private RSS per role while the ``with`` block runs (sampled every ``interval`` s)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        super().__init__(interval)
+        self.peaks: dict[str, int] = {}
         self._roles: dict[int, str] = {}
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         self._bump("driver", _private(psutil.Process(os.getpid())))
         for proc in psutil.process_iter(["pid"]):
             role = self._roles.get(proc.pid) or _role(proc)
@@ -55,19 +78,6 @@ class RssSampler:
 
     def _bump(self, role: str, rss: int) -> None:
         self.peaks[role] = max(self.peaks.get(role, 0), rss)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> "RssSampler":
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def peaks_mb(self) -> dict[str, float]:
         return {role: round(rss / 2 ** 20, 1) for role, rss in sorted(self.peaks.items())}

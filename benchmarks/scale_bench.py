@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,42 +24,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline_bench import BATCH, NAME, _config, _make_posts, _pipeline  # noqa: E402
-from rss_sampler import RssSampler  # noqa: E402
+from rss_sampler import RssSampler, Sampler  # noqa: E402
 
 from jobs.stages.write_cache import write_cache  # noqa: E402
 from queue_store import QueueStore  # noqa: E402
 
 
-class DiskPeak:
+class DiskPeak(Sampler):
     """The largest queue file + WAL (and ledger) seen while the ``with`` block runs."""
 
     def __init__(self, data_dir: Path, interval: float = 0.5) -> None:
+        super().__init__(interval)
         self.queue = data_dir / "queue" / f"{NAME}.db"
-        self.interval, self.peak_file, self.peak_ledger = interval, 0, 0
-        self._stop = threading.Event()
+        self.peak_file = self.peak_ledger = 0
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self.queue.exists():
-                continue
-            file_bytes = sum(p.stat().st_size for p in (
-                self.queue, self.queue.with_name(self.queue.name + "-wal")) if p.exists())
-            folder = self.queue.with_suffix(".ledger")
-            try:
-                ledger = sum(p.stat().st_size for p in folder.iterdir())
-            except FileNotFoundError:
-                ledger = 0
-            self.peak_file = max(self.peak_file, file_bytes)
-            self.peak_ledger = max(self.peak_ledger, ledger)
-
-    def __enter__(self) -> "DiskPeak":
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        if not self.queue.exists():
+            return
+        file_bytes = sum(p.stat().st_size for p in (
+            self.queue, self.queue.with_name(self.queue.name + "-wal")) if p.exists())
+        try:
+            ledger = sum(p.stat().st_size for p in self.queue.with_suffix(".ledger").iterdir())
+        except FileNotFoundError:
+            ledger = 0
+        self.peak_file = max(self.peak_file, file_bytes)
+        self.peak_ledger = max(self.peak_ledger, ledger)
 
 
 def _on_disk(data_dir: Path, n: int) -> dict:

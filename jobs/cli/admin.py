@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from classifiers.scrub import scrub
 from jobs.config import BackfillConfig, ConfigError
@@ -50,23 +50,30 @@ def queue_status(config: BackfillConfig, names: list[str], as_json: bool) -> str
     return "\n".join(lines + missing)
 
 
-def reap_stale(config: BackfillConfig, names: list[str]) -> str:
+def _each(config: BackfillConfig, names: list[str],
+          line: Callable[[str, QueueStore], str]) -> str:
+    """One line per existing queue (and one per missing one)."""
     lines: list[str] = []
     for name, store in _stores(config, names, lines):
-        res = store.reap()
-        lines.append(f"{name}: {res.requeued_batches} expired batch(es) back to pending, "
-                     f"{res.dead_lettered_batches} dead-lettered after max_attempts")
+        lines.append(line(name, store))
     return "\n".join(lines)
+
+
+def reap_stale(config: BackfillConfig, names: list[str]) -> str:
+    def line(name: str, store: QueueStore) -> str:
+        res = store.reap()
+        return (f"{name}: {res.requeued_batches} expired batch(es) back to pending, "
+                f"{res.dead_lettered_batches} dead-lettered after max_attempts")
+    return _each(config, names, line)
 
 
 def requeue_dead(config: BackfillConfig, names: list[str]) -> str:
-    lines: list[str] = []
-    for name, store in _stores(config, names, lines):
+    def line(name: str, store: QueueStore) -> str:
         moved = store.requeue_dead(config.queue.batch_size)
         left = store.status().dead_undecodable_rows
-        lines.append(f"{name}: {moved} dead post(s) back to pending"
-                     + (f"; {left} undecodable row(s) stay dead" if left else ""))
-    return "\n".join(lines)
+        return (f"{name}: {moved} dead post(s) back to pending"
+                + (f"; {left} undecodable row(s) stay dead" if left else ""))
+    return _each(config, names, line)
 
 
 def show_dead(config: BackfillConfig, names: list[str], limit: int) -> str:
@@ -118,12 +125,11 @@ def clear_queues(config: BackfillConfig, names: list[str], inputs: bool, outputs
 
 def compact_queue(config: BackfillConfig, names: list[str]) -> str:
     """Each queue file rewritten to its live size (refused, one line, while leased)."""
-    lines: list[str] = []
-    for name, store in _stores(config, names, lines):
+    def line(name: str, store: QueueStore) -> str:
         res = store.compact(full=True)
-        lines.append(f"{name}: queue file {_mb(res.file_bytes_before)} → "
-                     f"{_mb(res.file_bytes_after)} (ledger {_mb(res.ledger_bytes)} beside it)")
-    return "\n".join(lines)
+        return (f"{name}: queue file {_mb(res.file_bytes_before)} → "
+                f"{_mb(res.file_bytes_after)} (ledger {_mb(res.ledger_bytes)} beside it)")
+    return _each(config, names, line)
 
 
 def compact_output(config: BackfillConfig, names: list[str]) -> str:
@@ -131,17 +137,16 @@ def compact_output(config: BackfillConfig, names: list[str]) -> str:
     from queue_store import export_output
     from queue_store.compaction import compact_output as compact
 
-    lines: list[str] = []
-    for name, store in _stores(config, names, lines):
+    def line(name: str, store: QueueStore) -> str:
         out = config.output_location(name)
         export_output(store, out, config.pipeline.export_rows)  # finishes planned exports
         try:
             res = compact(store, out, config.pipeline.compact_rows)
         except ValueError as exc:  # busy, or an object store: one line
             raise ConfigError(str(exc)) from None
-        lines.append(f"{name}: {res.partitions} partition(s) compacted, {res.files_before} "
-                     f"file(s) → {res.files_after} ({res.rows:,} rows)")
-    return "\n".join(lines)
+        return (f"{name}: {res.partitions} partition(s) compacted, {res.files_before} "
+                f"file(s) → {res.files_after} ({res.rows:,} rows)")
+    return _each(config, names, line)
 
 
 def _mb(n: int) -> str:
