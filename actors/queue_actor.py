@@ -83,12 +83,6 @@ class QueueActor:
         with self._lock:
             return "wait" if wait_for_retries and self.outstanding else "done"
 
-    def more_coming(self) -> bool:
-        """For a read task that found nothing to claim: will the enqueue running beside the
-        run queue more? (Then it waits; it holds at most part of a block meanwhile, which the
-        next claim or the end of the enqueue releases — never a wait on its own retries.)"""
-        return self.feeding and not (self.stats.stopped_claiming or self.budget_used())
-
     def close_feed(self) -> None:
         """The enqueue running alongside has ended: read tasks stop waiting for it."""
         self.feeding = False

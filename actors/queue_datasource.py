@@ -5,16 +5,15 @@ classifiers consume (streaming backpressure) instead of leasing the whole queue 
 job sets a small ``target_max_block_size`` so a read task hands on what it claimed after a
 few batches rather than buffering a 128 MiB block of leases.
 
-A read task stops as soon as nothing is claimable, once it has claimed anything — unless the
-enqueue running beside the run will queue more (streaming: claims start with its first
-committed chunk): Ray Data holds a read task's last partial block until the task ends, so
-waiting for *retries* there would hold the very results being waited for, while waiting for
-the enqueue only delays that part of a block until the next chunk. Retries of failed posts
-are claimed by later *waves* of read tasks instead (at most ``read_tasks`` run at once, so a
-wave starts as earlier tasks end):
-a task that has not yet claimed holds nothing, so it may wait until a retry is claimable or
-nothing is in flight. Retries thus run in the same pass, on the same classifier actors,
-without a new actor pool or a model reload.
+A read task stops as soon as nothing is claimable, once it has claimed anything: Ray Data
+holds a read task's last partial block until the task ends, so waiting there — for retries, or
+for the next chunk of the enqueue streaming beside the run — would hold the very posts (and
+their leases) the run waits on. Later *waves* of read tasks claim what comes after (at most
+``read_tasks`` run at once, so a wave starts as earlier tasks end): a task that has not yet
+claimed holds nothing, so it may wait until something is claimable — a retry, the enqueue's
+next committed chunk — or nothing is in flight and nothing more is coming. Retries and
+streamed chunks thus run in the same pass, on the same classifier actors, without a new actor
+pool or a model reload; the job adds a wave per chunk the enqueue is expected to commit.
 """
 from __future__ import annotations
 
@@ -67,23 +66,19 @@ def pull_from_queue(queue: Any, batches_per_claim: int, wait_for_retries: bool =
         time.sleep(POLL_SECONDS)
     if state == "done":
         return
-    while True:
-        batches = ray.get(queue.next_batches.remote(batches_per_claim))
-        if batches:
-            yield batches_to_table(batches, queue)
-        elif ray.get(queue.more_coming.remote()):  # the enqueue beside the run is not done
-            time.sleep(POLL_SECONDS)
-        else:
-            return
+    while batches := ray.get(queue.next_batches.remote(batches_per_claim)):
+        yield batches_to_table(batches, queue)
 
 
 class QueueDatasource(Datasource):
     def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int = 1,
-                 waves: int = 1) -> None:
+                 waves: int = 1, wait_for_retries: bool | None = None) -> None:
         self.queue = queue
         self.read_tasks = read_tasks
         self.batches_per_claim = batches_per_claim
         self.waves = waves
+        # Only later waves can claim a retry, so only with waves may a task wait for one.
+        self.wait_for_retries = waves > 1 if wait_for_retries is None else wait_for_retries
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -92,6 +87,6 @@ class QueueDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         queue, per_claim = self.queue, self.batches_per_claim
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        pull = functools.partial(pull_from_queue, queue, per_claim, self.waves > 1)
+        pull = functools.partial(pull_from_queue, queue, per_claim, self.wait_for_retries)
         return [ReadTask(pull, meta, schema=CLAIM_SCHEMA)
                 for _ in range(self.read_tasks * self.waves)]

@@ -78,15 +78,15 @@ def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int,
     data = data or Path(tempfile.mkdtemp(dir=root))
     cfg = _config(data, posts, classifier, batch_size, actors, num_cpus)
     enq: dict = {}
+    files = find_post_files(str(posts), None, None)
 
     def feed() -> None:
         t = time.perf_counter()
-        enq["summary"] = enqueue_posts(cfg, NAME, find_post_files(str(posts), None, None),
-                                       quiet=True)
+        enq["summary"] = enqueue_posts(cfg, NAME, files, quiet=True)
         enq["s"] = time.perf_counter() - t
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    run = run_inference(cfg, NAME, quiet=True, feed=feed)
+    run = run_inference(cfg, NAME, quiet=True, feed=feed, feed_posts=files.good_rows)
     total, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     n = max(run.labelled, 1)
     roles = {"driver": driver_cpu, **run.role_cpu_s}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-import queue_store.parquet as parquet_export
+import queue_store.location as location
 from jobs.stages.inference import run_inference
 from jobs.stages.write_cache import write_cache
 from queue_store import QueueStore, export_output
@@ -31,18 +31,18 @@ def _labelled(store: QueueStore, n: int, start: int = 0) -> None:
 def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeypatch):
     store = QueueStore(tmp_path, NAME)
     _labelled(store, 300)
-    real_write = parquet_export.pq.write_table
+    real_write = location.pq.write_table
 
     def dies_half_way(table, where, **kwargs):
         Path(where).write_bytes(b"PAR1" + b"\0" * 4096)  # some bytes, then the disk fills
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(parquet_export.pq, "write_table", dies_half_way)
+    monkeypatch.setattr(location.pq, "write_table", dies_half_way)
     with pytest.raises(OSError, match="No space left"):
         export_output(store, tmp_path / "out")
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert files == []  # no partial file at the final path, no temp file left
-    monkeypatch.setattr(parquet_export.pq, "write_table", real_write)
+    monkeypatch.setattr(location.pq, "write_table", real_write)
     assert export_output(store, tmp_path / "out").rows == 300  # the export is retried
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert sorted(table.column("uri").to_pylist()) == sorted(

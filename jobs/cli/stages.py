@@ -34,7 +34,8 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
     for name in integrations:
         enqueue = functools.partial(_enqueue, config, name, files, feeds, args, report)
         if args.run_integrations:
-            _infer(config, name, args, report, enqueue if args.add_to_queue else None)
+            _infer(config, name, args, report, enqueue if args.add_to_queue else None,
+                   files.good_rows if args.add_to_queue and files is not None else None)
         elif args.add_to_queue:
             enqueue()
     if args.add_to_queue and files is not None and not files.good and not files.rejected:
@@ -53,14 +54,14 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
 
 
 def _infer(config: BackfillConfig, name: str, args: Any, report: Summaries,
-           feed: Any) -> None:
+           feed: Any, feed_posts: int | None) -> None:
     """One command doing both enqueue and inference: the pipeline starts (and loads the
     model) while the enqueue runs, instead of after it."""
     from jobs.stages.inference import run_inference
 
     try:
         report(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
-                             verbose=args.verbose, feed=feed))
+                             verbose=args.verbose, feed=feed, feed_posts=feed_posts))
     except RunStopped as stop:  # the partial summary, then the stop's one line
         if stop.summary is not None:
             report(stop.summary)

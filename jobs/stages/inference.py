@@ -43,18 +43,24 @@ from queue_store.lease_holder import LeaseHolder
 
 __all__ = ["run_inference", "PipelineActorDied"]
 WIND_DOWN_S = 60.0  # after a stop: at most this long exporting what was labelled
+STREAM_WAVES = 8  # read waves added for a feed of unknown size (one per committed chunk)
 
 
 def run_inference(config: BackfillConfig, integration: str,
                   max_records_per_run: int | None = None, quiet: bool = False,
-                  verbose: bool = False, feed: Callable[[], Any] | None = None) -> RunSummary:
+                  verbose: bool = False, feed: Callable[[], Any] | None = None,
+                  feed_posts: int | None = None) -> RunSummary:
     """Label every claimable post of one integration; returns (and saves) the run summary.
 
     ``feed`` (the same command's enqueue stage) runs here while the pipeline starts in the
-    background, so classifier actors start and load their model meanwhile; read tasks claim
-    nothing until it has returned. An early stop raises ``RunStopped`` with the partial
-    summary (Ctrl-C and SIGTERM: exit 130)."""
+    background, so classifier actors start and load their model meanwhile, and read tasks claim
+    each chunk it commits; ``feed_posts`` (at most how many posts it queues) sizes the read
+    waves it needs. An early stop raises ``RunStopped`` with the partial summary (Ctrl-C and
+    SIGTERM: exit 130)."""
     run = InferenceRun(config, integration, max_records_per_run, verbose)
+    if feed is not None:
+        run.stream_waves = STREAM_WAVES if feed_posts is None else \
+            -(-feed_posts // config.queue.enqueue_chunk_posts) + 1
     try:
         return run.execute(feed, quiet)
     finally:
@@ -82,6 +88,7 @@ class InferenceRun:
         self.actors: list[Any] = []
         self.passes: Background | None = None
         self.abandoned = False
+        self.stream_waves = 0  # read waves for the chunks a streaming feed commits
         if not verbose:
             # Ray Data's errors reach the run as exceptions; a stopped run's executor
             # shutting down is not news for the console.
@@ -238,8 +245,11 @@ class InferenceRun:
         # map_batches refuses batch_size=None with GPUs, so its unvalidated twin is used.
         map_whole_blocks = whole_block_mapper(self.ray)
         waves = self.config.queue.max_attempts if map_whole_blocks else 1
+        waves += self.stream_waves  # each chunk committed while a read task waits may end one
+        self.stream_waves = 0  # a later pass runs after the feed has ended
         ds = ray.data.read_datasource(
-            QueueDatasource(self.queue, pipe.read_tasks, pipe.batches_per_claim, waves=waves),
+            QueueDatasource(self.queue, pipe.read_tasks, pipe.batches_per_claim, waves=waves,
+                            wait_for_retries=map_whole_blocks is not None),
             override_num_blocks=pipe.read_tasks, concurrency=pipe.read_tasks,
             num_cpus=pipe.read_task_num_cpus)
         params = integ.classifier.params
