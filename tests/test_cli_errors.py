@@ -82,7 +82,6 @@ def test_missing_config_and_flag_misuse(tmp_path, capsys):
     assert "not found" in _err(capsys, ["--config", str(tmp_path / "x.yaml"), "--queue-status"])
     cfg = write_config(tmp_path, PLUGIN)
     assert "nothing to do" in _err(capsys, ["--config", str(cfg)])
-    assert "-i" in _err(capsys, ["--config", str(cfg), "--run-integrations"])
     assert "--write-cache" in _err(capsys, ["--config", str(cfg), "--clear-queue"])
     assert "-r posts" in _err(capsys, ["--config", str(cfg), "--add-to-queue", "-i", "g"])
     assert "unknown classifier type" in _err(
