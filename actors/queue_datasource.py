@@ -71,14 +71,15 @@ def pull_from_queue(queue: Any, batches_per_claim: int, wait_for_retries: bool =
 
 
 class QueueDatasource(Datasource):
-    def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int = 1,
-                 waves: int = 1, wait_for_retries: bool | None = None) -> None:
+    def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int,
+                 waves: int, wait_for_retries: bool) -> None:
         self.queue = queue
         self.read_tasks = read_tasks
         self.batches_per_claim = batches_per_claim
         self.waves = waves
-        # Only later waves can claim a retry, so only with waves may a task wait for one.
-        self.wait_for_retries = waves > 1 if wait_for_retries is None else wait_for_retries
+        # Only later waves can claim a retry (whole-block mapping), so only then may a read
+        # task wait for one; the waves added for a streamed enqueue do not change that.
+        self.wait_for_retries = wait_for_retries
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None

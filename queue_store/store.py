@@ -436,15 +436,9 @@ class QueueStore:
 
     def export_rows(self, export_id: int) -> Iterator[tuple[int, bytes]]:
         """The output rows of one planned export, ``(row id, Arrow IPC stream)``, in pages."""
-        last = 0
-        while True:
-            page = self.conn.execute(f"SELECT id, payload FROM {self.tables['output']} "
-                                     "WHERE export_id = ? AND id > ? ORDER BY id LIMIT 64",
-                                     (export_id, last)).fetchall()
-            if not page:
-                return
+        for page in self._pages(self.conn, f"SELECT id, payload FROM {self.tables['output']} "
+                                "WHERE export_id = ?", (export_id,), size=64):
             yield from page
-            last = page[-1][0]
 
     def bury_export_rows(self, bad: Sequence[tuple[int, int | None, str]],
                          tx: Transaction | None = None) -> int:
@@ -534,9 +528,9 @@ class QueueStore:
         t = self.tables
         with self._within(tx) as c:
             self._refuse_if_leased(c)
-            if c.execute(f"SELECT 1 FROM {t['exports']} WHERE state = 'planned'").fetchone():
-                raise QueueBusyError(f"queue file {self.path}: an export is unfinished; "
-                                     "finish it with --write-cache first")
+            busy = self.busy_exporting()  # leases refused above: an unfinished export
+            if busy:
+                raise QueueBusyError(f"queue file {self.path}: {busy}")
             result = ClearResult()
             for page in self._pages(c, f"SELECT id, payload FROM {t['output']} "
                                        "WHERE export_id IS NULL"):
@@ -568,12 +562,14 @@ class QueueStore:
         return len(keys)
 
     @staticmethod
-    def _pages(c: Any, select: str, size: int = 256) -> Iterator[list[tuple[Any, Any]]]:
-        """``select`` (``id`` first) in pages of ``size`` rows, in id order."""
+    def _pages(c: Any, select: str, params: tuple[Any, ...] = (), size: int = 256
+               ) -> Iterator[list[tuple[Any, Any]]]:
+        """``select`` (``id`` first; ``params`` for its placeholders) in pages of ``size``
+        rows, in id order."""
         last = 0
         where = " AND " if " WHERE " in select else " WHERE "
         while page := c.execute(f"{select}{where}id > ? ORDER BY id LIMIT ?",
-                                (last, size)).fetchall():
+                                (*params, last, size)).fetchall():
             yield page
             last = page[-1][0]
 

@@ -10,7 +10,6 @@ without a feed partition are reported, not silently skipped. Memory: one day's s
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Iterator
@@ -21,10 +20,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from jobs.config import BackfillConfig, ConfigError
-from jobs.posts.source import READ_SCHEMA, PostFiles
+from jobs.posts.source import READ_SCHEMA, PostFiles, partition_day
 from queue_store.location import Location
-
-_DAY = re.compile(r"(?:^|/)partition_date=(\d{4}-\d{2}-\d{2})/")
 
 
 @dataclass
@@ -47,10 +44,9 @@ def find_feed_days(config: BackfillConfig, start: date | None, end: date | None)
         raise ConfigError(f"feeds path {where.uri!r} cannot be read ({exc})") from None
     found = FeedDays(where)
     for info in infos:
-        m = _DAY.search(info.path)
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or not m:
+        day = partition_day(info.path)
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or not day:
             continue
-        day = date.fromisoformat(m.group(1))
         if (start is None or day >= start) and (end is None or day <= end):
             found.files.setdefault(day, []).append(info.path)
     if not found.files and (start is None or end is None):
@@ -76,9 +72,8 @@ def served_posts(config: BackfillConfig, feeds: FeedDays, posts: PostFiles,
     """Per feed day, the look-back window's posts whose uri was served that day."""
     by_day: dict[date, list[str]] = {}
     for path in posts.good:
-        m = _DAY.search(path)
-        if m:
-            by_day.setdefault(date.fromisoformat(m.group(1)), []).append(path)
+        if day := partition_day(path):
+            by_day.setdefault(day, []).append(path)
     lookback, earliest = config.feeds.lookback_days, config.feeds.earliest_date
     for day in sorted(feeds.files):
         uris = pads.dataset(feeds.files[day], format="parquet",

@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
+from queue_store.rows.validation import is_text_type
+
 PERIODS = {"days": timedelta(days=1), "hours": timedelta(hours=1)}
 
 
@@ -58,7 +60,7 @@ class Selection(BaseModel):
     def _sampled(self, uris: pa.ChunkedArray) -> np.ndarray:
         limit = int(self.sample_proportion * 2 ** 64)
         seed = self.sample_seed
-        values = pc.cast(uris, pa.binary()).to_pylist() if _text(uris.type) else \
+        values = pc.cast(uris, pa.binary()).to_pylist() if is_text_type(uris.type) else \
             [None] * len(uris)
         return np.array([v is None or xxhash.xxh3_64_intdigest(v, seed) < limit
                          for v in values], dtype=bool)
@@ -66,7 +68,7 @@ class Selection(BaseModel):
     def _inside(self, stamps: pa.ChunkedArray) -> np.ndarray:
         """Both accepted forms (``YYYY-MM-DD-HH:MM:SS`` and ISO 8601) compared as
         ``YYYY-MM-DDTHH:MM:SS`` text; anything else is left to validation."""
-        if not _text(stamps.type):
+        if not is_text_type(stamps.type):
             return np.ones(len(stamps), dtype=bool)
         text = pc.cast(stamps, pa.string())
         head = pc.utf8_slice_codeunits(text, 0, 19)
@@ -77,9 +79,3 @@ class Selection(BaseModel):
         inside = pc.or_kleene(pc.invert(shaped), pc.greater_equal(normal, cutoff))
         return np.asarray(pc.fill_null(inside, True).to_numpy(zero_copy_only=False), bool)
 
-
-def _text(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or \
-        pa.types.is_string_view(kind)

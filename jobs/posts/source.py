@@ -52,6 +52,15 @@ def _ignored(relative: str) -> bool:
             or any(p.startswith((".", "_")) for p in parts))
 
 
+def partition_day(path: str) -> date | None:
+    """The day of a file's ``partition_date=YYYY-MM-DD`` folder (None: none, or not a date)."""
+    m = _DAY.search(path)
+    try:
+        return date.fromisoformat(m.group(1)) if m else None
+    except ValueError:
+        return None
+
+
 def _in_range(relative: str, start: date | None, end: date | None) -> bool:
     m = _DAY.search(relative)
     if m is None:

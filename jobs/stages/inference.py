@@ -57,10 +57,9 @@ def run_inference(config: BackfillConfig, integration: str,
     each chunk it commits; ``feed_posts`` (at most how many posts it queues) sizes the read
     waves it needs. An early stop raises ``RunStopped`` with the partial summary (Ctrl-C and
     SIGTERM: exit 130)."""
-    run = InferenceRun(config, integration, max_records_per_run, verbose)
-    if feed is not None:
-        run.stream_waves = STREAM_WAVES if feed_posts is None else \
-            -(-feed_posts // config.queue.enqueue_chunk_posts) + 1
+    stream_waves = 0 if feed is None else STREAM_WAVES if feed_posts is None else \
+        -(-feed_posts // config.queue.enqueue_chunk_posts) + 1
+    run = InferenceRun(config, integration, max_records_per_run, verbose, stream_waves)
     try:
         return run.execute(feed, quiet)
     finally:
@@ -71,7 +70,7 @@ class InferenceRun:
     """One integration's pass(es) over its queue, with the actors they need."""
 
     def __init__(self, config: BackfillConfig, integration: str, max_records: int | None,
-                 verbose: bool) -> None:
+                 verbose: bool, stream_waves: int = 0) -> None:
         self.config = config
         self.name, self.integ = config.resolve_integration(integration)
         self.ray = ensure_ray(config, verbose)
@@ -88,7 +87,7 @@ class InferenceRun:
         self.actors: list[Any] = []
         self.passes: Background | None = None
         self.abandoned = False
-        self.stream_waves = 0  # read waves for the chunks a streaming feed commits
+        self.stream_waves = stream_waves  # read waves for the chunks a feed commits
         if not verbose:
             # Ray Data's errors reach the run as exceptions; a stopped run's executor
             # shutting down is not news for the console.
