@@ -82,7 +82,7 @@ def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int,
 
     def feed() -> None:
         t = time.perf_counter()
-        enq["summary"] = enqueue_posts(cfg, NAME, files, quiet=True)
+        [enq["summary"]] = enqueue_posts(cfg, [NAME], files, quiet=True)
         enq["s"] = time.perf_counter() - t
 
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -135,7 +135,7 @@ def part_enqueue(root: Path, n: int) -> dict:
     posts = _make_posts(root, n)
     cfg = _config(Path(tempfile.mkdtemp(dir=root)), posts, {"type": "constant"}, BATCH)
     t0 = time.perf_counter()
-    s = enqueue_posts(cfg, NAME, find_post_files(str(posts), None, None), quiet=True)
+    [s] = enqueue_posts(cfg, [NAME], find_post_files(str(posts), None, None), quiet=True)
     took = time.perf_counter() - t0
     old = old_tool_insert(posts, Path(tempfile.mkdtemp(dir=root)))
     return {"posts": n, "enqueued": s.enqueued, "total_s": round(took, 2),

@@ -4,7 +4,9 @@ for people. The command line itself lives in ``jobs/cli``.
 Exit codes: 0 all claimed work done; 2 a user-fixable error (one ``error:`` line per problem,
 nothing written); 3 finished, but posts were dead-lettered in this run; 1 an unexpected error
 or a run that could not go on (rerunning is safe: nothing is lost or duplicated); 130
-interrupted (claims handed back, what was labelled exported).
+interrupted (claims handed back, what was labelled exported). Several integrations in one
+command: the worst of their codes, in the order 0 < 3 < 130 < 2 < 1 (a line per run that
+stopped early).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from classifiers.registry import ClassifierConfigError
 from classifiers.scrub import scrub
 from jobs.cli import admin
 from jobs.cli.args import build_parser, check_args
-from jobs.cli.endings import EXIT_INTERRUPTED, EXIT_USAGE, Summaries, closing_lines
+from jobs.cli.endings import EXIT_INTERRUPTED, EXIT_USAGE, Summaries, closing_lines, worst
 from jobs.cli.stages import run_stages, selection_of
 from jobs.config import BackfillConfig, ConfigError, load_config
 from jobs.stages.errors import RunStopped
@@ -39,8 +41,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not (args.add_to_queue or args.run_integrations or args.write_cache):
         return 0
     report = Summaries(sys.stdout)
-    run_stages(config, args, start, end, report)
-    return closing_lines(report.done, args.max_records_per_run)
+    stopped = run_stages(config, args, start, end, report)
+    return worst(stopped, closing_lines(report.done, args.max_records_per_run))
 
 
 def _date_range(args: Any, config: BackfillConfig) -> tuple[date | None, date | None]:

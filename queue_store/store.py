@@ -135,7 +135,9 @@ class QueueStore:
                 session: EnqueueSession | None = None,
                 tx: Transaction | None = None) -> EnqueueResult:
         """Validate posts and queue the valid ones for ``version`` (the config_hash that will
-        label them) in rows of at most ``batch_size`` posts.
+        label them) in rows of at most ``batch_size`` posts. ``posts``: anything
+        ``as_post_table`` takes, or ``split_valid``'s result (posts validated once for
+        several integrations' queues).
 
         A post this integration has queued before for ``version`` is skipped, and one queued
         only for other versions too — unless ``relabel``. The ledger's decision and the
@@ -144,7 +146,7 @@ class QueueStore:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         clock = _Steps()
-        checked = split_valid(as_post_table(posts))
+        checked = posts if isinstance(posts, Validated) else split_valid(as_post_table(posts))
         result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in
                                         checked.invalid])
         clock.lap("validate")

@@ -38,6 +38,10 @@ EXAMPLES = """examples:
       --start-date 2024-10-01 --end-date 2024-10-07
   python -m jobs.backfill --config configs/intergroup.yaml -i g --run-integrations
   python -m jobs.backfill --config configs/intergroup.yaml --write-cache all --clear-queue
+  # every integration of the config (no -i): one read of the posts, the runs side by side
+  python -m jobs.backfill --config configs/demo.yaml --set \
+      'integrations.ml_inference_valence={code: v, classifier: {type: vader}, num_cpus: 0.5}' \
+      -r posts --add-to-queue --run-integrations --write-cache all
   # which posts: a 10 % sample, the last 6 hours, or only posts shown in feeds
   python -m jobs.backfill --config configs/demo.yaml -r posts --add-to-queue \\
       --sample-records --sample-proportion 0.1
@@ -62,6 +66,7 @@ exit codes:
   3  finished, but posts were dead-lettered in this run (see --show-dead N)
   1  unexpected error (rerunning is safe: nothing is lost or duplicated)
   130 interrupted (Ctrl-C or SIGTERM): this run's claims were handed back
+  several integrations: the worst of theirs (0 < 3 < 130 < 2 < 1), a line per one that stopped
 """
 
 
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "feeds (feeds: in the config)")
     p.add_argument("--add-to-queue", action="store_true", help="stage 1: enqueue posts")
     p.add_argument("-i", "--integration", action="append", default=[],
-                   help="integration code or name (repeatable)")
+                   help="integration code or name (repeatable); none: every integration of "
+                   "the config, with one read of the posts and the runs side by side")
     p.add_argument("--run-integrations", action="store_true", help="stages 2-3: inference")
     p.add_argument("--write-cache", metavar="NAME|all", help="stage 4: output queue → parquet")
     p.add_argument("--clear-queue", action="store_true",

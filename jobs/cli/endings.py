@@ -5,12 +5,21 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from jobs.stages.errors import RunStopped
 from jobs.stages.summary import RunSummary
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERED = 3
 EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
+# Several integrations in one command: the command's exit code is the worst of theirs.
+SEVERITY = (EXIT_OK, EXIT_DEAD_LETTERED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_FAILED)
+
+
+def worst(*codes: int) -> int:
+    """The worst of exit codes, in the order 0 < 3 < 130 < 2 < 1."""
+    return max(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else len(SEVERITY))
 
 
 class Summaries:
@@ -24,6 +33,36 @@ class Summaries:
         self.done.append(summary)
         print(f"\n{summary.stage}: {summary.integration}", file=self.out)
         print(summary.table(), file=self.out, flush=True)
+
+    def combined(self, names: list[str], outcomes: dict[str, object]) -> None:
+        """One table for the integrations of a command: a row each, how its run ended."""
+        head = ("integration", "enqueued", "labelled", "failed", "dead", "exported",
+                "posts/s", "seconds", "result")
+        rows = [head]
+        for name in names:
+            enq = next((s for s in self.done if s.stage == "enqueue" and s.integration == name),
+                       None)
+            outcome = outcomes[name]
+            run = outcome.summary if isinstance(outcome, RunStopped) else outcome
+            run = run if isinstance(run, RunSummary) else None
+            if isinstance(outcome, RunStopped):
+                result = f"{outcome.prefix} (exit {outcome.exit_code})"
+            elif isinstance(outcome, BaseException):
+                result = f"error: {type(outcome).__name__} (exit {EXIT_FAILED})"
+            else:
+                result = "ok" if not (run and run.dead_lettered + run.export_dead_lettered) \
+                    else f"dead-lettered (exit {EXIT_DEAD_LETTERED})"
+            figures = [enq.enqueued if enq else "-"]
+            figures += [getattr(run, f) if run else "-" for f in
+                        ("labelled", "failed", "dead_lettered", "exported_rows", "posts_per_s",
+                         "duration_s")]
+            rows.append((name, *map(str, figures), result))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) if i in (0, len(head) - 1) else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+        bar = "=" * max(len(line) for line in lines)
+        print(f"\nall integrations\n{bar}\n" + "\n".join(lines) + f"\n{bar}", file=self.out,
+              flush=True)
 
 
 def closing_lines(summaries: list[RunSummary], budget: int | None) -> int:

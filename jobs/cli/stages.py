@@ -8,7 +8,8 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from jobs.cli.admin import integration_names
-from jobs.cli.endings import Summaries
+from classifiers.scrub import scrub
+from jobs.cli.endings import EXIT_OK, Summaries, worst
 from jobs.config import BackfillConfig
 from jobs.posts.selection import Selection
 from jobs.stages.errors import RunStopped
@@ -16,8 +17,10 @@ from jobs.stages.preflight import check_stages
 
 
 def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date | None,
-               report: Summaries) -> None:
-    # No -i: every integration of the config (one after another).
+               report: Summaries) -> int:
+    """Run the stages; returns the exit code of integrations that stopped early (0: none).
+    One integration's early stop is raised as it is."""
+    # No -i: every integration of the config.
     integrations = integration_names(config, args.integration) \
         if args.add_to_queue or args.run_integrations else []
     cache_names = integration_names(config, [args.write_cache]) if args.write_cache else []
@@ -31,13 +34,15 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
     if not args.quiet:
         print(f"data: {config.data_dir}\nposts: {config.posts.path}\n"
               f"output: {config.output_base}", file=sys.stderr)
-    for name in integrations:
-        enqueue = functools.partial(_enqueue, config, name, files, feeds, args, report)
-        if args.run_integrations:
-            _infer(config, name, args, report, enqueue if args.add_to_queue else None,
-                   files.good_rows if args.add_to_queue and files is not None else None)
-        elif args.add_to_queue:
-            enqueue()
+    stopped = EXIT_OK
+    # One read of the posts feeds every integration's queue; their runs go side by side.
+    enqueue = functools.partial(_enqueue, config, integrations, files, feeds, args, report)
+    if args.run_integrations:
+        stopped = _infer(config, integrations, args, report,
+                         enqueue if args.add_to_queue else None,
+                         files.good_rows if args.add_to_queue and files is not None else None)
+    elif args.add_to_queue:
+        enqueue()
     if args.add_to_queue and files is not None and not files.good and not files.rejected:
         span = f"between {start or 'the first'} and {end or 'the last'} day"
         print(f"enqueue: no posts under {config.posts.path} {span} (check the date range and "
@@ -51,25 +56,48 @@ def run_stages(config: BackfillConfig, args: Any, start: date | None, end: date 
 
         for name in cache_names:
             report(write_cache(config, name, clear_queue=args.clear_queue))
+    return stopped
 
 
-def _infer(config: BackfillConfig, name: str, args: Any, report: Summaries,
-           feed: Any, feed_posts: int | None) -> None:
-    """One command doing both enqueue and inference: the pipeline starts (and loads the
-    model) while the enqueue runs, instead of after it."""
-    from jobs.stages.inference import run_inference
+def _infer(config: BackfillConfig, names: list[str], args: Any, report: Summaries,
+           feed: Any, feed_posts: int | None) -> int:
+    """The integrations' runs, side by side (with the same command's enqueue feeding them:
+    the pipelines start, and load their models, while it runs). Each summary is printed as
+    its run ends; with several, one table of all, then a line per run that stopped early."""
+    from jobs.stages.inference import run_integrations
 
-    try:
-        report(run_inference(config, name, args.max_records_per_run, quiet=args.quiet,
-                             verbose=args.verbose, feed=feed, feed_posts=feed_posts))
-    except RunStopped as stop:  # the partial summary, then the stop's one line
-        if stop.summary is not None:
-            report(stop.summary)
-        raise
+    def ended(name: str, outcome: Any) -> None:
+        summary = outcome.summary if isinstance(outcome, RunStopped) else outcome
+        if summary is not None and not isinstance(summary, BaseException):
+            report(summary)
+
+    outcomes = run_integrations(config, names, args.max_records_per_run, quiet=args.quiet,
+                                verbose=args.verbose, feed=feed, feed_posts=feed_posts,
+                                on_end=ended)
+    stops = [(name, o) for name, o in zip(names, outcomes) if isinstance(o, BaseException)]
+    if len(names) == 1:
+        if stops:
+            raise stops[0][1]
+        return EXIT_OK
+    report.combined(names, dict(zip(names, outcomes)))
+    code = EXIT_OK
+    for name, stop in stops:
+        if isinstance(stop, RunStopped):
+            print(f"{stop.prefix}: {name}: {stop}", file=sys.stderr)
+            code = worst(code, stop.exit_code)
+        else:
+            print(f"error: {name}: {type(stop).__name__}: {scrub(str(stop).splitlines()[0] if str(stop) else '')} "
+                  "(rerunning is safe: nothing is lost or duplicated)", file=sys.stderr)
+            code = worst(code, 1)
+    lost = [stop for _, stop in stops if isinstance(stop, RunStopped) and stop.cluster_lost]
+    if lost:  # the CLI ends at once: Ray's own shutdown would wait on the lost cluster
+        raise RunStopped(str(lost[0]), code, prefix=lost[0].prefix, cluster_lost=True)
+    return code
 
 
-def _enqueue(config: BackfillConfig, name: str, files: Any, feeds: Any, args: Any,
+def _enqueue(config: BackfillConfig, names: list[str], files: Any, feeds: Any, args: Any,
              report: Summaries) -> None:
+    """One read of the posts for every integration's queue."""
     from jobs.stages.enqueue import enqueue_posts
 
     batches = None
@@ -77,13 +105,15 @@ def _enqueue(config: BackfillConfig, name: str, files: Any, feeds: Any, args: An
         from jobs.posts.feeds import served_posts
 
         batches = served_posts(config, feeds, files, config.posts.read_batch_rows)
-    summary = enqueue_posts(config, name, files, quiet=args.quiet,
-                            relabel=args.relabel_other_versions, selection=selection_of(args),
-                            batches=batches)
-    if feeds is not None:
-        summary.feed_days = len(feeds.files)
-        summary.missing_feed_days = len(feeds.missing)
-    report(summary)
+    summaries = enqueue_posts(config, names, files, quiet=args.quiet,
+                              relabel=args.relabel_other_versions,
+                              selection=selection_of(args), batches=batches)
+    for summary in summaries:
+        if feeds is not None:
+            summary.feed_days = len(feeds.files)
+            summary.missing_feed_days = len(feeds.missing)
+            summary.save(config.data_dir)
+        report(summary)
 
 
 def selection_of(args: Any) -> Selection:

@@ -1,4 +1,7 @@
-"""Stage 1: stream posts into an integration's input queue, each post once per config version.
+"""Stage 1: stream posts into integrations' input queues, each post once per config version.
+
+One read of the posts feeds every integration of the command: each batch is read, sampled
+and validated once, then offered to each integration's queue.
 
 Whether a post is new is decided by the queue's ledger inside each enqueue transaction
 (``queue_store/ledger.py``): it knows every post ever queued for the integration — repeats
@@ -11,7 +14,7 @@ each chunk as soon as it is committed.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pyarrow as pa
 
@@ -22,55 +25,52 @@ from jobs.stages.progress import Figures, Progress
 from jobs.stages.summary import RunSummary, new_run_id, now_iso
 from queue_store import EnqueueSession, QueueStore
 from queue_store.location import Location
-from queue_store.rows.validation import as_post_table
+from queue_store.rows.validation import Validated, as_post_table, split_valid
 
 SEEDED = "output_seeded"  # meta flag: the ledger knows every post in the parquet output
 
 
-def enqueue_posts(config: BackfillConfig, integration: str, files: PostFiles,
+def enqueue_posts(config: BackfillConfig, integrations: Sequence[str], files: PostFiles,
                   quiet: bool = False, relabel: bool = False,
                   selection: Selection | None = None,
-                  batches: Iterator[pa.RecordBatch] | None = None) -> RunSummary:
-    """Enqueue the posts of ``files`` (chosen by ``find_post_files``) for one integration.
-    Posts queued or labelled for another config_hash are skipped (counted) unless
-    ``relabel``; ``selection`` samples and windows them (counted too). ``batches``: posts
-    chosen otherwise (``-r posts_used_in_feeds``) instead of every post of ``files``."""
-    name, integ = config.resolve_integration(integration)
-    version = integ.classifier.config_hash
-    summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
-                         started_at=now_iso(), config_hash=version)
+                  batches: Iterator[pa.RecordBatch] | None = None) -> list[RunSummary]:
+    """Enqueue the posts of ``files`` (chosen by ``find_post_files``) for each of
+    ``integrations``, reading and validating each post once for all of them; one summary per
+    integration. Posts queued or labelled for another config_hash are skipped (counted)
+    unless ``relabel``; ``selection`` samples and windows them (counted too). ``batches``:
+    posts chosen otherwise (``-r posts_used_in_feeds``) instead of every post of ``files``."""
     t0 = time.monotonic()
-    summary.skipped_bad_files = len(files.bad)
-    for _, rows, reason in files.rejected:  # readable files without usable columns
-        summary.rows_read += rows
-        summary.rejected_invalid += rows
-        summary.invalid_by_reason[reason] = summary.invalid_by_reason.get(reason, 0) + rows
-    store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+    targets: list[Target] = []
     try:
-        started = time.perf_counter()
-        remember_output(store, config.output_location(name))
-        summary.step_s["seed_from_output"] = time.perf_counter() - started
-        feed = Feed(store, version, relabel, config.queue.batch_size,
-                    config.queue.enqueue_chunk_posts, summary, selection or Selection())
+        for integration in integrations:
+            targets.append(Target.open(config, integration, files, relabel))
+        feed = Feed(targets, config.queue.batch_size, config.queue.enqueue_chunk_posts,
+                    selection or Selection())
+        first = targets[0].summary
         total = None if batches else files.good_rows  # feeds: not known up front
-        shown = Progress(f"enqueue {name}", total, lambda: Figures(
-            done=summary.rows_read, failed=summary.rejected_invalid), quiet=quiet,
+        label = "enqueue " + ", ".join(t.summary.integration for t in targets)
+        shown = Progress(label, total, lambda: Figures(
+            done=first.rows_read, failed=first.rejected_invalid), quiet=quiet,
             failed_name="invalid", show_dead=False)
         with shown:
             batches = batches or iter_posts(files, config.posts.read_batch_rows)
             while True:
                 started = time.perf_counter()
                 batch = next(batches, None)
-                summary.step_s["read"] = summary.step_s.get("read", 0.0) + \
-                    time.perf_counter() - started
+                feed.timed("read", started)
                 if batch is None:
                     break
                 feed.add(batch)
             feed.flush(final=True)
     finally:
-        store.close()
-    summary.step_s = {k: round(v, 3) for k, v in summary.step_s.items()}
-    return summary.finish(config.data_dir, t0, summary.enqueued + summary.rejected_invalid)
+        for target in targets:
+            target.store.close()
+    summaries = []
+    for target in targets:
+        s = target.summary
+        s.step_s = {k: round(v, 3) for k, v in s.step_s.items()}
+        summaries.append(s.finish(config.data_dir, t0, s.enqueued + s.rejected_invalid))
+    return summaries
 
 
 def remember_output(store: QueueStore, root: Location, batch_rows: int = 100_000) -> None:
@@ -94,27 +94,63 @@ def remember_output(store: QueueStore, root: Location, batch_rows: int = 100_000
     store.set_flag(SEEDED)
 
 
-class Feed:
-    """Posts on their way into the queue: whole queue rows, about ``chunk_posts`` (rounded
-    to whole queue rows) per transaction."""
+class Target:
+    """One integration's queue and enqueue summary."""
 
-    def __init__(self, store: QueueStore, version: str, relabel: bool, batch_size: int,
-                 chunk_posts: int, summary: RunSummary, selection: Selection) -> None:
-        self.store, self.version, self.relabel = store, version, relabel
+    def __init__(self, store: QueueStore, version: str, relabel: bool,
+                 summary: RunSummary) -> None:
+        self.store, self.version, self.relabel, self.summary = store, version, relabel, summary
+        self.session = EnqueueSession()  # tells this stage's own repeats from earlier posts
+
+    @classmethod
+    def open(cls, config: BackfillConfig, integration: str, files: PostFiles,
+             relabel: bool) -> "Target":
+        name, integ = config.resolve_integration(integration)
+        version = integ.classifier.config_hash
+        summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
+                             started_at=now_iso(), config_hash=version)
+        summary.skipped_bad_files = len(files.bad)
+        for _, rows, reason in files.rejected:  # readable files without usable columns
+            summary.rows_read += rows
+            summary.rejected_invalid += rows
+            summary.invalid_by_reason[reason] = summary.invalid_by_reason.get(reason, 0) + rows
+        store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
+        try:
+            started = time.perf_counter()
+            remember_output(store, config.output_location(name))
+            summary.step_s["seed_from_output"] = time.perf_counter() - started
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, version, relabel, summary)
+
+
+class Feed:
+    """Posts on their way into every target's queue: read, sampled and validated once, then
+    whole queue rows, about ``chunk_posts`` (rounded to whole queue rows) per transaction."""
+
+    def __init__(self, targets: list[Target], batch_size: int, chunk_posts: int,
+                 selection: Selection) -> None:
+        self.targets = targets
         self.batch_size = batch_size
         self.chunk = max(batch_size, chunk_posts // batch_size * batch_size)
-        self.summary = summary
         self.selection = selection
-        self.session = EnqueueSession()
         self.carry: list[pa.Table] = []
         self.carried = 0
 
+    def timed(self, step: str, started: float) -> None:
+        """Add the seconds since ``started`` to ``step`` in every target's figures."""
+        seconds = time.perf_counter() - started
+        for t in self.targets:
+            t.summary.step_s[step] = t.summary.step_s.get(step, 0.0) + seconds
+
     def add(self, batch: pa.RecordBatch) -> None:
-        self.summary.rows_read += batch.num_rows
         table = as_post_table(batch)  # text types unified; a bad byte rejects its post later
         table, sampled_out, outside = self.selection.keep(table)
-        self.summary.sampled_out += sampled_out
-        self.summary.outside_window += outside
+        for t in self.targets:
+            t.summary.rows_read += batch.num_rows
+            t.summary.sampled_out += sampled_out
+            t.summary.outside_window += outside
         self.carry.append(table)
         self.carried += table.num_rows
         if self.carried >= self.chunk:
@@ -131,10 +167,16 @@ class Feed:
         self.carry, self.carried = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
         if not cut:
             return
-        res = self.store.enqueue(table.slice(0, cut), batch_size=self.batch_size,
-                                 version=self.version, relabel=self.relabel,
-                                 session=self.session)
-        s = self.summary
+        started = time.perf_counter()
+        checked = split_valid(table.slice(0, cut))  # once, for every target
+        self.timed("validate", started)
+        for t in self.targets:
+            self._enqueue(t, checked)
+
+    def _enqueue(self, t: Target, checked: Validated) -> None:
+        res = t.store.enqueue(checked, batch_size=self.batch_size, version=t.version,
+                              relabel=t.relabel, session=t.session)
+        s = t.summary
         s.enqueued += res.enqueued_posts
         s.skipped_known += res.skipped_known
         s.skipped_duplicate += res.skipped_duplicate

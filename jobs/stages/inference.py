@@ -19,10 +19,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from actors.classifier_stage import ClassifierStage
 from actors.queue_actor import OPTIONS as QUEUE_ACTOR_OPTIONS
@@ -41,7 +42,7 @@ from jobs.stages.summary import new_run_id, now_iso
 from queue_store import QueueStore
 from queue_store.lease_holder import LeaseHolder
 
-__all__ = ["run_inference", "PipelineActorDied"]
+__all__ = ["run_inference", "run_integrations", "PipelineActorDied"]
 WIND_DOWN_S = 60.0  # after a stop: at most this long exporting what was labelled
 STREAM_WAVES = 8  # read waves added for a feed of unknown size (one per committed chunk)
 
@@ -51,32 +52,197 @@ def run_inference(config: BackfillConfig, integration: str,
                   verbose: bool = False, feed: Callable[[], Any] | None = None,
                   feed_posts: int | None = None) -> RunSummary:
     """Label every claimable post of one integration; returns (and saves) the run summary.
+    An early stop raises ``RunStopped`` with the partial summary (Ctrl-C and SIGTERM: exit
+    130). See ``run_integrations`` for ``feed`` and ``feed_posts``."""
+    [outcome] = run_integrations(config, [integration], max_records_per_run, quiet, verbose,
+                                 feed, feed_posts)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
-    ``feed`` (the same command's enqueue stage) runs here while the pipeline starts in the
-    background, so classifier actors start and load their model meanwhile, and read tasks claim
-    each chunk it commits; ``feed_posts`` (at most how many posts it queues) sizes the read
-    waves it needs. An early stop raises ``RunStopped`` with the partial summary (Ctrl-C and
-    SIGTERM: exit 130)."""
+
+def run_integrations(config: BackfillConfig, integrations: Sequence[str],
+                     max_records_per_run: int | None = None, quiet: bool = False,
+                     verbose: bool = False, feed: Callable[[], Any] | None = None,
+                     feed_posts: int | None = None,
+                     on_end: Callable[[str, Any], None] | None = None) -> list[Any]:
+    """Label every claimable post of each integration, concurrently: each run has its own
+    queue, writer and classifier actors, progress line and summary. Runs start together as
+    far as the cluster's CPUs and GPUs hold their minimum actor pools (the rest start as
+    earlier ones end), and no run's pool grows into another's minimum. A run that stops
+    (a rejected key, a dead actor) stops only itself.
+
+    ``feed`` (the same command's enqueue of every integration) runs here while the runs start
+    (actors start and load their models meanwhile, read tasks claim each chunk it commits);
+    ``feed_posts`` (at most how many posts it queues) sizes the read waves it needs. Ctrl-C or
+    SIGTERM stops every run (their claims handed back, what they labelled exported); a feed
+    that fails stops them and is raised. Returns one outcome per integration, in order: its
+    summary, or what stopped it (``RunStopped`` with its partial summary, or another error);
+    ``on_end(name, outcome)`` is called as each ends."""
     stream_waves = 0 if feed is None else STREAM_WAVES if feed_posts is None else \
         -(-feed_posts // config.queue.enqueue_chunk_posts) + 1
-    run = InferenceRun(config, integration, max_records_per_run, verbose, stream_waves)
+    ray = ensure_ray(config, verbose)
+    caps = pool_caps(ray, config, integrations)
+    runs = [InferenceRun(config, name, max_records_per_run, verbose, stream_waves, caps[name])
+            for name in integrations]
+    together = Together(ray, config, runs, quiet, on_end or (lambda name, outcome: None))
     try:
-        return run.execute(feed, quiet)
+        together.admit(feeding=feed is not None)
+        if feed is not None:
+            try:
+                feed()
+            finally:
+                together.feed_ended()
+        together.wait()
+    except KeyboardInterrupt:
+        together.stop_all(lambda: RunStopped(
+            "this run's claims were handed back and what it labelled was exported; rerun "
+            "the same command to finish", 130, prefix="interrupted"))
+    except BaseException as exc:  # the feed failed: the runs beside it stop too
+        kind = type(exc).__name__
+        together.stop_all(lambda: RunStopped(
+            f"the enqueue beside this run failed ({kind}); this run's claims "
+            "were handed back and what it labelled was exported", 1))
+        raise
     finally:
-        run.close()
+        together.close()
+    return [together.outcomes[run.name] for run in runs]
+
+
+def pool_caps(ray: Any, config: BackfillConfig, names: Sequence[str]) -> dict[str, int | None]:
+    """For integrations run side by side: the most classifier actors each may grow to so that
+    every other one keeps room for its minimum pool and a read task (None: no cap)."""
+    caps: dict[str, int | None] = {name: None for name in names}
+    if len(names) < 2:
+        return caps
+    have = ray.cluster_resources()
+    needs = {name: _min_need(config, name) for name in names}
+    for name in names:
+        integ = config.integrations[name]
+        room = []
+        for kind, per_actor in (("CPU", integ.num_cpus), ("GPU", integ.num_gpus)):
+            if per_actor > 0:
+                free = have.get(kind, 0) - sum(n[kind] for other, n in needs.items()
+                                               if other != name) - needs[name][kind]
+                room.append(int(free // per_actor + 1e-9))
+        if room:
+            caps[name] = max(integ.actors.min, min(integ.actors.max,
+                                                   integ.actors.min + max(0, min(room))))
+    return caps
+
+
+def _min_need(config: BackfillConfig, name: str) -> dict[str, float]:
+    """CPUs and GPUs an integration's run cannot do without: its minimum pool, one read task."""
+    integ = config.integrations[name]
+    return {"CPU": integ.num_cpus * integ.actors.min + config.pipeline.read_task_num_cpus,
+            "GPU": integ.num_gpus * integ.actors.min}
+
+
+class Together:
+    """The runs of one command: started as the cluster holds them, each waited on by its own
+    thread (so each winds down on its own), their outcomes collected in the caller's thread."""
+
+    def __init__(self, ray: Any, config: BackfillConfig, runs: list["InferenceRun"],
+                 quiet: bool, on_end: Callable[[str, Any], None]) -> None:
+        self.ray, self.config, self.quiet, self.on_end = ray, config, quiet, on_end
+        self.pending = list(runs)
+        self.active: dict[str, tuple[InferenceRun, Background]] = {}
+        self.outcomes: dict[str, Any] = {}
+        self.feeding: list[InferenceRun] = []
+        self.told: set[str] = set()
+
+    def admit(self, feeding: bool) -> None:
+        """Start each waiting run whose minimum needs fit beside the running ones."""
+        have: dict[str, float] | None = None
+        for run in list(self.pending):
+            if self.active:
+                have = have or self.ray.cluster_resources()
+                used = [_min_need(self.config, name) for name in self.active]
+                need = _min_need(self.config, run.name)
+                short = [kind for kind in ("CPU", "GPU") if need[kind] > 0 and need[kind]
+                         + sum(u[kind] for u in used) > have.get(kind, 0) + 1e-9]
+                if short:
+                    if run.name not in self.told and not self.quiet:
+                        self.told.add(run.name)
+                        print(f"inference {run.name}: waits for {' and '.join(short)}s held by "
+                              f"{', '.join(self.active)} (starts when one of them ends)",
+                              file=sys.stderr)
+                    continue
+            self.pending.remove(run)
+            try:  # on a terminal, tqdm gives each run's bar a line of its own
+                run.start(feeding, self.quiet)
+            except Exception as exc:  # noqa: BLE001 - this run's outcome; the others go on
+                run.close()
+                self.outcomes[run.name] = exc
+                self.on_end(run.name, exc)
+                continue
+            if feeding:
+                self.feeding.append(run)
+            self.active[run.name] = (run, Background(run.wait))
+
+    def feed_ended(self) -> None:
+        for run in self.feeding:
+            run.feed_ended()
+        self.feeding = []
+
+    def wait(self) -> None:
+        """Until every run has ended: collect each that ended, start the next that fits."""
+        while self.pending or self.active:
+            self.collect()
+            self.admit(feeding=False)
+            if self.active:
+                next(iter(self.active.values()))[1].done.wait(0.2)
+
+    def collect(self) -> None:
+        for name, (run, waiting) in list(self.active.items()):
+            if waiting.alive():
+                continue
+            del self.active[name]
+            outcome = waiting.error if waiting.error is not None else waiting.result
+            run.close()
+            self.outcomes[name] = outcome
+            self.on_end(name, outcome)
+
+    def stop_all(self, reason: Callable[[], RunStopped]) -> None:
+        """Stop every run (``reason()``: each run's own stop) and wait for them to wind
+        down; a run not started yet ends with that reason, having claimed nothing."""
+        for run, _ in self.active.values():
+            run.stop(reason())
+        self.feed_ended()
+        for run in self.pending:
+            stop = reason()
+            self.outcomes[run.name] = RunStopped(
+                f"not started: {stop}".replace("this run's claims were handed back and what "
+                                               "it labelled was exported; ", ""),
+                stop.exit_code, prefix=stop.prefix)
+            self.on_end(run.name, self.outcomes[run.name])
+        self.pending = []
+        while self.active:
+            try:
+                for _, waiting in self.active.values():
+                    waiting.done.wait(0.5)
+                self.collect()
+            except KeyboardInterrupt:  # a second Ctrl-C: they are already winding down
+                continue
+
+    def close(self) -> None:
+        for run, _ in self.active.values():
+            run.close()
 
 
 class InferenceRun:
-    """One integration's pass(es) over its queue, with the actors they need."""
+    """One integration's pass(es) over its queue, with the actors they need: ``start``, then
+    ``wait`` (on a thread of its own), ``stop`` to end it early."""
 
     def __init__(self, config: BackfillConfig, integration: str, max_records: int | None,
-                 verbose: bool, stream_waves: int = 0) -> None:
+                 verbose: bool, stream_waves: int = 0, actors_max: int | None = None) -> None:
         self.config = config
         self.name, self.integ = config.resolve_integration(integration)
         self.ray = ensure_ray(config, verbose)
         check_resources(self.ray, self.name, self.integ, config.pipeline.read_task_num_cpus)
         self.verbose = verbose
         self.max_records = max_records
+        self.actors_max = actors_max or self.integ.actors.max
         self.run_id = new_run_id(self.name)
         self.summary = RunSummary(run_id=self.run_id, integration=self.name, stage="inference",
                                   started_at=now_iso(), config_hash=self.integ.classifier.config_hash,
@@ -87,6 +253,7 @@ class InferenceRun:
         self.actors: list[Any] = []
         self.passes: Background | None = None
         self.abandoned = False
+        self.closed = False
         self.stream_waves = stream_waves  # read waves for the chunks a feed commits
         if not verbose:
             # Ray Data's errors reach the run as exceptions; a stopped run's executor
@@ -110,30 +277,49 @@ class InferenceRun:
             config.pipeline.export_every_seconds, self.monitor)
         self.actors = [self.writer, self.queue]
 
-    def execute(self, feed: Callable[[], Any] | None, quiet: bool) -> RunSummary:
-        self._start_actors(feeding=feed is not None)
+    def start(self, feeding: bool, quiet: bool) -> None:
+        """Start the actors, the guard, the progress line and the passes; ``feeding``: the
+        same command's enqueue is still queueing posts (``feed_ended`` says when it is done)."""
+        self.t0 = time.monotonic()
+        if not feeding:
+            self.stream_waves = 0
+        self._start_actors(feeding=feeding)
         pipe = self.config.pipeline
-        guard = RunGuard(self.ray, self.queue, self.monitor, pipe.no_progress_timeout_s,
-                         ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s,
-                         budget=self.max_records)
+        self.guard = RunGuard(self.ray, self.queue, self.monitor, pipe.no_progress_timeout_s,
+                              ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s,
+                              budget=self.max_records)
+        self.guard.feeding = feeding
+        self.guard.__enter__()
         try:
-            with guard, Progress(f"inference {self.name}", None, guard.figures, quiet=quiet):
-                passes = self.passes = Background(
-                    functools.partial(self._run_passes, feed is not None))
-                if feed is not None:
-                    guard.feeding = True
-                    try:
-                        feed()
-                    finally:
-                        self.ray.get(self.queue.close_feed.remote())
-                        guard.feeding = False
-                guard.wait_for(passes)
+            self.progress = Progress(f"inference {self.name}", None, self.guard.figures,
+                                     quiet=quiet)
+            self.progress.__enter__()
+            self.passes = Background(functools.partial(self._run_passes, feeding))
+        except BaseException:
+            self.guard.__exit__(None, None, None)
+            raise
+
+    def feed_ended(self) -> None:
+        """The enqueue beside this run has committed its last chunk."""
+        self._ask(self.queue.close_feed.remote(), 30)  # an actor that is gone: wait() says so
+        self.guard.feeding = False
+
+    def stop(self, reason: RunStopped) -> None:
+        """End the run early: ``wait`` winds it down and raises ``reason``."""
+        self.guard.stop(reason)
+
+    def wait(self) -> RunSummary:
+        """Until the passes end; the summary, or ``RunStopped`` with the partial summary."""
+        guard = self.guard
+        try:
+            try:
+                guard.wait_for(self.passes)
+                guard.check()  # the last figures, for the progress line's final word
+            finally:
+                self.progress.__exit__(None, None, None)
+                guard.__exit__(None, None, None)
             writer_stats = self.ray.get(self.writer.finish.remote())
             self.ray.get(self.queue.stop.remote())
-        except KeyboardInterrupt:
-            raise self._stopped(guard, RunStopped(
-                "this run's claims were handed back and what it labelled was exported; rerun "
-                "the same command to finish", 130, prefix="interrupted")) from None
         except RunStopped as stop:
             raise self._stopped(guard, stop) from None
         except Exception as exc:
@@ -197,15 +383,16 @@ class InferenceRun:
     def close(self) -> None:
         """Stop this run's actors; a pass still going (after an early stop) then fails fast,
         and is given a few seconds to wind down here rather than later, elsewhere."""
-        if self.abandoned:
+        if self.abandoned or self.closed:
             return
+        self.closed = True
         for actor in self.actors:
             try:
                 self.ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
         if self.passes is not None:
-            self.passes.thread.join(timeout=15)
+            self.passes.done.wait(15)
 
     # -- passes ----------------------------------------------------------------------------
     def _run_passes(self, first_pass_always: bool = False) -> None:
@@ -262,7 +449,7 @@ class InferenceRun:
         map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
         ds = map_batches(
             ClassifierStage, fn_constructor_kwargs=stage_kwargs,
-            compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=integ.actors.max),
+            compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=self.actors_max),
             batch_size=None if map_whole_blocks else integ.batch_size, batch_format="pyarrow",
             num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)
         # The results went to the writer from the classifier actors; what comes out here is
@@ -281,25 +468,32 @@ class InferenceRun:
 
 
 class Background:
-    """Runs ``fn`` on a daemon thread; ``join`` re-raises what it raised once it has ended."""
+    """Runs ``fn`` on a daemon thread; ``join`` re-raises what it raised once it has ended.
+
+    Whether it ended is an Event, not ``Thread.is_alive``: a ``Thread.join`` cut short by
+    Ctrl-C can leave ``is_alive()`` False for a thread still running (seen on Python 3.11),
+    and a run's outcome would then be read before it exists."""
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.error: BaseException | None = None
+        self.result: Any = None
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self.thread.start()
 
     def _run(self, fn: Callable[[], Any]) -> None:
         try:
-            fn()
+            self.result = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to join()
             self.error = exc
+        finally:
+            self.done.set()
 
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        return not self.done.is_set()
 
     def join(self, timeout: float | None = None) -> None:
-        self.thread.join(timeout)
-        if not self.thread.is_alive() and self.error is not None:
+        if self.done.wait(timeout) and self.error is not None:
             raise self.error
 
 

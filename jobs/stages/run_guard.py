@@ -102,6 +102,11 @@ class RunGuard:
                 f"{self.waiting() or 'not moving'}; rerun to go on (nothing is lost), or "
                 "raise the timeout for a model this slow", 1)
 
+    def stop(self, reason: RunStopped) -> None:
+        """Stop the run from outside (Ctrl-C, a failed feed) unless it is stopping already."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
     def waiting(self) -> str | None:
         """What the stage waits for, in words (None while it moves)."""
         ss = self.stage_stats
