@@ -178,3 +178,28 @@ def test_ctrl_c_stops_every_integration_cleanly(ray_session, tmp_path):
         assert st.processing_posts == 0 and st.pending_posts > 0 and st.output_rows_unexported == 0
         uris = _output_uris(tmp_path, name)
         assert len(uris) == len(set(uris)) == st.output_rows_exported
+
+
+def test_a_pool_never_grows_into_room_another_runs_minimum_needs(tmp_path):
+    from jobs.config import load_config
+    from jobs.stages.inference import pool_caps
+
+    cfg = _two_integrations(tmp_path, tmp_path / "posts", VALENCE, {"type": "vader"})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["integrations"][KEYWORDS]["actors"] = {"min": 1, "max": 8}   # 0.5 CPU each
+    raw["integrations"][VALENCE]["actors"] = {"min": 2, "max": 8}    # 0.5 CPU each
+    cfg.write_text(yaml.safe_dump(raw))
+    config = load_config(cfg)
+
+    class Cluster:
+        def __init__(self, cpus: float) -> None:
+            self.cpus = cpus
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": self.cpus}
+
+    # 4 CPUs: keywords may use 4 - (2 x 0.5 + 0.25) - 0.25 = 2.5 CPUs (5 actors), valence
+    # 4 - (0.5 + 0.25) - 0.25 = 3 CPUs (6 actors); a lone run is not capped.
+    assert pool_caps(Cluster(4), config, [KEYWORDS, VALENCE]) == {KEYWORDS: 5, VALENCE: 6}
+    assert pool_caps(Cluster(1), config, [KEYWORDS, VALENCE]) == {KEYWORDS: 1, VALENCE: 2}
+    assert pool_caps(Cluster(4), config, [KEYWORDS]) == {KEYWORDS: None}

@@ -82,9 +82,10 @@ def run_integrations(config: BackfillConfig, integrations: Sequence[str],
     stream_waves = 0 if feed is None else STREAM_WAVES if feed_posts is None else \
         -(-feed_posts // config.queue.enqueue_chunk_posts) + 1
     ray = ensure_ray(config, verbose)
-    caps = pool_caps(ray, config, integrations)
+    names = [config.resolve_integration(name)[0] for name in integrations]  # codes too
+    caps = pool_caps(ray, config, names)
     runs = [InferenceRun(config, name, max_records_per_run, verbose, stream_waves, caps[name])
-            for name in integrations]
+            for name in names]
     together = Together(ray, config, runs, quiet, on_end or (lambda name, outcome: None))
     try:
         together.admit(feeding=feed is not None)
