@@ -148,7 +148,7 @@ def test_a_rejected_key_stops_only_its_own_integration(ray_session, tmp_path, ca
 def test_ctrl_c_stops_every_integration_cleanly(ray_session, tmp_path):
     """SIGINT while two runs label side by side: exit 130, one ``interrupted:`` line per
     integration, every claim handed back, everything labelled exported exactly once."""
-    posts = write_posts(tmp_path, 1000, days=2)
+    posts = write_posts(tmp_path, 4000, days=2)  # each run: 40 calls of 0.5 s at least
     cfg = _two_integrations(tmp_path, posts, "ml_inference_slow", {
         "type": "tests.plugins:KeywordClassifier", "params": {"delay_s": 0.5}}, delay_s=0.5)
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
