@@ -81,17 +81,22 @@ def _infer(config: BackfillConfig, names: list[str], args: Any, report: Summarie
         return EXIT_OK
     report.combined(names, dict(zip(names, outcomes)))
     code = EXIT_OK
+    lost = None
     for name, stop in stops:
-        if isinstance(stop, RunStopped):
+        if isinstance(stop, RunStopped) and stop.cluster_lost:
+            lost = lost or (name, stop)  # said last, by the CLI, which then ends at once
+            code = worst(code, stop.exit_code)
+        elif isinstance(stop, RunStopped):
             print(f"{stop.prefix}: {name}: {stop}", file=sys.stderr)
             code = worst(code, stop.exit_code)
         else:
-            print(f"error: {name}: {type(stop).__name__}: {scrub(str(stop).splitlines()[0] if str(stop) else '')} "
-                  "(rerunning is safe: nothing is lost or duplicated)", file=sys.stderr)
+            first = scrub(str(stop).splitlines()[0]) if str(stop) else ""
+            print(f"error: {name}: {type(stop).__name__}: {first} (rerunning is safe: nothing "
+                  "is lost or duplicated)", file=sys.stderr)
             code = worst(code, 1)
-    lost = [stop for _, stop in stops if isinstance(stop, RunStopped) and stop.cluster_lost]
-    if lost:  # the CLI ends at once: Ray's own shutdown would wait on the lost cluster
-        raise RunStopped(str(lost[0]), code, prefix=lost[0].prefix, cluster_lost=True)
+    if lost:  # Ray's own shutdown would wait on the lost cluster
+        raise RunStopped(f"{lost[0]}: {lost[1]}", code, prefix=lost[1].prefix,
+                         cluster_lost=True)
     return code
 
 
