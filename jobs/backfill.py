@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import traceback
 from datetime import date
 from typing import Any, Sequence
 
@@ -21,7 +20,8 @@ from classifiers.registry import ClassifierConfigError
 from classifiers.scrub import scrub
 from jobs.cli import admin
 from jobs.cli.args import build_parser, check_args
-from jobs.cli.endings import EXIT_INTERRUPTED, EXIT_USAGE, Summaries, closing_lines, worst
+from jobs.cli.endings import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Summaries,
+                              closing_lines, unexpected, worst)
 from jobs.cli.stages import run_stages, selection_of
 from jobs.config import BackfillConfig, ConfigError, load_config
 from jobs.stages.errors import RunStopped
@@ -83,12 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes it at exit
         return 0
     except Exception as exc:  # noqa: BLE001 - one line for people, traceback on request
-        if os.environ.get("BACKFILL_DEBUG"):
-            traceback.print_exc()
-        text = scrub(str(exc).splitlines()[0]) if str(exc) else ""
-        print(f"error: {type(exc).__name__}: {text} (set BACKFILL_DEBUG=1 for the traceback; "
-              "rerunning is safe: nothing is lost or duplicated)", file=sys.stderr)
-        return 1
+        print(f"error: {unexpected(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

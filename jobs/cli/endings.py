@@ -2,9 +2,12 @@
 undone, and the exit code that goes with them."""
 from __future__ import annotations
 
+import os
 import sys
-from typing import TextIO
+import traceback
+from typing import Any, TextIO
 
+from classifiers.scrub import scrub
 from jobs.stages.errors import RunStopped
 from jobs.stages.summary import RunSummary
 
@@ -20,6 +23,21 @@ SEVERITY = (EXIT_OK, EXIT_DEAD_LETTERED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_FAIL
 def worst(*codes: int) -> int:
     """The worst of exit codes, in the order 0 < 3 < 130 < 2 < 1."""
     return max(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else len(SEVERITY))
+
+
+def summary_of(outcome: Any) -> RunSummary | None:
+    """The summary a run's outcome carries: its own, a stop's partial one, or none."""
+    summary = outcome.summary if isinstance(outcome, RunStopped) else outcome
+    return summary if isinstance(summary, RunSummary) else None
+
+
+def unexpected(exc: BaseException) -> str:
+    """An error nobody planned for, in one line (its traceback too with BACKFILL_DEBUG=1)."""
+    if os.environ.get("BACKFILL_DEBUG"):
+        traceback.print_exception(exc)
+    text = scrub(str(exc).splitlines()[0]) if str(exc) else ""
+    return (f"{type(exc).__name__}: {text} (set BACKFILL_DEBUG=1 for the traceback; "
+            "rerunning is safe: nothing is lost or duplicated)")
 
 
 class Summaries:
@@ -43,8 +61,7 @@ class Summaries:
             enq = next((s for s in self.done if s.stage == "enqueue" and s.integration == name),
                        None)
             outcome = outcomes[name]
-            run = outcome.summary if isinstance(outcome, RunStopped) else outcome
-            run = run if isinstance(run, RunSummary) else None
+            run = summary_of(outcome)
             if isinstance(outcome, RunStopped):
                 result = f"{outcome.prefix} (exit {outcome.exit_code})"
             elif isinstance(outcome, BaseException):

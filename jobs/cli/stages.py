@@ -8,8 +8,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from jobs.cli.admin import integration_names
-from classifiers.scrub import scrub
-from jobs.cli.endings import EXIT_OK, Summaries, worst
+from jobs.cli.endings import EXIT_FAILED, EXIT_OK, Summaries, summary_of, unexpected, worst
 from jobs.config import BackfillConfig
 from jobs.posts.selection import Selection
 from jobs.stages.errors import RunStopped
@@ -67,8 +66,8 @@ def _infer(config: BackfillConfig, names: list[str], args: Any, report: Summarie
     from jobs.stages.inference import run_integrations
 
     def ended(name: str, outcome: Any) -> None:
-        summary = outcome.summary if isinstance(outcome, RunStopped) else outcome
-        if summary is not None and not isinstance(summary, BaseException):
+        summary = summary_of(outcome)
+        if summary is not None:
             report(summary)
 
     outcomes = run_integrations(config, names, args.max_records_per_run, quiet=args.quiet,
@@ -90,10 +89,8 @@ def _infer(config: BackfillConfig, names: list[str], args: Any, report: Summarie
             print(f"{stop.prefix}: {name}: {stop}", file=sys.stderr)
             code = worst(code, stop.exit_code)
         else:
-            first = scrub(str(stop).splitlines()[0]) if str(stop) else ""
-            print(f"error: {name}: {type(stop).__name__}: {first} (rerunning is safe: nothing "
-                  "is lost or duplicated)", file=sys.stderr)
-            code = worst(code, 1)
+            print(f"error: {name}: {unexpected(stop)}", file=sys.stderr)
+            code = worst(code, EXIT_FAILED)
     if lost:  # Ray's own shutdown would wait on the lost cluster
         raise RunStopped(f"{lost[0]}: {lost[1]}", code, prefix=lost[1].prefix,
                          cluster_lost=True)

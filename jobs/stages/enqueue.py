@@ -8,8 +8,8 @@ Whether a post is new is decided by the queue's ledger inside each enqueue trans
 in this run's input, earlier runs, and (recorded once, when a queue file is newer than the
 parquet output beside it) posts already labelled there — so concurrent enqueues never queue
 a post twice, and there is one dedupe, not three. Posts are handed over in chunks of about
-``queue.enqueue_chunk_posts``, one transaction each: an inference run streaming beside the enqueue claims
-each chunk as soon as it is committed.
+``queue.enqueue_chunk_posts``, one transaction each: an inference run streaming beside the
+enqueue claims each chunk as soon as it is committed.
 """
 from __future__ import annotations
 

@@ -98,12 +98,14 @@ def run_integrations(config: BackfillConfig, integrations: Sequence[str],
     except KeyboardInterrupt:
         together.stop_all(lambda: RunStopped(
             "this run's claims were handed back and what it labelled was exported; rerun "
-            "the same command to finish", 130, prefix="interrupted"))
+            "the same command to finish", 130, prefix="interrupted"),
+            not_started="not started: rerun the same command to finish")
     except BaseException as exc:  # the feed failed: the runs beside it stop too
         kind = type(exc).__name__
         together.stop_all(lambda: RunStopped(
             f"the enqueue beside this run failed ({kind}); this run's claims "
-            "were handed back and what it labelled was exported", 1))
+            "were handed back and what it labelled was exported", 1),
+            not_started=f"not started: the enqueue beside it failed ({kind})")
         raise
     finally:
         together.close()
@@ -204,18 +206,16 @@ class Together:
             self.outcomes[name] = outcome
             self.on_end(name, outcome)
 
-    def stop_all(self, reason: Callable[[], RunStopped]) -> None:
+    def stop_all(self, reason: Callable[[], RunStopped], not_started: str) -> None:
         """Stop every run (``reason()``: each run's own stop) and wait for them to wind
-        down; a run not started yet ends with that reason, having claimed nothing."""
+        down; a run not started yet, having claimed nothing, ends with ``not_started`` (and
+        the reason's exit code)."""
         for run, _ in self.active.values():
             run.stop(reason())
         self.feed_ended()
         for run in self.pending:
             stop = reason()
-            self.outcomes[run.name] = RunStopped(
-                f"not started: {stop}".replace("this run's claims were handed back and what "
-                                               "it labelled was exported; ", ""),
-                stop.exit_code, prefix=stop.prefix)
+            self.outcomes[run.name] = RunStopped(not_started, stop.exit_code, prefix=stop.prefix)
             self.on_end(run.name, self.outcomes[run.name])
         self.pending = []
         while self.active:
