@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -107,9 +108,12 @@ def test_two_integrations_in_one_command_each_output_complete_and_once(
         assert len(uris) == len(set(uris)) and set(uris) == expected, name
         st = QueueStore(tmp_path / "data", name).status()
         assert st.pending_posts == st.processing_posts == st.dead_posts == 0
-    # Side by side: the valence run, second in the config, ended before the slow keyword run.
+    # Side by side: the valence run, second in the config, started with the slow keyword run
+    # (one after another, it would have started when that one ended, seconds later).
     runs = _inference_runs(tmp_path)
-    assert runs[VALENCE]["finished_at"] < runs[KEYWORDS]["finished_at"]
+    started = {n: datetime.fromisoformat(runs[n]["started_at"]) for n in (KEYWORDS, VALENCE)}
+    assert runs[KEYWORDS]["duration_s"] >= 4
+    assert abs(started[VALENCE] - started[KEYWORDS]) <= timedelta(seconds=1)
     assert runs[VALENCE]["labelled"] == runs[KEYWORDS]["labelled"] == len(expected)
     # A summary per stage and integration, then one table of both.
     assert out.count("\nenqueue: ") == 2 and out.count("\ninference: ") == 2

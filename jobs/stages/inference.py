@@ -281,7 +281,8 @@ class InferenceRun:
     def start(self, feeding: bool, quiet: bool) -> None:
         """Start the actors, the guard, the progress line and the passes; ``feeding``: the
         same command's enqueue is still queueing posts (``feed_ended`` says when it is done)."""
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic()  # a run that waited for room starts its clock here
+        self.summary.started_at = now_iso()
         if not feeding:
             self.stream_waves = 0
         self._start_actors(feeding=feeding)
