@@ -11,12 +11,13 @@ from queue_store.models import (ClaimedBatch, CompactResult, CompleteResult, Dea
                                 EnqueueResult, EnqueueSession, ExportPlan, QueueStatus,
                                 ReapResult)
 from queue_store.parquet import ExportStats, export_output
-from queue_store.schema import QueueBusyError, QueueFileError
+from queue_store.schema import NoQueueError, QueueBusyError, QueueFileError
 from queue_store.store import DEFAULT_MAX_ATTEMPTS, QueueStore, Transaction, queue_path
 
 __all__ = [
     "ClaimedBatch", "CompactResult", "CompleteResult", "DeadLetter", "EnqueueResult",
-    "EnqueueSession", "ExportPlan", "ExportStats", "QueueBusyError", "QueueFileError",
+    "EnqueueSession", "ExportPlan", "ExportStats", "NoQueueError", "QueueBusyError",
+    "QueueFileError",
     "QueueStatus", "QueueStore", "ReapResult", "Transaction", "DEFAULT_MAX_ATTEMPTS",
     "export_output", "queue_path",
 ]

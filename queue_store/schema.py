@@ -20,6 +20,17 @@ class QueueFileError(ValueError):
     """The queue file (or its folder) cannot be used; the message names the path."""
 
 
+class NoQueueError(QueueFileError):
+    """No queue in this data_dir for the integration yet: no file, or one another command is
+    creating right now (its tables not committed yet). A reader treats it as empty."""
+
+
+def no_queue(path: Path, integration: str, creating: bool = False) -> NoQueueError:
+    where = (f"no queue in {path} yet (another command may be creating it)" if creating
+             else f"no queue file at {path}")
+    return NoQueueError(f"{where}: nothing was enqueued for {integration!r} in this data_dir")
+
+
 class QueueBusyError(QueueFileError):
     """The verb needs a queue no run is working on; the message says what holds it."""
 
@@ -107,16 +118,17 @@ def _ddl(t: dict[str, str]) -> list[str]:
     ]
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None
+
+
 def _check_format(conn: sqlite3.Connection, path: Path, t: dict[str, str]) -> None:
     """A file written in another layout is refused, naming the way out."""
-    made = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (t["input"],)).fetchone()
-    if made is None:
+    if not _has_table(conn, t["input"]):
         return
-    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                            "name = 'meta'").fetchone()
     row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() \
-        if has_meta else None
+        if _has_table(conn, "meta") else None
     found = row[0] if row else "1"
     if found != FORMAT:
         raise QueueFileError(
@@ -130,8 +142,7 @@ def connect(path: Path, integration: str, readonly: bool = False,
     """``_connect`` with every failure turned into one line that names the file.
     ``busy_ms``: how long a statement waits for another process's write lock."""
     if readonly and not path.is_file():
-        raise QueueFileError(f"no queue file at {path}: nothing was enqueued for "
-                             f"{integration!r} in this data_dir")
+        raise no_queue(path, integration)
     try:
         return _connect_when_free(path, integration, readonly, busy_ms)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
@@ -187,7 +198,10 @@ def _connect(path: Path, integration: str, readonly: bool,
                                timeout=busy_ms / 1000, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            _check_format(conn, path, table_names(integration))
+            tables = table_names(integration)
+            if not _has_table(conn, tables["input"]):  # the creator commits all at once
+                raise no_queue(path, integration, creating=True)
+            _check_format(conn, path, tables)
             return conn, conn.execute("SELECT value FROM meta WHERE key = 'store_id'"
                                       ).fetchone()[0]
         except BaseException:

@@ -18,7 +18,7 @@ import yaml
 
 import jobs.stages.enqueue as enqueue_stage
 from jobs.backfill import main
-from queue_store import QueueStore, queue_path
+from queue_store import NoQueueError, QueueStore
 from tests.cli_helpers import write_config, write_posts
 from tests.fake_hosted import KEY, FakeHosted
 
@@ -59,9 +59,10 @@ def _inference_runs(tmp_path: Path) -> dict[str, dict]:
 
 
 def _status(data: Path, name: str):
-    if not queue_path(data, name).is_file():
+    try:  # the run may be creating the file right now
+        store = QueueStore(data, name, readonly=True)
+    except NoQueueError:
         return None
-    store = QueueStore(data, name, readonly=True)
     try:
         return store.status()
     finally:

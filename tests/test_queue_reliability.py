@@ -14,7 +14,7 @@ import pytest
 
 from queue_store import QueueStore, codec, export_output
 from queue_store.lease_holder import LeaseHolder
-from queue_store.schema import QueueFileError
+from queue_store.schema import NoQueueError, QueueFileError
 from tests.conftest import make_posts
 from tests.queue_helpers import complete, fifty_posts_and_a_claimer, spawn_queue_proc
 
@@ -213,3 +213,40 @@ def test_processes_creating_the_queue_file_at_once_all_get_it(tmp_path):
             errors += [r for r in pool.starmap(_open_at, [(str(tmp_path / str(round_)), start)]
                                                * 8) if r != "ok"]
     assert errors == []
+
+
+def _being_created(path: Path) -> sqlite3.Connection:
+    """The queue file as another command holds it while creating it: WAL on, the tables
+    made in a transaction not yet committed (what ``QueueStore`` does when it creates one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    return conn
+
+
+@pytest.mark.parametrize("state", ["empty file", "being created"])
+def test_reading_a_queue_file_not_created_yet_says_nothing_is_queued(tmp_path, state):
+    """A reader (a second command's preflight, a report, a status poll) that opens the file
+    while another command is creating it was told the file "cannot be used; move the file
+    away". The file is fine: there is no queue in it yet, which is what it must say."""
+    from jobs.stages.preflight import check_queue_file
+    from tests.pipeline_helpers import pipeline_config
+
+    path = tmp_path / "queue" / f"{NAME}.db"
+    holder = None
+    if state == "empty file":  # the moment between sqlite3.connect and the schema
+        path.parent.mkdir()
+        path.touch()
+    else:
+        holder = _being_created(path)
+    with pytest.raises(NoQueueError, match=f"nothing was enqueued for {NAME!r}"):
+        QueueStore(tmp_path, NAME, readonly=True)
+    check_queue_file(pipeline_config(tmp_path), NAME)  # nothing to check yet: not an error
+    if holder is not None:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store = QueueStore(tmp_path, NAME)  # the creator (or the next one) makes the queue
+    store.enqueue(make_posts(3))
+    assert QueueStore(tmp_path, NAME, readonly=True).status().pending_posts == 3

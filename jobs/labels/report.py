@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from jobs.config import BackfillConfig
 from jobs.labels.output import (batches, latest_config_hash, output_dataset, prob_columns,
                                version_filter)
-from queue_store import QueueStore, queue_path
+from queue_store import NoQueueError, QueueStore
 
 SAMPLES_PER_LABEL = 10
 BINS = np.linspace(0.0, 1.0, 21)
@@ -70,15 +70,17 @@ def collect(config: BackfillConfig, integration: str,
     fig.by_day = {d: dict(c) for d, c in sorted(by_day.items())}
     fig.label_counts = dict(sum(by_day.values(), Counter()))
     fig.histograms = {p: h.tolist() for p, h in hist.items()}
-    if queue_path(config.data_dir, integration).is_file():
+    try:
         store = QueueStore(config.data_dir, integration, readonly=True)
-        try:  # this version's dead letters and pending posts only
-            st = store.status(version or None)
-            fig.dead_lettered = st.dead_posts + st.dead_undecodable_rows
-            fig.pending = st.pending_posts + st.processing_posts
-            fig.top_dead_reasons = store.dead_reasons(5, version or None)
-        finally:
-            store.close()
+    except NoQueueError:
+        return fig
+    try:  # this version's dead letters and pending posts only
+        st = store.status(version or None)
+        fig.dead_lettered = st.dead_posts + st.dead_undecodable_rows
+        fig.pending = st.pending_posts + st.processing_posts
+        fig.top_dead_reasons = store.dead_reasons(5, version or None)
+    finally:
+        store.close()
     return fig
 
 

@@ -15,7 +15,6 @@ from typing import Any, Callable
 from classifiers.registry import ClassifierConfigError
 from classifiers.registry import preflight as classifier_preflight
 from jobs.config import BackfillConfig, ConfigError
-from queue_store import queue_path
 from queue_store.schema import QueueFileError
 
 
@@ -153,11 +152,14 @@ def check_apart(config: BackfillConfig, names: list[str]) -> None:
 
 
 def check_queue_file(config: BackfillConfig, name: str) -> None:
-    """An existing queue file must open (a corrupt one stops here, not inside an actor)."""
-    from queue_store import QueueStore
+    """An existing queue file must open (a corrupt one stops here, not inside an actor);
+    none yet (or one another command is creating now) is nothing to check."""
+    from queue_store import NoQueueError, QueueStore
 
-    if queue_path(config.data_dir, name).is_file():
+    try:
         QueueStore(config.data_dir, name, readonly=True).close()
+    except NoQueueError:
+        pass
 
 
 def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
