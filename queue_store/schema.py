@@ -123,10 +123,12 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
                         (name,)).fetchone() is not None
 
 
-def _check_format(conn: sqlite3.Connection, path: Path, t: dict[str, str]) -> None:
-    """A file written in another layout is refused, naming the way out."""
+def _check_format(conn: sqlite3.Connection, path: Path, t: dict[str, str]) -> bool:
+    """A file written in another layout is refused, naming the way out. Returns whether the
+    queue's tables are there (False: a new file, or one another command is creating — its
+    creator commits every table at once)."""
     if not _has_table(conn, t["input"]):
-        return
+        return False
     row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() \
         if _has_table(conn, "meta") else None
     found = row[0] if row else "1"
@@ -135,6 +137,7 @@ def _check_format(conn: sqlite3.Connection, path: Path, t: dict[str, str]) -> No
             f"queue file {path} was written by another version of this tool (queue format "
             f"{found}, this one reads {FORMAT}); finish it with that version (its exported "
             "parquet stays valid), or move the file away to start a new queue")
+    return True
 
 
 def connect(path: Path, integration: str, readonly: bool = False,
@@ -198,10 +201,8 @@ def _connect(path: Path, integration: str, readonly: bool,
                                timeout=busy_ms / 1000, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            tables = table_names(integration)
-            if not _has_table(conn, tables["input"]):  # the creator commits all at once
+            if not _check_format(conn, path, table_names(integration)):
                 raise no_queue(path, integration, creating=True)
-            _check_format(conn, path, tables)
             return conn, conn.execute("SELECT value FROM meta WHERE key = 'store_id'"
                                       ).fetchone()[0]
         except BaseException:
