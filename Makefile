@@ -9,7 +9,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast soak demo bench clean
 
 # constraints-cpu.txt pins the CPU torch build for dev/CI only; clusters keep their CUDA torch.
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
@@ -25,6 +25,12 @@ test: install
 
 test-fast: install
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -m "not slow"
+
+# The whole-system checker's soak: SOAK random operation sequences (CI runs a bounded few).
+SOAK ?= 10000
+soak: install
+	BACKFILL_SOAK=$(SOAK) RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -s -q -p no:cacheprovider \
+		tests/test_whole_system.py -k 'test_whole_system'
 
 demo: install
 	@test -d $(DEMO_POSTS) || $(BIN)/python -m jobs.tools.demo_data --posts 5000 --days 7 --out $(DEMO_POSTS)

@@ -29,6 +29,8 @@ SAFE_FRACTION = 0.75
 # progress): a thread of its own, so they never wait behind the queue's SQLite work.
 STAGE = "stage"
 OPTIONS = {"concurrency_groups": {STAGE: 1}}  # for ray.remote(**OPTIONS)(QueueActor)
+# A read task that finds nothing pending reaps (a write transaction) at most this often.
+REAP_EVERY_S = 1.0
 
 
 class QueueActor:
@@ -43,6 +45,7 @@ class QueueActor:
         self.feeding = feeding  # the same command's enqueue is still running
         self.outstanding: dict[int, str] = {}
         self.stats = QueueStats()
+        self._reaped_at = -REAP_EVERY_S
         self.stage = StageMonitor()  # only ever touched from the STAGE thread
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -76,7 +79,7 @@ class QueueActor:
         back as retries) or ``done``."""
         if self.stats.stopped_claiming or self.budget_used():
             return "done"
-        if self.store.has_pending(self.version):
+        if self.store.has_pending(self.version) or self._take_back_dead_claims():
             return "claim"
         if self.feeding:
             return "wait"
@@ -107,8 +110,20 @@ class QueueActor:
     def claimable_posts(self) -> int:
         """Posts a claim could take now: pending ones of this version, after reaping expired
         leases and the leases of provably dead runs."""
-        self.stats.reaped_dead_holder_batches += self.store.reap().dead_holder_batches
+        self._take_back_dead_claims(force=True)
         return self.store.status(self.version).pending_posts
+
+    def _take_back_dead_claims(self, force: bool = False) -> bool:
+        """Reap expired leases and those of provably dead runs (a crashed run that held every
+        batch leaves nothing pending: claiming, which reaps, would never start); at most once
+        every ``REAP_EVERY_S`` unless ``force``. Returns whether a batch came back."""
+        now = time.monotonic()
+        if not force and now - self._reaped_at < REAP_EVERY_S:
+            return False
+        self._reaped_at = now
+        got = self.store.reap()
+        self.stats.reaped_dead_holder_batches += got.dead_holder_batches
+        return got.requeued_batches > 0
 
     def queue_status(self) -> Any:
         return self.store.status(self.version)

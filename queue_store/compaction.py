@@ -8,7 +8,10 @@ never both and never neither — and the old files, now in the hidden folder, ar
 at any step leaves one complete set visible; the next compaction deletes what a crash left
 hidden. A file that an export wrote into the partition after it was read (a run started
 meanwhile) is moved back, never deleted. Rows are copied as they are (``config_hash`` and
-every column kept), so versions stay apart.
+every column kept), so versions stay apart. The new files carry every column of the whole
+output (a label column that appeared part-way through a backfill: null where a row had none),
+and a partition whose files lack one is rewritten too, so after a compaction every file has
+the same columns and any parquet reader sees them all.
 
 Local folders only: an object store has no atomic exchange of a set of objects.
 """
@@ -20,11 +23,12 @@ import shutil
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from queue_store.location import Location
+from queue_store.location import Location, unified_schema
 from queue_store.schema import QueueBusyError
 from queue_store.store import QueueStore
 
@@ -69,13 +73,16 @@ def compact_output(store: QueueStore, out: Location, target_rows: int) -> Compac
     for leftover in root.glob(HIDDEN + "*"):
         shutil.rmtree(leftover, ignore_errors=True)
         stats.leftovers_removed += 1
-    for part in sorted(root.glob("partition_date=*")):
-        files = _visible(part)
-        rows = sum(pq.read_metadata(f).num_rows for f in files)
-        if len(files) <= max(1, -(-rows // target_rows)):
-            continue  # already as few files as its rows need
+    parts = {part: _visible(part) for part in sorted(root.glob("partition_date=*"))}
+    footers = {f: pq.read_metadata(f) for files in parts.values() for f in files}
+    schema = unified_schema(m.schema.to_arrow_schema() for m in footers.values())
+    for part, files in parts.items():
+        rows = sum(footers[f].num_rows for f in files)
+        if len(files) <= max(1, -(-rows // target_rows)) and all(
+                footers[f].schema.to_arrow_schema().equals(schema) for f in files):
+            continue  # already as few files as its rows need, with every column
         hidden = root / f"{HIDDEN}{part.name}-{uuid.uuid4().hex[:8]}"
-        written = _rewrite(files, hidden, store.store_id, target_rows)
+        written = _rewrite(files, hidden, store.store_id, target_rows, schema)
         exchange(hidden, part)  # the new files visible, the old ones hidden: one step
         _fsync_dir(root)
         late = [f for f in _visible(hidden) if f.name not in {x.name for x in files}]
@@ -94,10 +101,12 @@ def _visible(folder: Path) -> list[Path]:
                   and not f.name.startswith((".", "_")))
 
 
-def _rewrite(files: list[Path], into: Path, store_id: str, target_rows: int) -> int:
-    """Stream ``files`` into new files of ``target_rows`` rows in ``into``; returns how many."""
+def _rewrite(files: list[Path], into: Path, store_id: str, target_rows: int,
+             schema: pa.Schema) -> int:
+    """Stream ``files`` into new files of ``target_rows`` rows with the columns of ``schema``
+    in ``into``; returns how many."""
     into.mkdir()
-    dataset = pads.dataset([str(f) for f in files], format="parquet")
+    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema)
     stem = f"compact-{store_id}-{uuid.uuid4().hex[:8]}"
     count, writer, in_file = 0, None, 0
     try:

@@ -6,8 +6,15 @@ An **entry** is a post's fingerprint (``fingerprint.py``: ``key`` orders the ent
 tells apart two uris whose keys collide — they make two entries), the version it was queued
 for (a small id from the queue file's ``versions`` table) and ``seq``, the ledger write that
 recorded it (so an enqueue tells its own repeats from posts queued before it). A *forget*
-entry (version id ``FORGET``) cancels a post's entries of earlier ledger writes, whatever
-their version: clearing a queue forgets its posts, so a later enqueue queues them again.
+entry (the version id with ``FORGET_BIT`` set) cancels the post's entries of that one version
+written earlier: clearing a queue forgets its posts under the versions they were queued for,
+so a later enqueue of that version queues them again — and their labels under any other
+version stay known.
+
+Each run file carries a checksum (XXH3-128 over its columns), verified when a process first
+maps it: a damaged, emptied, truncated or missing run raises ``LedgerDamaged`` naming the file,
+before anything is looked up or queued, and ``QueueStore.rebuild_ledger`` (``--rebuild-ledger``)
+writes the ledger anew from what the queue file and the parquet output hold.
 
 Entries live in immutable **run** files sorted by key, in ``<integration>.ledger/`` beside the
 queue file, memory-mapped for lookups (their pages are the file system's cache, not a
@@ -26,22 +33,31 @@ Functions of an open queue file and its folder; ``QueueStore`` calls them.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import xxhash
 
-MAGIC = b"BFLEDG01"
-HEADER = 16  # magic + entry count
+from queue_store.schema import QueueFileError
+
+MAGIC = b"BFLEDG02"
+OLD_MAGIC = b"BFLEDG01"  # before checksums and per-version forgets
+HEADER = 32  # magic, entry count, checksum (16 bytes)
+WIDTHS = (8, 8, 4, 2)  # key, check, seq, vid: each column a region of the file, in order
+DTYPES = ("<i8", "<i8", "<u4", "<u2")
 FANOUT = 4  # runs of one tier merged into one
-# The version id of a *forget* entry: the post's earlier entries (every version) no longer
-# count, as of its ledger write — a cleared queue's posts may be queued again.
-FORGET = 0xFFFF
+# A *forget* entry's version id is the forgotten version's with this bit set: the post's
+# earlier entries of that version no longer count, as of its ledger write.
+FORGET_BIT = 0x8000
+MAX_VID = FORGET_BIT - 2  # version ids stay below the bit (and below its all-ones pattern)
 TIER_BASE = 4096  # entries of a tier-0 run (smaller runs are tier 0 too)
 MERGE_CHUNK = 1 << 20  # entries merged at a time: bounds a merge's memory
 STALE_TMP_S = 3600.0  # an unfinished merge file older than this is abandoned
@@ -60,37 +76,94 @@ class Run:
 
     @classmethod
     def open(cls, path: Path) -> "Run":
+        """Map a run file and verify it (size, header, checksum); ``LedgerDamaged`` if not."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise LedgerDamaged(path, "the file is missing") from None
+        if size < HEADER:
+            raise LedgerDamaged(path, f"the file is {'empty' if not size else 'truncated'} "
+                                f"({size} bytes)")
         buf = np.memmap(path, dtype=np.uint8, mode="r")
-        if bytes(buf[:8]) != MAGIC:
-            raise ValueError(f"ledger run {path} is damaged (bad header)")
+        magic = bytes(buf[:8])
+        if magic == OLD_MAGIC:
+            raise LedgerDamaged(path, "it was written by an earlier version of this tool "
+                                "(no checksum)", old=True)
+        if magic != MAGIC:
+            raise LedgerDamaged(path, "bad header")
         n = int(buf[8:16].view("<i8")[0])
-        if len(buf) != _file_size(n):
-            raise ValueError(f"ledger run {path} is damaged (size {len(buf)}, expected "
-                             f"{_file_size(n)})")
-        at = HEADER
-        keys = buf[at:at + 8 * n].view("<i8")
-        at += 8 * n
-        checks = buf[at:at + 8 * n].view("<i8")
-        at += 8 * n
-        seqs = buf[at:at + 4 * n].view("<u4")
-        at += 4 * n
-        vids = buf[at:at + 2 * n].view("<u2")
-        return cls(path.name, n, keys, checks, seqs, vids)
+        if n < 0 or len(buf) != _file_size(n):
+            raise LedgerDamaged(path, f"size {len(buf)} bytes, its header says "
+                                f"{_file_size(max(n, 0))}")
+        columns, at = [], HEADER
+        for width, dtype in zip(WIDTHS, DTYPES):
+            columns.append(buf[at:at + width * n].view(dtype))
+            at += width * n
+        if _checksum([memoryview(col.view(np.uint8)) for col in columns]) != bytes(buf[16:32]):
+            raise LedgerDamaged(path, "its checksum does not match its entries")
+        return cls(path.name, n, *columns)
+
+
+class LedgerDamaged(QueueFileError):
+    """A ledger run file is missing or damaged: the message names it and the way out."""
+
+    def __init__(self, path: Path, why: str, old: bool = False) -> None:
+        super().__init__(
+            f"ledger run {path} is {'unusable' if old else 'damaged'}: {why}. Nothing was "
+            "queued; the ledger can be rebuilt from the queue file and the parquet output: "
+            "--rebuild-ledger (with the same --config and -i)")
+        self.path, self.why, self.old = path, why, old
+
+
+def _checksum(regions: list[Any]) -> bytes:
+    """XXH3-128 of the four column regions' own XXH3-128 digests (each region is written in
+    order, also by a merge that fills the regions chunk by chunk)."""
+    return xxhash.xxh3_128_digest(b"".join(xxhash.xxh3_128_digest(r) for r in regions))
 
 
 def _file_size(n: int) -> int:
     return HEADER + 22 * n
 
 
+def _header(n: int, digest: bytes) -> bytes:
+    return MAGIC + np.int64(n).astype("<i8").tobytes() + digest
+
+
 def _write_run(path: Path, keys: np.ndarray, checks: np.ndarray, seqs: np.ndarray,
                vids: np.ndarray) -> None:
     """Write a run (already sorted by key) and flush it to disk before anyone names it."""
-    with open(path, "wb") as fh:
-        fh.write(MAGIC + np.int64(len(keys)).astype("<i8").tobytes())
-        for arr, dtype in ((keys, "<i8"), (checks, "<i8"), (seqs, "<u4"), (vids, "<u2")):
-            fh.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
-        fh.flush()
-        os.fsync(fh.fileno())
+    columns = [np.ascontiguousarray(arr, dtype=dtype).tobytes()
+               for arr, dtype in zip((keys, checks, seqs, vids), DTYPES)]
+    with _writing(path):
+        with open(path, "wb") as fh:
+            fh.write(_header(len(keys), _checksum(columns)))
+            for column in columns:
+                fh.write(column)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write of a ledger file (a full disk, a read-only folder) names the file;
+    the half-written file is removed (no committed transaction names it)."""
+    try:
+        yield
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise LedgerWriteError(path, exc) from None
+
+
+class LedgerWriteError(QueueFileError):
+    """A ledger file could not be written (the transaction that would name it rolls back)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        why = (f"the disk is full; free space on {path.parent.parent} and rerun"
+               if exc.errno == errno.ENOSPC else
+               "check the disk and the permissions under data_dir and rerun")
+        super().__init__(f"ledger file {path} could not be written ({exc.strerror or exc}): "
+                         f"{why} (what was committed before stays: nothing is lost)")
+        self.path = path
 
 
 @dataclass
@@ -138,14 +211,30 @@ class Ledger:
         if not found:
             return hits
         posts, vids, seqs = (np.concatenate(x) for x in zip(*found))
-        forgotten = np.full(n, -1, np.int64)  # the latest forget of each post
-        np.maximum.at(forgotten, posts[vids == FORGET], seqs[vids == FORGET])
-        live = (vids != FORGET) & (seqs > forgotten[posts])
+        forget = (vids & FORGET_BIT) != 0
+        # The latest forget of each (post, version): entries of that pair written before it
+        # no longer count.
+        pair = posts * FORGET_BIT + (vids & (FORGET_BIT - 1))
+        latest = np.full(len(pair), -1, np.int64)
+        if forget.any():
+            fpair, fseq = pair[forget], seqs[forget]
+            order = np.lexsort((fseq, fpair))
+            fpair, fseq = fpair[order], fseq[order]
+            last = np.r_[fpair[1:] != fpair[:-1], True]  # the largest seq of each pair
+            upair, useq = fpair[last], fseq[last]
+            at = np.minimum(np.searchsorted(upair, pair), len(upair) - 1)
+            latest = np.where(upair[at] == pair, useq[at], -1)
+        live = ~forget & (seqs > latest)
         mine = live & (vids == vid)
         hits.same[posts[mine]] = True
         np.maximum.at(hits.same_seq, posts[mine], seqs[mine])
         hits.other[posts[live & (vids != vid)]] = True
         return hits
+
+    def verify(self, c: Any) -> int:
+        """Open (and so verify) every run the queue file names; ``LedgerDamaged`` names the
+        first that is missing or damaged. Returns the entries."""
+        return sum(run.n for run in self.runs(c))
 
     # -- writing -------------------------------------------------------------------------
     def add(self, c: Any, keys: np.ndarray, checks: np.ndarray, vid: int, seq: int) -> None:
@@ -161,10 +250,10 @@ class Ledger:
                    np.full(len(keys), seq, np.uint32), np.full(len(keys), vid, np.uint16))
         c.execute(f"INSERT INTO {self.runs_table} (name, n) VALUES (?, ?)", (name, len(keys)))
 
-    def forget(self, c: Any, keys: np.ndarray, checks: np.ndarray, seq: int) -> None:
-        """Cancel these posts' entries of earlier writes (every version), in the caller's
-        transaction: a later enqueue queues them again."""
-        self.add(c, keys, checks, FORGET, seq)
+    def forget(self, c: Any, keys: np.ndarray, checks: np.ndarray, vid: int, seq: int) -> None:
+        """Cancel these posts' entries of version ``vid`` written earlier, in the caller's
+        transaction: a later enqueue of that version queues them again."""
+        self.add(c, keys, checks, vid | FORGET_BIT, seq)
 
     def _collect_garbage(self, c: Any) -> None:
         """Run files no committed transaction names (a crash or rollback left them): only a
@@ -201,19 +290,23 @@ class Ledger:
         path = self.folder / f"merge-{uuid.uuid4().hex}.tmp"
         # Each column has its region of the file (sizes known up front): chunks go in place.
         regions = [HEADER, HEADER + 8 * total, HEADER + 16 * total, HEADER + 20 * total]
-        widths = [8, 8, 4, 2]
+        hashers = [xxhash.xxh3_128() for _ in WIDTHS]
         done = 0
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.pwrite(fd, MAGIC + np.int64(total).astype("<i8").tobytes(), 0)
-            for chunk in _merged_chunks(sources):
-                for region, width, arr in zip(regions, widths, chunk):
-                    os.pwrite(fd, arr.tobytes(), region + done * width)
-                done += len(chunk[0])
-            os.ftruncate(fd, _file_size(total))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with _writing(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for chunk in _merged_chunks(sources):
+                    for region, width, arr, hasher in zip(regions, WIDTHS, chunk, hashers):
+                        data = arr.tobytes()
+                        hasher.update(data)
+                        os.pwrite(fd, data, region + done * width)
+                    done += len(chunk[0])
+                digest = xxhash.xxh3_128_digest(b"".join(h.digest() for h in hashers))
+                os.pwrite(fd, _header(total, digest), 0)
+                os.ftruncate(fd, _file_size(total))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return path, total
 
     def swap_in(self, c: Any, tmp: Path, n: int, sources: list[str]) -> bool:

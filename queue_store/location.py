@@ -16,7 +16,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -80,9 +80,19 @@ class Location:
                    and not i.base_name.startswith((".", "_")) for i in infos)
 
     def dataset(self, **kwargs: Any) -> pads.Dataset:
-        """The hive-partitioned parquet dataset under this folder."""
+        """The hive-partitioned parquet dataset under this folder, with every column of every
+        file: a label column that appeared part-way through a backfill is in the schema even
+        where the first file lacks it (those rows read it as null)."""
+        dataset = pads.dataset(self.path, filesystem=self.fs, format="parquet",
+                               partitioning="hive", **kwargs)
+        if "schema" in kwargs:
+            return dataset
+        unified = unified_schema(f.physical_schema for f in dataset.get_fragments())
+        if unified is None or all(name in dataset.schema.names for name in unified.names):
+            return dataset
         return pads.dataset(self.path, filesystem=self.fs, format="parquet",
-                            partitioning="hive", **kwargs)
+                            partitioning="hive",
+                            schema=pa.unify_schemas([unified, dataset.schema]), **kwargs)
 
     def write_parquet(self, relative: str, table: pa.Table) -> None:
         """Write ``table`` to ``relative`` (under this folder) as one whole object: never
@@ -123,3 +133,12 @@ def _s3(store: ObjectStore) -> pafs.S3FileSystem:
     if store.region:
         kwargs["region"] = store.region
     return pafs.S3FileSystem(**kwargs)
+
+
+def unified_schema(schemas: Iterable[pa.Schema]) -> pa.Schema | None:
+    """The columns of several files' schemas, in first-seen order (None: no file)."""
+    seen: list[pa.Schema] = []
+    for schema in schemas:
+        if not any(schema.equals(s) for s in seen):
+            seen.append(schema)
+    return pa.unify_schemas(seen) if seen else None

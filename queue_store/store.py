@@ -33,7 +33,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from queue_store import codec
 from queue_store.fingerprint import fingerprints
-from queue_store.ledger import FORGET, Ledger
+from queue_store.ledger import MAX_VID, Ledger
 from queue_store.lease_holder import LeaseHolder
 from queue_store.models import (ClaimedBatch, ClearResult, CompactResult, CompleteResult,
                                 DeadLetter,
@@ -222,6 +222,55 @@ class QueueStore:
             self.ledger.unlink_runs(sources)
             merges += 1
 
+    def verify_ledger(self) -> int:
+        """Open every ledger run the queue file names, verifying each one's checksum;
+        ``LedgerDamaged`` names the first that is missing or damaged. Returns the entries."""
+        self.conn.execute("BEGIN")  # one snapshot of the run list
+        try:
+            return self.ledger.verify(self.conn)
+        finally:
+            self.conn.execute("COMMIT")
+
+    def rebuild_ledger(self, labelled: Iterable[tuple[pa.Array | pa.ChunkedArray, str]] = ()
+                       ) -> int:
+        """Write the ledger anew from what this queue file holds — queued batches, dead
+        letters, output rows, each under its version — and ``labelled`` (``(uris,
+        config_hash)`` chunks of the parquet output), in one transaction: the damaged or
+        missing runs are dropped, and concurrent enqueues wait for it. Returns the entries
+        written. A post cleared from every place is not in it (a later enqueue queues it)."""
+        t = self.tables
+        written = 0
+        with self.transaction() as tx:
+            c = tx.cursor
+            old = [name for (name,) in c.execute(f"SELECT name FROM {t['ledger_runs']}")]
+            seq = self._next_seq(c)
+
+            def record(chunks: list[tuple[pa.Array | pa.ChunkedArray, str]]) -> None:
+                nonlocal written
+                by_version: dict[str, list[Any]] = {}
+                for column, version in chunks:
+                    by_version.setdefault(version, []).append(column.cast(pa.string()))
+                for version, columns in by_version.items():
+                    keys, checks = fingerprints(pc.drop_null(pa.chunked_array(columns,
+                                                                             pa.string())))
+                    self.ledger.add(c, keys, checks, self._vid(c, version), seq)
+                    written += len(keys)
+
+            for page in self._pages(c, f"SELECT id, payload, version FROM {t['input']}"):
+                record([(codec.loads_posts(p).column("uri"), v) for _, p, v in page])
+            for page in self._pages(c, f"SELECT id, payload, version FROM {t['output']}"):
+                record([(from_ipc(p).column("uri"), v) for _, p, v in page])
+            for page in self._pages(c, f"SELECT id, uri, version FROM {t['dead']} "
+                                       "WHERE uri IS NOT NULL", size=50_000):
+                record(_uris_by_version(page))
+            for column, version in labelled:
+                record([(column, version)])
+            c.executemany(f"DELETE FROM {t['ledger_runs']} WHERE name = ?",
+                          [(name,) for name in old])
+        self.ledger.unlink_runs(old)
+        self.merge_ledger()
+        return written
+
     def _admit(self, c: Any, checked: Validated, version: str, relabel: bool,
                result: EnqueueResult, session: EnqueueSession | None) -> pa.Table:
         """The posts to queue (the rest counted in ``result``), recorded in the ledger."""
@@ -252,8 +301,9 @@ class QueueStore:
         if row is None:
             row = c.execute(f"INSERT INTO {t} (version) VALUES (?) RETURNING vid",
                             (version,)).fetchone()
-        if row[0] >= FORGET:  # the largest uint16 marks forget entries
-            raise QueueFileError(f"queue file {self.path}: more than 65,534 config versions")
+        if row[0] > MAX_VID:  # ledger entries keep a version id in 15 bits
+            raise QueueFileError(f"queue file {self.path}: more than {MAX_VID:,} config "
+                                 "versions")
         return row[0]
 
     def _next_seq(self, c: Any) -> int:
@@ -505,21 +555,22 @@ class QueueStore:
                              f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
 
     def clear_input(self, tx: Transaction | None = None) -> ClearResult:
-        """Delete every queued batch and dead letter, and forget their posts in the ledger (a
-        later enqueue queues them again); refused with ``QueueBusyError`` while any batch is
-        leased (the message names the holders). One transaction."""
+        """Delete every queued batch and dead letter, and forget their posts in the ledger
+        under the versions they were queued for (a later enqueue of that version queues them
+        again; their labels under other versions stay known); refused with
+        ``QueueBusyError`` while a run that may be alive holds a lease (the message names
+        it; leases of provably dead runs are taken back first). One transaction."""
         t = self.tables
         with self._within(tx) as c:
             self._refuse_if_leased(c)
             result = ClearResult()
-            pages = self._pages(c, f"SELECT id, payload FROM {t['input']}")
-            for page in pages:
-                uris = [codec.loads_posts(p).column("uri") for _, p in page]
-                result.input_posts += self._forget(c, uris)
+            for page in self._pages(c, f"SELECT id, payload, version FROM {t['input']}"):
+                result.input_posts += self._forget(
+                    c, [(codec.loads_posts(p).column("uri"), v) for _, p, v in page])
             result.input_batches = c.execute(f"DELETE FROM {t['input']}").rowcount
-            for page in self._pages(c, f"SELECT id, uri FROM {t['dead']} WHERE uri IS NOT NULL"):
-                result.dead_posts += self._forget(c, [pa.array([u for _, u in page],
-                                                                pa.string())])
+            for page in self._pages(c, f"SELECT id, uri, version FROM {t['dead']} "
+                                       "WHERE uri IS NOT NULL", size=50_000):
+                result.dead_posts += self._forget(c, _uris_by_version(page))
             c.execute(f"DELETE FROM {t['dead']}")
         return result
 
@@ -534,10 +585,10 @@ class QueueStore:
             if busy:
                 raise QueueBusyError(f"queue file {self.path}: {busy}")
             result = ClearResult()
-            for page in self._pages(c, f"SELECT id, payload FROM {t['output']} "
+            for page in self._pages(c, f"SELECT id, payload, version FROM {t['output']} "
                                        "WHERE export_id IS NULL"):
-                uris = [from_ipc(p).column("uri") for _, p in page]
-                result.unexported_rows += self._forget(c, uris)
+                result.unexported_rows += self._forget(
+                    c, [(from_ipc(p).column("uri"), v) for _, p, v in page])
             result.exported_rows = c.execute(
                 f"SELECT COALESCE(SUM(n_rows), 0) FROM {t['output']} WHERE export_id IS NOT "
                 "NULL").fetchone()[0]
@@ -545,6 +596,9 @@ class QueueStore:
         return result
 
     def _refuse_if_leased(self, c: Any) -> None:
+        """Take back the leases of provably dead runs (and expired ones), then refuse while
+        any lease is left, naming its holders."""
+        self._reap(c, self.clock())
         holders = [owner for (owner,) in c.execute(
             f"SELECT DISTINCT lease_owner FROM {self.tables['input']} WHERE status = "
             "'processing' LIMIT 3")]
@@ -554,14 +608,19 @@ class QueueStore:
                                  f"({who}); wait for it to end (or --reap-stale once it is "
                                  "gone), then clear")
 
-    def _forget(self, c: Any, uris: list[pa.Array | pa.ChunkedArray]) -> int:
-        """Forget these posts in the ledger (one run file); returns how many."""
-        if not uris:
-            return 0
-        column = pa.chunked_array([u.cast(pa.string()) for u in uris], pa.string())
-        keys, checks = fingerprints(pc.drop_null(column))
-        self.ledger.forget(c, keys, checks, self._next_seq(c))
-        return len(keys)
+    def _forget(self, c: Any, uris: list[tuple[pa.Array | pa.ChunkedArray, str]]) -> int:
+        """Forget posts in the ledger, each under the version it was queued for (one run
+        file per version); returns how many."""
+        by_version: dict[str, list[pa.Array | pa.ChunkedArray]] = {}
+        for column, version in uris:
+            by_version.setdefault(version, []).append(column)
+        forgotten = 0
+        for version, columns in by_version.items():
+            column = pa.chunked_array([u.cast(pa.string()) for u in columns], pa.string())
+            keys, checks = fingerprints(pc.drop_null(column))
+            self.ledger.forget(c, keys, checks, self._vid(c, version), self._next_seq(c))
+            forgotten += len(keys)
+        return forgotten
 
     @staticmethod
     def _pages(c: Any, select: str, params: tuple[Any, ...] = (), size: int = 256
@@ -798,6 +857,14 @@ class _Steps:
         now = time.perf_counter()
         self.laps[step] = self.laps.get(step, 0.0) + now - self._last
         self._last = now
+
+
+def _uris_by_version(rows: Sequence[tuple[Any, str, str]]) -> list[tuple[pa.Array, str]]:
+    """``(id, uri, version)`` rows as one uri column per version."""
+    by_version: dict[str, list[str]] = {}
+    for _, uri, version in rows:
+        by_version.setdefault(version, []).append(uri)
+    return [(pa.array(uris, pa.string()), v) for v, uris in by_version.items()]
 
 
 def _schema_of(value: str) -> pa.Schema:

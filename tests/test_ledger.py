@@ -119,18 +119,6 @@ def test_a_run_no_committed_transaction_names_is_ignored_then_deleted(tmp_path):
     assert led.lookup(conn, _i64(1, 3), _i64(1, 3), vid=1).same.tolist() == [False, True]
 
 
-def test_a_damaged_run_file_is_named(tmp_path):
-    led, conn = _ledger(tmp_path)
-    conn.execute("BEGIN IMMEDIATE")
-    led.add(conn, _i64(1, 2, 3), _i64(1, 2, 3), vid=1, seq=1)
-    conn.execute("COMMIT")
-    [path] = (tmp_path / "q.ledger").iterdir()
-    path.write_bytes(path.read_bytes()[:-5])  # truncated
-    fresh = Ledger(tmp_path / "q.ledger", "runs")
-    with pytest.raises(ValueError, match=f"ledger run {path} is damaged"):
-        fresh.lookup(conn, _i64(1), _i64(1), vid=1)
-
-
 def test_fingerprints_are_stable_across_releases():
     """Fingerprints are kept on disk: the same uri must give the same value for ever."""
     keys, checks = fingerprints(pa.array(["", "at://did:plc:abc/app.bsky.feed.post/1"]))
@@ -141,7 +129,9 @@ def test_fingerprints_are_stable_across_releases():
     assert (int(keys[1]), int(checks[1])) == (2601102743322156264, -5280016898719402917)
 
 
-def test_a_forget_entry_cancels_earlier_entries_of_every_version(tmp_path, monkeypatch):
+def test_a_forget_entry_cancels_earlier_entries_of_its_own_version_only(tmp_path, monkeypatch):
+    """Clearing a queue forgets its posts under the version they were queued for; the same
+    posts' entries under another version (a relabel, or labels already exported) stay."""
     monkeypatch.setattr(ledger_mod, "TIER_BASE", 2)
     led, conn = _ledger(tmp_path)
 
@@ -152,12 +142,99 @@ def test_a_forget_entry_cancels_earlier_entries_of_every_version(tmp_path, monke
 
     write(led.add, _i64(1, 2, 3), _i64(1, 2, 3), 1, 1)
     write(led.add, _i64(1), _i64(1), 2, 2)          # post 1 also under version 2
-    write(led.forget, _i64(1, 2), _i64(1, 2), 3)    # posts 1 and 2 cleared
+    write(led.forget, _i64(1, 2), _i64(1, 2), 1, 3)  # posts 1 and 2 cleared from version 1
     hits = led.lookup(conn, _i64(1, 2, 3), _i64(1, 2, 3), vid=1)
-    assert hits.same.tolist() == [False, False, True] and not hits.other.any()
+    assert hits.same.tolist() == [False, False, True]
+    assert hits.other.tolist() == [True, False, False]  # version 2 still knows post 1
+    assert led.lookup(conn, _i64(1), _i64(1), vid=2).same.tolist() == [True]
     write(led.add, _i64(2), _i64(2), 1, 4)          # queued again after the clear
     for _ in range(2):  # before and after merging: the same answers
         hits = led.lookup(conn, _i64(1, 2, 3), _i64(1, 2, 3), vid=1)
         assert hits.same.tolist() == [False, True, True]
         assert hits.same_seq.tolist() == [-1, 4, 1]
+        assert led.lookup(conn, _i64(1), _i64(1), vid=2).same.tolist() == [True]
         _merge_all(led, conn)
+
+
+def test_one_post_cleared_twice_with_merges_between_is_forgotten_each_time(tmp_path,
+                                                                         monkeypatch):
+    """queue → forget → merge → queue again → merge → forget → merge: each forget cancels
+    exactly the entries before it, also once they and it share one merged run."""
+    monkeypatch.setattr(ledger_mod, "TIER_BASE", 1)
+    monkeypatch.setattr(ledger_mod, "FANOUT", 2)
+    led, conn = _ledger(tmp_path)
+
+    def write(fn, *args):
+        conn.execute("BEGIN IMMEDIATE")
+        fn(conn, *args)
+        conn.execute("COMMIT")
+
+    def known() -> bool:
+        return bool(led.lookup(conn, _i64(5), _i64(5), vid=1).same[0])
+
+    write(led.add, _i64(5), _i64(5), 1, 1)
+    write(led.forget, _i64(5), _i64(5), 1, 2)
+    assert _merge_all(led, conn) and not known()
+    write(led.add, _i64(5), _i64(5), 1, 3)
+    _merge_all(led, conn)
+    assert known()
+    write(led.forget, _i64(5), _i64(5), 1, 4)
+    _merge_all(led, conn)
+    assert not known()
+    write(led.add, _i64(5, 6), _i64(5, 6), 1, 5)
+    _merge_all(led, conn)
+    assert known()
+    # the forgets and the entries they cancel ended up in one merged run
+    assert any(((r.vids & ledger_mod.FORGET_BIT) != 0).sum() == 2 and (r.vids == 1).sum() >= 2
+               for r in led.runs(conn))
+
+
+def _one_run(tmp_path) -> tuple[Ledger, sqlite3.Connection, "os.PathLike"]:
+    led, conn = _ledger(tmp_path)
+    conn.execute("BEGIN IMMEDIATE")
+    led.add(conn, _i64(1, 2, 3), _i64(1, 2, 3), vid=1, seq=1)
+    conn.execute("COMMIT")
+    [path] = (tmp_path / "q.ledger").iterdir()
+    return led, conn, path
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda p: p.write_bytes(p.read_bytes()[:40] + b"\x7f" + p.read_bytes()[41:]),
+     "checksum does not match"),                                   # a key byte altered
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-5]), "size"),       # truncated
+    (lambda p: p.unlink(), "missing"),
+    (lambda p: p.write_bytes(b"BFLEDG01" + p.read_bytes()[8:]), "earlier version"),
+])
+def test_a_damaged_run_file_is_named_with_the_way_out(tmp_path, damage, why):
+    led, conn, path = _one_run(tmp_path)
+    damage(path)
+    fresh = Ledger(tmp_path / "q.ledger", "runs")
+    with pytest.raises(ledger_mod.LedgerDamaged, match=why) as got:
+        fresh.lookup(conn, _i64(1), _i64(1), vid=1)
+    assert str(path) in str(got.value) and "--rebuild-ledger" in str(got.value)
+
+
+def test_a_full_disk_during_a_merge_names_the_file_and_keeps_the_ledger(tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(ledger_mod, "TIER_BASE", 1)
+    led, conn = _ledger(tmp_path)
+    for seq in range(1, 5):
+        conn.execute("BEGIN IMMEDIATE")
+        led.add(conn, _i64(seq), _i64(seq), vid=1, seq=seq)
+        conn.execute("COMMIT")
+    real = os.pwrite
+
+    def full(fd, data, offset):
+        if offset > 0:  # the header goes in first; the entries meet a full disk
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(ledger_mod.os, "pwrite", full)
+    sources = led.merge_candidates(conn)
+    with pytest.raises(ledger_mod.LedgerWriteError, match="the disk is full") as got:
+        led.write_merged([r for r in led.runs(conn) if r.name in sources])
+    assert "ledger file" in str(got.value) and str(tmp_path / "q.ledger") in str(got.value)
+    monkeypatch.setattr(ledger_mod.os, "pwrite", real)
+    assert not list((tmp_path / "q.ledger").glob("*.tmp"))  # the half-written file is gone
+    assert led.lookup(conn, _i64(1, 2, 3, 4), _i64(1, 2, 3, 4), vid=1).same.all()

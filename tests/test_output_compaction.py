@@ -157,3 +157,28 @@ def test_compact_output_verb_finishes_exports_then_compacts(tmp_path, capsys):
     assert f"{NAME}: 3 partition(s) compacted" in said and f"({POSTS + 10:,} rows)" in said
     rows = _rows(tmp_path / "data" / NAME)
     assert len(rows) == len(set(rows)) == POSTS + 10
+
+
+def test_a_label_column_that_appears_part_way_keeps_its_values_through_compaction(tmp_path):
+    """A plugin adds a field part-way through a backfill: the files written before lack the
+    column. The output reader sees it (null in the old rows), compaction keeps every value
+    and leaves every file with every column, so a plain pyarrow reader sees it too."""
+    store = QueueStore(tmp_path, NAME)
+    store.enqueue(make_posts(1500, days=1), batch_size=125)
+    out = tmp_path / "out"
+    for round_, extra in enumerate((False, True, True)):
+        for b in store.claim(max_batches=4):
+            complete(store, b, {p["uri"]: {"label": "intergroup",
+                                           **({"score": 0.5} if extra else {})}
+                                for p in b.posts})
+        export_output(store, out, 250)
+    expected = 1000  # the last two rounds' posts
+    assert Location.of(out).dataset().to_table().column("score").null_count == 1500 - expected
+    stats = compact_output(store, Location.of(out), target_rows=600)
+    assert stats.partitions == 1
+    table = pads.dataset(out, partitioning="hive").to_table()  # a plain reader
+    assert table.num_rows == 1500 and len(set(table.column("uri").to_pylist())) == 1500
+    assert table.column("score").drop_null().to_pylist() == [0.5] * expected
+    schemas = {pads.dataset(f).schema.remove_metadata() for f in _files(out)}
+    assert len(schemas) == 1
+    store.close()

@@ -149,6 +149,17 @@ def compact_output(config: BackfillConfig, names: list[str]) -> str:
     return _each(config, names, line)
 
 
+def rebuild_ledger(config: BackfillConfig, names: list[str]) -> str:
+    """Each queue's enqueue ledger written anew from its queue file and parquet output."""
+    from jobs.stages.enqueue import rebuild_ledger as rebuild
+
+    def line(name: str, store: QueueStore) -> str:
+        entries = rebuild(store, config.output_location(name))
+        return (f"{name}: ledger rebuilt from the queue file and the output: {entries:,} "
+                f"(post, config_hash) entries ({_mb(store.ledger.bytes_on_disk())})")
+    return _each(config, names, line)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -180,6 +191,8 @@ def run_verbs(config: BackfillConfig, args: Any, out: TextIO) -> None:
               file=out)
     if args.compact_queue:
         print(compact_queue(config, names), file=out)
+    if args.rebuild_ledger:
+        print(rebuild_ledger(config, names), file=out)
     if args.evaluate:
         from jobs.labels.evaluation import evaluate
 

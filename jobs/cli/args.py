@@ -56,6 +56,7 @@ EXAMPLES = """examples:
   # housekeeping: clear queues (asks first), compact the output and the queue file
   python -m jobs.backfill --config configs/demo.yaml -i g --clear-input-queues --yes
   python -m jobs.backfill --config configs/demo.yaml --compact-output all --compact-queue
+  python -m jobs.backfill --config configs/demo.yaml -i g --rebuild-ledger   # a damaged ledger
   # on a cluster (run from the project folder; data paths absolute or shared)
   ray job submit --working-dir . -- python -m jobs.backfill \\
       --config configs/intergroup.yaml -r posts --add-to-queue -i g --run-integrations
@@ -138,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact-queue", action="store_true",
                    help="rewrite each queue file to its live size (VACUUM); refused while a "
                         "run holds leases")
+    p.add_argument("--rebuild-ledger", action="store_true",
+                   help="write the -i integrations' (default: all) enqueue ledgers anew from "
+                        "their queue files and parquet output (after a 'ledger run … is "
+                        "damaged' error); waits for enqueues, runs may go on")
     p.add_argument("--relabel-other-versions", action="store_true",
                    help="with --add-to-queue: also enqueue posts queued or labelled by another "
                         "config_hash (their old rows stay, told apart by config_hash)")
@@ -169,7 +174,7 @@ def check_args(args: argparse.Namespace) -> None:
     admin = (args.queue_status or args.reap_stale or args.requeue_dead or args.show_dead
              or args.compact_queue or args.compact_output or args.evaluate or args.report
              or args.sample_for_annotation or args.clear_input_queues
-             or args.clear_output_queues)
+             or args.clear_output_queues or args.rebuild_ledger)
     if not stages and not admin:
         raise ConfigError("nothing to do: give --add-to-queue, --run-integrations, "
                           "--write-cache or an admin flag such as --queue-status")

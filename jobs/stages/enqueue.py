@@ -80,18 +80,35 @@ def remember_output(store: QueueStore, root: Location, batch_rows: int = 100_000
     moved away, deleted, re-created — never queues them again."""
     if store.flag(SEEDED):
         return
-    if root.has_parquet():
-        dataset = root.dataset()
-        has_hash = "config_hash" in dataset.schema.names
-        for batch in dataset.to_batches(columns=["uri", "config_hash"] if has_hash
-                                        else ["uri"], batch_size=batch_rows):
-            hashes = batch.column("config_hash") if has_hash else \
-                pa.nulls(batch.num_rows, pa.string())
-            for version in pa.compute.unique(hashes).to_pylist():
-                mine = pa.compute.equal(hashes, version) if version is not None else \
-                    pa.compute.is_null(hashes)
-                store.remember(batch.column("uri").filter(mine), version or "(unversioned)")
+    for uris, version in output_uris(root, batch_rows):
+        store.remember(uris, version)
     store.set_flag(SEEDED)
+
+
+def rebuild_ledger(store: QueueStore, root: Location) -> int:
+    """The queue's ledger written anew from its queue file and the parquet output at ``root``
+    (``--rebuild-ledger``); returns the entries written."""
+    entries = store.rebuild_ledger(output_uris(root))
+    store.set_flag(SEEDED)
+    return entries
+
+
+def output_uris(root: Location, batch_rows: int = 100_000
+                ) -> Iterator[tuple[pa.Array, str]]:
+    """``(uris, config_hash)`` chunks of an integration's parquet output, streamed (rows from
+    before config_hash existed: ``(unversioned)``)."""
+    if not root.has_parquet():
+        return
+    dataset = root.dataset()
+    has_hash = "config_hash" in dataset.schema.names
+    for batch in dataset.to_batches(columns=["uri", "config_hash"] if has_hash else ["uri"],
+                                    batch_size=batch_rows):
+        hashes = batch.column("config_hash") if has_hash else \
+            pa.nulls(batch.num_rows, pa.string())
+        for version in pa.compute.unique(hashes).to_pylist():
+            mine = pa.compute.equal(hashes, version) if version is not None else \
+                pa.compute.is_null(hashes)
+            yield batch.column("uri").filter(mine), version or "(unversioned)"
 
 
 class Target:

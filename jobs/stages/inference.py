@@ -402,7 +402,9 @@ class InferenceRun:
         another pass runs only for what a pass left claimable (e.g. a retry queued after its
         last read wave ended). Stop when the budget is used, nothing is claimable (no actor
         pool is started for an empty queue), or a pass found nothing to claim (another driver
-        holds the rest). Beyond max_attempts+1 passes, work is the next run's."""
+        holds the rest). Whether anything is claimable is asked after reaping, so the claims
+        of a run that died (even one that held every batch) are taken back and labelled here.
+        Beyond max_attempts+1 passes, work is the next run's."""
         ray, queue = self.ray, self.queue
         for attempt in range(self.config.queue.max_attempts + 1):
             if not (first_pass_always and attempt == 0) and (
@@ -411,7 +413,8 @@ class InferenceRun:
                 return
             claimed_before = ray.get(queue.get_stats.remote()).claimed_batches
             self._one_pass()
-            if ray.get(queue.get_stats.remote()).claimed_batches == claimed_before:
+            if ray.get(queue.get_stats.remote()).claimed_batches == claimed_before and not (
+                    ray.get(queue.claimable_posts.remote())):
                 return
 
     def _one_pass(self) -> None:
