@@ -29,7 +29,7 @@ test-fast: install
 # The whole-system checker's soak: SOAK random operation sequences (CI runs a bounded few).
 SOAK ?= 10000
 soak: install
-	BACKFILL_SOAK=$(SOAK) RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -s -q -p no:cacheprovider \
+	BACKFILL_SOAK=$(SOAK) RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -s -q -p no:cacheprovider --timeout=0 \
 		tests/test_whole_system.py -k 'test_whole_system'
 
 demo: install

@@ -78,6 +78,17 @@ def test_a_stratified_sample_then_its_filled_file_evaluates_with_weights(tmp_pat
     plain = float(said.split("accuracy ")[1].split()[0])
     weighted = float(said.split("weighted by the sample's strata: accuracy ")[1].split()[0])
     assert plain < 0.6 < 0.75 < weighted < 0.85  # the output is 80 % confident posts
+    # the weighted macro-F1 is scikit-learn's with the sample's weights (annotated rows only)
+    from sklearn.metrics import f1_score
+
+    done = rows[:90]
+    want = f1_score([r["gold"] for r in done], [r["predicted"] for r in done],
+                    average="macro", sample_weight=[float(r["weight"]) for r in done])
+    unweighted = f1_score([r["gold"] for r in done], [r["predicted"] for r in done],
+                          average="macro")
+    said_f1 = float(said.split("weighted by the sample's strata: accuracy ")[1].split(
+        "macro-F1 ")[1].split()[0])
+    assert abs(said_f1 - want) < 1e-4 and abs(want - unweighted) > 0.05
 
 
 def test_sampling_needs_one_integration_with_labels(tmp_path, capsys):

@@ -95,6 +95,28 @@ def test_a_queue_leased_by_a_live_run_is_not_cleared(tmp_path, capsys):
     store.close()
 
 
+def test_a_queue_leased_by_a_run_that_died_is_cleared(tmp_path, capsys):
+    """The lease's holder is gone (SIGKILL): its claims are taken back first, so the clear
+    goes on instead of calling a dead run live."""
+    import subprocess
+    import sys
+    import time
+
+    cfg, _, store = _half_done(tmp_path)
+    version = load_config(str(cfg)).integrations[NAME].classifier.config_hash
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    holder = LeaseHolder(host=LeaseHolder.this_process().host, pid=gone.pid,
+                         started=time.time(), run_id="g-dead-run")
+    gone.wait()
+    store.claim(owner=holder.encode(), version=version, lease_seconds=3600)
+    assert store.status().processing_posts
+    assert main(["--config", str(cfg), "--clear-input-queues", "--yes"]) == 0
+    assert "live run" not in capsys.readouterr().err
+    st = store.status()
+    assert st.pending_posts == st.processing_posts == st.dead_posts == 0
+    store.close()
+
+
 def test_bypass_write_clears_the_output_without_writing_it(tmp_path, capsys):
     cfg, _, store = _half_done(tmp_path)
     files = sorted((tmp_path / "data" / NAME).rglob("*.parquet"))

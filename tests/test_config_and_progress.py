@@ -69,3 +69,20 @@ def test_bar_on_a_terminal_and_nothing_when_quiet():
     with Progress("enqueue g", 10, lambda: Figures(done=10), quiet=True, stream=quiet):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_ray_address_local_means_a_local_ray_of_the_jobs_own(monkeypatch):
+    """``RAY_ADDRESS=local`` (Ray's word for "start one here") is no cluster to join: the job
+    starts its own Ray with the config's ray: block, as without the variable."""
+    from jobs.stages.ray_setup import join_address
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "demo.yaml")
+    for value in ("local", "LOCAL", " local "):
+        monkeypatch.setenv("RAY_ADDRESS", value)
+        assert join_address(config) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert join_address(config) == "10.0.0.5:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert join_address(load_config(root / "configs" / "demo.yaml",
+                                    overrides=["ray.address=local"])) is None

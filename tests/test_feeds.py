@@ -69,3 +69,28 @@ def test_feeds_need_a_feeds_path(tmp_path, capsys):
     assert main(["--config", str(cfg), "-r", "posts_used_in_feeds", "--add-to-queue",
                  "-i", "g"]) == 2
     assert "needs feeds.path in the config" in capsys.readouterr().err
+
+
+def test_a_feed_file_without_a_uri_column_is_refused_before_anything_is_queued(tmp_path,
+                                                                              capsys):
+    """Preflight reads every feed file's footer: one line naming the file, exit 2, no queue —
+    also in the one-command form, which would otherwise start labelling beside the enqueue."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    posts = write_posts(tmp_path, 300, days=3)
+    feeds = tmp_path / "feeds"
+    write_feeds(posts, feeds, per_day=50, lookback_days=1)
+    bad = feeds / "partition_date=2024-10-02" / "feed.parquet"
+    pq.write_table(pa.table({"post_uri": ["at://x"]}), bad)
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["feeds"] = {"path": str(feeds), "lookback_days": 1}
+    cfg.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "-r", "posts_used_in_feeds", "--add-to-queue", "-i",
+                 "g", "--run-integrations", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "no text uri column" in err[0], err
+    assert "post_uri" in err[0]
+    assert not (tmp_path / "data" / "queue" / f"{NAME}.db").exists()

@@ -238,3 +238,39 @@ def test_a_full_disk_during_a_merge_names_the_file_and_keeps_the_ledger(tmp_path
     monkeypatch.setattr(ledger_mod.os, "pwrite", real)
     assert not list((tmp_path / "q.ledger").glob("*.tmp"))  # the half-written file is gone
     assert led.lookup(conn, _i64(1, 2, 3, 4), _i64(1, 2, 3, 4), vid=1).same.all()
+
+
+def test_a_damaged_ledger_stops_the_enqueue_before_anything_and_rebuild_ledger_mends_it(
+        tmp_path, capsys):
+    """Through the CLI: one key byte altered in a run file (before: its posts silently
+    counted as new and queued again). The enqueue — also the one-command form — stops with
+    one line naming the file and the way out, queues nothing; ``--rebuild-ledger`` writes the
+    ledger from the queue file and the output; the next enqueue queues nothing twice."""
+    from jobs.backfill import main
+    from tests.cli_helpers import write_config, write_posts
+    from tests.pipeline_helpers import PLUGIN
+    from tests.queue_helpers import NAME
+
+    posts = write_posts(tmp_path, 600, days=2)
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    enqueue = ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", "--quiet"]
+    assert main(enqueue) == 0
+    store = QueueStore(tmp_path / "data", NAME)
+    queued = store.status().pending_posts
+    [run] = [p for p in (tmp_path / "data" / "queue" / f"{NAME}.ledger").iterdir()]
+    raw = bytearray(run.read_bytes())
+    raw[40] ^= 0xFF  # a byte of the first key
+    run.write_bytes(bytes(raw))
+    capsys.readouterr()
+    for argv in (enqueue, enqueue + ["--run-integrations"]):
+        assert main(argv) == 2
+        err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+        assert len(err) == 1 and str(run) in err[0] and "checksum" in err[0], err
+        assert "--rebuild-ledger" in err[0]
+        assert store.status().pending_posts == queued
+    assert main(["--config", str(cfg), "-i", "g", "--rebuild-ledger"]) == 0
+    assert f"ledger rebuilt from the queue file and the output: {queued:,}" in \
+        capsys.readouterr().out
+    assert main(enqueue) == 0
+    assert store.status().pending_posts == queued  # each post still once
+    store.close()

@@ -45,7 +45,7 @@ def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_claims_stream_while_the_enqueue_runs_and_an_overlapping_enqueue_queues_each_once(
-        ray_session, tmp_path):
+        ray_session, tmp_path, monkeypatch):
     """The feed (the same command's enqueue) starts while the classifier actor loads; the
     run claims and labels its first posts while the feed still runs (without streaming it
     would wait for ever: here, fail after 120 s); a second enqueue overlapping the first then
@@ -75,9 +75,18 @@ def test_claims_stream_while_the_enqueue_runs_and_an_overlapping_enqueue_queues_
         added = enqueue(tmp_path, posts[100:], batch_size=50, config=config)
         assert added.enqueued_posts == 150 and added.skipped_known == 50  # 100–149 once
 
+    from jobs.stages.inference import InferenceRun
+
+    passes = []
+    one_pass = InferenceRun._one_pass
+    monkeypatch.setattr(InferenceRun, "_one_pass",
+                        lambda self: (passes.append(1), one_pass(self))[1])
     summary = run_inference(config, NAME, quiet=True, feed=feed)
     assert summary.labelled == 300
     _assert_each_post_once(tmp_path, posts)
+    # the streamed chunks and the retries ran in one pass, on one actor: one model load
+    loads = [f.name for f in state.iterdir() if f.name.startswith("init-")]
+    assert len(passes) == 1 and len(loads) == 1, (passes, loads)
 
 
 @pytest.mark.ray

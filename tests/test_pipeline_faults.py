@@ -265,3 +265,39 @@ def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(ray_session, 
     assert len(uris) == len(set(uris)) == 750 and summary.labelled == 750
     st = queue_status(tmp_path)
     assert st.dead_undecodable_rows == 1 and st.pending_posts == st.processing_posts == 0
+
+
+def test_rerunning_the_full_command_takes_back_every_claim_of_a_run_that_died(ray_session,
+                                                                           tmp_path):
+    """A run died holding every batch (nothing pending; its lease far from expiring): the
+    same one-command form, rerun once, takes the claims back at once and labels every post
+    exactly once. (Before: its first pass found nothing pending, claimed nothing — claiming
+    is what reaped — and it exited 0 with every post still leased.)"""
+    from jobs.backfill import main
+    from jobs.config import load_config
+    from queue_store.lease_holder import LeaseHolder
+
+    posts = write_posts(tmp_path, 600, days=2)
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    full = ["-r", "posts", "--add-to-queue", "-i", "g", "--run-integrations", "--write-cache",
+            "all", "--quiet"]
+    assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                 "--quiet"]) == 0
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    holder = LeaseHolder(host=LeaseHolder.this_process().host, pid=gone.pid,
+                         started=time.time(), run_id="g-crashed")
+    gone.wait()
+    store = QueueStore(tmp_path / "data", NAME)
+    version = load_config(str(cfg)).integrations[NAME].classifier.config_hash
+    claimed = store.claim(1000, lease_seconds=3600, owner=holder.encode(), version=version)
+    assert claimed and store.status().pending_posts == 0
+    leased = store.status().processing_posts
+    address = ray_session.get_runtime_context().gcs_address
+    run = _cli(cfg, address, *full)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-2000:]
+    uris = output_uris(tmp_path / "data")
+    assert len(uris) == len(set(uris)) == leased
+    st = store.status()
+    assert st.pending_posts == st.processing_posts == st.dead_posts == 0
+    store.close()

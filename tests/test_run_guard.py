@@ -2,7 +2,7 @@
 for, when it stops for no progress, for a fatal error or for a cluster that went away."""
 from __future__ import annotations
 
-from actors.stats import Fatal, QueueStats, StageStats
+from actors.stats import Fatal, QueueStats, StageStats, WriterStats
 from jobs.stages.run_guard import STARTUP_LIMIT_S, RunGuard
 
 
@@ -27,18 +27,26 @@ class _Actors:
 
     def __init__(self) -> None:
         self.queue_stats, self.stage_answer, self.down = QueueStats(), StageStats(), False
+        self.writer_answer = WriterStats()
         self.get_stats = _Answer(self, "stats")
         self.stage_stats = _Answer(self, "stage")
 
-    def get(self, refs: list, timeout: float) -> list:
+    def get(self, refs, timeout: float):
         if self.down:
             raise ConnectionError("the cluster is gone")
+        if refs == "stats":  # the writer's (it plays every actor's get_stats)
+            return self.writer_answer
         return [self.queue_stats, self.stage_answer]
+
+    def wait(self, refs: list, timeout: float) -> tuple[list, list]:
+        if self.down:
+            raise ConnectionError("the cluster is gone")
+        return refs, []
 
 
 def _guard(no_progress_s: float = 60, lost_after_s: float = 30):
     actors, clock = _Actors(), _Clock()
-    guard = RunGuard(actors, actors, actors, no_progress_s, "the cluster at 10.0.0.1:6379",
+    guard = RunGuard(actors, actors, actors, actors, no_progress_s, "the cluster at 10.0.0.1:6379",
                      lost_after_s=lost_after_s, clock=clock)
     return guard, actors, clock
 
@@ -105,7 +113,9 @@ def test_a_fatal_error_stops_the_run_with_its_own_line_and_exit_code():
 def test_a_cluster_that_stops_answering_stops_the_run_after_the_limit():
     guard, actors, clock = _guard(lost_after_s=30)
     actors.queue_stats = QueueStats(labelled=500)
+    actors.writer_answer = WriterStats(exported_rows=400, parquet_files=2)
     guard.check()
+    guard.check()  # the writer's answer to the first poll is read at the second
     actors.down = True
     clock.now += 29
     guard.check()
@@ -114,3 +124,5 @@ def test_a_cluster_that_stops_answering_stops_the_run_after_the_limit():
     guard.check()
     assert "lost contact with the Ray cluster (the cluster at 10.0.0.1:6379)" in str(
         guard.stop_reason)
+    # what the run's summary (and the combined table) takes when the actors cannot answer
+    assert guard.queue_stats.labelled == 500 and guard.writer_stats.exported_rows == 400

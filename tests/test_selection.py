@@ -105,3 +105,40 @@ def test_without_i_every_integration_of_the_config_is_enqueued(tmp_path, capsys)
         queued[name] = queued_uris(store, input_uris(posts))
         store.close()
     assert queued[NAME] == queued["ml_inference_valence"] and len(queued[NAME]) > 280
+
+
+def test_sampling_and_window_counters_add_up_to_the_rows_read(tmp_path):
+    """Every row read is accounted for once: enqueued, sampled out, outside the window,
+    invalid or a repeat — and each counter is the number worked out from the posts."""
+    import json
+
+    import xxhash
+
+    now = datetime.now(timezone.utc)
+    posts = tmp_path / "posts"
+    rows = []
+    for i in range(400):
+        when = now - timedelta(hours=(i % 8) * 6)  # 0 … 42 hours old
+        rows.append({"uri": f"at://p/{i}", "text": f"a post number {i} about things",
+                     "preprocessing_timestamp": f"{when:%Y-%m-%d-%H:%M:%S}"})
+    rows += [dict(rows[0]), {"uri": "at://short", "text": "hi",
+                             "preprocessing_timestamp": rows[0]["preprocessing_timestamp"]}]
+    day = posts / f"partition_date={now:%Y-%m-%d}"
+    day.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), day / "p.parquet")
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", "--quiet",
+                 "--sample-records", "--sample-proportion", "0.5", "--backfill-period",
+                 "hours", "--backfill-duration", "25"]) == 0
+    [saved] = (tmp_path / "data" / "runs").glob("*.json")
+    s = json.loads(saved.read_text())
+    inside = [r for r in rows if now - datetime.strptime(r["preprocessing_timestamp"],
+              "%Y-%m-%d-%H:%M:%S").replace(tzinfo=timezone.utc) <= timedelta(hours=25)]
+    chosen = [r for r in inside if xxhash.xxh3_64_intdigest(r["uri"].encode(), 0) < 2 ** 63]
+    assert s["rows_read"] == len(rows)
+    assert s["outside_window"] == len(rows) - len(inside)
+    assert s["sampled_out"] == len(inside) - len(chosen)
+    assert s["rows_read"] == (s["enqueued"] + s["sampled_out"] + s["outside_window"]
+                              + s["rejected_invalid"] + s["skipped_duplicate"]
+                              + s["skipped_known"] + s["skipped_other_version"])
+    assert s["enqueued"] == len({r["uri"] for r in chosen if r["text"] != "hi"})

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from jobs.config import BackfillConfig, ConfigError
 from jobs.posts.source import READ_SCHEMA, PostFiles, partition_day
@@ -48,6 +49,7 @@ def find_feed_days(config: BackfillConfig, start: date | None, end: date | None)
         if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or not day:
             continue
         if (start is None or day >= start) and (end is None or day <= end):
+            _check_feed_file(where, info.path)
             found.files.setdefault(day, []).append(info.path)
     if not found.files and (start is None or end is None):
         raise ConfigError(f"no feed files under {where.uri} for the date range")
@@ -56,6 +58,23 @@ def find_feed_days(config: BackfillConfig, start: date | None, end: date | None)
     found.missing = [first + timedelta(days=i) for i in range((last - first).days + 1)
                      if first + timedelta(days=i) not in found.files]
     return found
+
+
+def _check_feed_file(where: Location, path: str) -> None:
+    """A feed file must be parquet with a text ``uri`` column: checked from its footer before
+    anything is enqueued (one line naming the file otherwise)."""
+    try:
+        schema = pq.read_schema(path, filesystem=where.fs)
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"feed file {path} cannot be read as parquet ({exc}); fix or remove "
+                          "it (nothing was enqueued)") from None
+    if "uri" not in schema.names or not (pa.types.is_string(schema.field("uri").type)
+                                         or pa.types.is_large_string(schema.field("uri").type)):
+        found = f"its uri column is {schema.field('uri').type}" if "uri" in schema.names \
+            else f"its columns: {', '.join(schema.names) or 'none'}"
+        raise ConfigError(f"feed file {path} has no text uri column ({found}); feeds.path must "
+                          "hold partition_date=YYYY-MM-DD/*.parquet files with a uri column "
+                          "(nothing was enqueued)")
 
 
 def posts_window(config: BackfillConfig, start: date | None) -> date | None:

@@ -287,7 +287,8 @@ class InferenceRun:
             self.stream_waves = 0
         self._start_actors(feeding=feeding)
         pipe = self.config.pipeline
-        self.guard = RunGuard(self.ray, self.queue, self.monitor, pipe.no_progress_timeout_s,
+        self.guard = RunGuard(self.ray, self.queue, self.monitor, self.writer,
+                              pipe.no_progress_timeout_s,
                               ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s,
                               budget=self.max_records)
         self.guard.feeding = feeding
@@ -352,7 +353,8 @@ class InferenceRun:
                                   stop.exit_code, prefix=stop.prefix)
             self._release_claims()
             guard.check()  # the figures as they are now
-        self._summarise(guard, writer_stats or WriterStats(), final=reachable)
+        # The cluster gone: what the writer last said it exported (its files are there).
+        self._summarise(guard, writer_stats or guard.writer_stats, final=reachable)
         stop.summary = self.summary.finish(self.config.data_dir, self.t0,
                                            self.summary.labelled + self.summary.failed,
                                            self.out_dir)

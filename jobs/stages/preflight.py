@@ -151,15 +151,21 @@ def check_apart(config: BackfillConfig, names: list[str]) -> None:
         raise PreflightErrors(problems)
 
 
-def check_queue_file(config: BackfillConfig, name: str) -> None:
-    """An existing queue file must open (a corrupt one stops here, not inside an actor);
-    none yet (or one another command is creating now) is nothing to check."""
+def check_queue_file(config: BackfillConfig, name: str, ledger: bool = False) -> None:
+    """An existing queue file must open (a corrupt one stops here, not inside an actor), and
+    for an enqueue (``ledger``) its ledger runs must pass their checksums; none yet (or one
+    another command is creating now) is nothing to check."""
     from queue_store import NoQueueError, QueueStore
 
     try:
-        QueueStore(config.data_dir, name, readonly=True).close()
+        store = QueueStore(config.data_dir, name, readonly=True)
     except NoQueueError:
-        pass
+        return
+    try:
+        if ledger:
+            store.verify_ledger()
+    finally:
+        store.close()
 
 
 def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
@@ -171,7 +177,8 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
     if args.add_to_queue or args.run_integrations or args.write_cache:
         problems.check(check_data_dir, config)
         for name in touched:
-            problems.check(check_queue_file, config, name)
+            problems.check(check_queue_file, config, name,
+                           bool(args.add_to_queue) and name in integrations)
     if args.run_integrations or args.write_cache:
         for name in touched:
             problems.check(check_output, config, name)

@@ -22,8 +22,10 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 def join_address(config: BackfillConfig) -> str | None:
     """The cluster to join, only when told: ``--address``/``ray.address`` in the config, or
-    ``RAY_ADDRESS`` (which ``ray job submit`` sets). None: start a local Ray."""
-    return config.ray.address or os.environ.get("RAY_ADDRESS") or None
+    ``RAY_ADDRESS`` (which ``ray job submit`` sets). None: start a local Ray — also for the
+    address ``local``, Ray's own word for that (so the config's ``ray:`` block applies)."""
+    address = config.ray.address or os.environ.get("RAY_ADDRESS") or None
+    return None if address is None or address.strip().lower() == "local" else address
 
 
 _set_offline: dict[str, str] = {}

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from actors.stats import QueueStats, StageStats
+from actors.stats import QueueStats, StageStats, WriterStats
 from jobs.stages.errors import RunStopped
 from jobs.stages.progress import Figures
 
@@ -33,13 +33,16 @@ STARTUP_LIMIT_S = 900.0
 
 
 class RunGuard:
-    def __init__(self, ray: Any, queue: Any, monitor: Any, no_progress_s: float,
+    def __init__(self, ray: Any, queue: Any, monitor: Any, writer: Any, no_progress_s: float,
                  where: str, poll_s: float = POLL_S, lost_after_s: float = LOST_AFTER_S,
                  clock: Callable[[], float] = time.monotonic, budget: int | None = None
                  ) -> None:
         self.ray = ray
         self.queue = queue
         self.monitor = monitor
+        self.writer = writer
+        self.writer_stats = WriterStats()  # the writer's last answer (exports so far)
+        self._writer_ref: Any = None
         self.no_progress_s = no_progress_s
         self.where = where  # the cluster, in words, for the "went away" line
         self.poll_s = poll_s
@@ -86,6 +89,7 @@ class RunGuard:
             return
         now = self._answered_at = self.clock()
         self.queue_stats, self.stage_stats, self._answered = qs, ss, True
+        self._poll_writer()
         if ss.fatal is not None and self.stop_reason is None:
             self.stop_reason = RunStopped(ss.fatal.message, ss.fatal.exit_code)
             return
@@ -101,6 +105,21 @@ class RunGuard:
                 f"(pipeline.no_progress_timeout_s {self.no_progress_s:g}); the stage was "
                 f"{self.waiting() or 'not moving'}; rerun to go on (nothing is lost), or "
                 "raise the timeout for a model this slow", 1)
+
+    def _poll_writer(self) -> None:
+        """The writer's figures, never waited for (it may be busy exporting): last poll's
+        question is read if answered, and the next one asked. A run whose cluster goes away
+        then still says what it exported."""
+        try:
+            if self._writer_ref is not None:
+                ready, _ = self.ray.wait([self._writer_ref], timeout=0)
+                if not ready:
+                    return
+                self._writer_ref = None
+                self.writer_stats = self.ray.get(ready[0], timeout=1)
+            self._writer_ref = self.writer.get_stats.remote()
+        except Exception:  # noqa: BLE001 - the writer is gone: keep its last figures
+            self._writer_ref = None
 
     def stop(self, reason: RunStopped) -> None:
         """Stop the run from outside (Ctrl-C, a failed feed) unless it is stopping already."""
