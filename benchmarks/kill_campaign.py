@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def main() -> int:
     env.pop("RAY_ADDRESS", None)
     print(f"work dir {work}: {args.days} days of {args.posts} posts, one more arriving before "
           f"most rounds; {args.rounds} rounds")
-    print("round  version  between         kill                  exit  rows  distinct  "
+    print("round  version  between         kill                     exit  rows  distinct  "
           "pending  leased  dead  problems")
     leftovers: list[subprocess.Popen] = []
     used = {"A"}
@@ -98,20 +99,23 @@ def main() -> int:
                                 start_new_session=True)
         started = time.monotonic()
         kill = rng.choice(["driver", "driver", "group", "none"])
+        # When: at a random time, or just after the run holds leases, or after it labelled
+        # (and so exports, and may compact, soon).
+        moment = rng.choice(["time", "leased", "labelled"])
         at = rng.uniform(0.5, typical)
-        try:
-            proc.wait(timeout=at if kill != "none" else 600)
-            how = "finished first"
-            if kill == "none":
-                typical = max(5.0, time.monotonic() - started)
-                how = "not killed"
-        except subprocess.TimeoutExpired:
+        if kill == "none":
+            proc.wait(timeout=900)
+            typical = max(5.0, time.monotonic() - started)
+            how = "not killed"
+        elif _wait_for(proc, data, moment, at, rng):
             if kill == "driver":
                 os.kill(proc.pid, signal.SIGKILL)
             else:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            how = f"{kill} at {at:5.1f} s"
+            how = f"{kill} {moment} {time.monotonic() - started:4.1f}s"
+        else:
+            how = "finished first"
         err = proc.stderr.read().decode(errors="replace").strip().splitlines()
         leftovers.append(proc)
         for old in leftovers[:-1]:  # an earlier round's Ray, if it outlived its driver
@@ -120,7 +124,7 @@ def main() -> int:
         found = places(data / "queue" / f"{NAME}.db", NAME, data / NAME)
         problems = found.problems()
         failures += bool(problems)
-        print(f"{n:5d}  {version:7s}  {between:14s}  {how:20s}  {proc.returncode:4d}  "
+        print(f"{n:5d}  {version:7s}  {between:14s}  {how:23s}  {proc.returncode:4d}  "
               f"{sum(found.parquet.values()):5d}  {len(found.parquet):8d}  "
               f"{sum(found.pending.values()):7d}  {sum(found.leased.values()):6d}  "
               f"{sum(found.dead.values()):4d}  {len(problems)}", flush=True)
@@ -167,6 +171,36 @@ def _final_check(found, valid: set[str], used: set[str]) -> int:
         found.unexported.values())
     bad += sum(n - 1 for n in found.parquet.values() if n > 1)
     return bad
+
+
+def _wait_for(proc: subprocess.Popen, data: Path, moment: str, at: float,
+              rng: random.Random) -> bool:
+    """Until the moment to kill ``proc`` (False: it ended first)."""
+    from queue_store import NoQueueError, QueueStore
+
+    deadline = time.monotonic() + (at if moment == "time" else 600)
+    labelled0 = None
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            return True
+        if moment != "time":
+            try:
+                store = QueueStore(data, NAME, readonly=True)
+                try:
+                    st = store.status()
+                finally:
+                    store.close()
+            except (NoQueueError, sqlite3.Error):
+                st = None
+            if st is not None:
+                labelled = st.output_rows_exported + st.output_rows_unexported
+                labelled0 = labelled if labelled0 is None else labelled0
+                if (moment == "leased" and st.processing_posts) or (
+                        moment == "labelled" and labelled > labelled0):
+                    deadline = min(deadline, time.monotonic() + rng.uniform(0, 2))
+                    moment = "time"
+        time.sleep(0.05)
+    return False
 
 
 def _valid_uris(posts: Path) -> set[str]:

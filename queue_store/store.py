@@ -7,6 +7,8 @@ Verbs, message-queue style. Every verb that writes is atomic: it runs in one
 - ``enqueue(posts, metadata=None, batch_size=1000, version="", relabel=False, session=None)``
   — validate; queue the posts the ledger has not seen for that version.
 - ``remember(uris, version)`` — record posts labelled elsewhere in the ledger, queue nothing.
+- ``verify_ledger()`` / ``rebuild_ledger(labelled)`` — check every ledger run's checksum; write
+  the ledger anew from the queue file and ``(uris, config_hash)`` of the parquet output.
 - ``claim(max_batches=1, lease_seconds=60, owner="", version="")`` — lease pending batches of
   one version (reaps first).
 - ``extend(leases, lease_seconds=60)`` — heartbeat: push the expiry of leases still held.
@@ -247,13 +249,8 @@ class QueueStore:
 
             def record(chunks: list[tuple[pa.Array | pa.ChunkedArray, str]]) -> None:
                 nonlocal written
-                by_version: dict[str, list[Any]] = {}
-                for column, version in chunks:
-                    by_version.setdefault(version, []).append(column.cast(pa.string()))
-                for version, columns in by_version.items():
-                    keys, checks = fingerprints(pc.drop_null(pa.chunked_array(columns,
-                                                                             pa.string())))
-                    self.ledger.add(c, keys, checks, self._vid(c, version), seq)
+                for vid, keys, checks in self._by_version(c, chunks):
+                    self.ledger.add(c, keys, checks, vid, seq)
                     written += len(keys)
 
             for page in self._pages(c, f"SELECT id, payload, version FROM {t['input']}"):
@@ -611,16 +608,21 @@ class QueueStore:
     def _forget(self, c: Any, uris: list[tuple[pa.Array | pa.ChunkedArray, str]]) -> int:
         """Forget posts in the ledger, each under the version it was queued for (one run
         file per version); returns how many."""
-        by_version: dict[str, list[pa.Array | pa.ChunkedArray]] = {}
-        for column, version in uris:
-            by_version.setdefault(version, []).append(column)
         forgotten = 0
-        for version, columns in by_version.items():
-            column = pa.chunked_array([u.cast(pa.string()) for u in columns], pa.string())
-            keys, checks = fingerprints(pc.drop_null(column))
-            self.ledger.forget(c, keys, checks, self._vid(c, version), self._next_seq(c))
+        for vid, keys, checks in self._by_version(c, uris):
+            self.ledger.forget(c, keys, checks, vid, self._next_seq(c))
             forgotten += len(keys)
         return forgotten
+
+    def _by_version(self, c: Any, uris: list[tuple[pa.Array | pa.ChunkedArray, str]]
+                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(version id, keys, checks)``: the fingerprints of uri columns, per version."""
+        by_version: dict[str, list[pa.Array | pa.ChunkedArray]] = {}
+        for column, version in uris:
+            by_version.setdefault(version, []).append(column.cast(pa.string()))
+        for version, columns in by_version.items():
+            keys, checks = fingerprints(pc.drop_null(pa.chunked_array(columns, pa.string())))
+            yield self._vid(c, version), keys, checks
 
     @staticmethod
     def _pages(c: Any, select: str, params: tuple[Any, ...] = (), size: int = 256
