@@ -2,6 +2,7 @@
 files no committed transaction names are ignored and cleaned up."""
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -26,6 +27,13 @@ def _ledger(tmp_path) -> tuple[Ledger, sqlite3.Connection]:
 
 def _i64(*xs: int) -> np.ndarray:
     return np.array(xs, dtype=np.int64)
+
+
+def _write(conn: sqlite3.Connection, fn, *args) -> None:
+    """One ledger write in a transaction of its own."""
+    conn.execute("BEGIN IMMEDIATE")
+    fn(conn, *args)
+    conn.execute("COMMIT")
 
 
 def _merge_all(led: Ledger, conn: sqlite3.Connection) -> int:
@@ -135,10 +143,7 @@ def test_a_forget_entry_cancels_earlier_entries_of_its_own_version_only(tmp_path
     monkeypatch.setattr(ledger_mod, "TIER_BASE", 2)
     led, conn = _ledger(tmp_path)
 
-    def write(fn, *args):
-        conn.execute("BEGIN IMMEDIATE")
-        fn(conn, *args)
-        conn.execute("COMMIT")
+    write = functools.partial(_write, conn)
 
     write(led.add, _i64(1, 2, 3), _i64(1, 2, 3), 1, 1)
     write(led.add, _i64(1), _i64(1), 2, 2)          # post 1 also under version 2
@@ -164,10 +169,7 @@ def test_one_post_cleared_twice_with_merges_between_is_forgotten_each_time(tmp_p
     monkeypatch.setattr(ledger_mod, "FANOUT", 2)
     led, conn = _ledger(tmp_path)
 
-    def write(fn, *args):
-        conn.execute("BEGIN IMMEDIATE")
-        fn(conn, *args)
-        conn.execute("COMMIT")
+    write = functools.partial(_write, conn)
 
     def known() -> bool:
         return bool(led.lookup(conn, _i64(5), _i64(5), vid=1).same[0])
