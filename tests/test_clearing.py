@@ -126,3 +126,16 @@ def test_bypass_write_clears_the_output_without_writing_it(tmp_path, capsys):
     assert st.output_rows_unexported == st.output_rows_exported == 0
     assert sorted((tmp_path / "data" / NAME).rglob("*.parquet")) == files  # nothing written
     store.close()
+
+
+def test_clearing_empty_queues_says_so(tmp_path, capsys):
+    """Nothing queued any more: the clear says it cleared nothing (it printed a bare
+    ``cleared `` before)."""
+    cfg, _, store = _half_done(tmp_path)
+    assert main(["--config", str(cfg), "--clear-input-queues", "--clear-output-queues",
+                 "--yes"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "--clear-input-queues", "--yes"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert f"{NAME}: cleared nothing (the queue was empty)" in said, said
+    store.close()

@@ -94,3 +94,18 @@ def test_a_feed_file_without_a_uri_column_is_refused_before_anything_is_queued(t
     assert len(err) == 1 and str(bad) in err[0] and "no text uri column" in err[0], err
     assert "post_uri" in err[0]
     assert not (tmp_path / "data" / "queue" / f"{NAME}.db").exists()
+
+
+def test_demo_feeds_over_posts_that_do_not_exist_is_an_error(tmp_path):
+    """``demo_data --feeds`` needs the posts it serves: none there is exit 2 and one line
+    (it wrote "0 served uris" and exited 0)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    got = subprocess.run([sys.executable, "-m", "jobs.tools.demo_data", "--out",
+                          str(tmp_path / "nothing"), "--feeds", str(tmp_path / "feeds")],
+                         cwd=root, capture_output=True, text=True)
+    assert got.returncode == 2 and "error: no posts at" in got.stderr, got
+    assert not (tmp_path / "feeds").exists()

@@ -119,8 +119,9 @@ def clear_queues(config: BackfillConfig, names: list[str], inputs: bool, outputs
             raise ConfigError(str(exc)) from None
         store.compact()
         for res in got:
-            print(f"{name}: cleared " + ", ".join(
-                f"{k.replace('_', ' ')} {v}" for k, v in res.model_dump().items() if v), file=out)
+            counts = ", ".join(f"{k.replace('_', ' ')} {v}"
+                               for k, v in res.model_dump().items() if v)
+            print(f"{name}: cleared {counts or 'nothing (the queue was empty)'}", file=out)
 
 
 def compact_queue(config: BackfillConfig, names: list[str]) -> str:

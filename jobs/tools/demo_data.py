@@ -148,6 +148,10 @@ def main() -> None:
     ap.add_argument("--feeds", type=Path, metavar="DIR",
                     help="instead: write feed files (uris served per day) for the posts at --out")
     args = ap.parse_args()
+    if (args.feeds or args.gold) and not any(args.out.glob("partition_date=*")):
+        ap.exit(2, f"error: no posts at {args.out} (partition_date=YYYY-MM-DD folders): "
+                   "write them first, e.g. python -m jobs.tools.demo_data --out "
+                   f"{args.out}\n")
     if args.feeds:
         n = sum(write_feeds(args.out, args.feeds).values())
         print(f"wrote {n} served uris for {args.out} to {args.feeds}")
