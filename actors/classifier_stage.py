@@ -3,14 +3,14 @@
 Each block is labelled in ``classify`` calls of ``batch_size`` posts, and each call's result
 rows go straight to the WriterActor (by object reference, never through the driver), so
 results leave the stage every ``batch_size`` posts whatever the model's speed; Ray Data only
-sees a one-row count per block. Every call is reported to the StageMonitor, which is what the
+sees a one-row count per block. Every call is reported to the StageReports, which is what the
 run's progress guard and display read.
 
 No exception may escape ``__call__`` for a post's sake (it would abort the whole dataset):
 posts that fail are isolated by bisection and come out as failure rows carrying their reason;
-posts that kill the process are found through the StageMonitor's journal
+posts that kill the process are found through the StageReports's journal
 (``classifiers/crash_isolation.py``). What cannot succeed for any post — a classifier that
-cannot be built, a rejected key, outputs of clashing types — is reported to the StageMonitor
+cannot be built, a rejected key, outputs of clashing types — is reported to the StageReports
 as fatal and raised, so the driver stops the run with that one line.
 """
 from __future__ import annotations
@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from classifiers.crash_isolation import BlockState, CrashJournal, classify_guarded
+from classifiers.crash_isolation import BlockState, classify_guarded
 from classifiers.poison import Outcome
 from classifiers.protocol import FatalClassifierError
 from classifiers.registry import build_classifier
 from classifiers.scrub import register_secret, scrub
+from queue_store.rows.column_types import TypeClash
 from queue_store.rows.shapes import (CONTROL, LABEL_TIME, LABEL_TIME_TYPE, POST_COLUMNS,
                                     RESERVED)
 from queue_store.rows.typed import fit_rows, typed_columns
@@ -40,7 +41,7 @@ STATUS_EVERY_S = 2.0
 
 
 class MonitorJournal:
-    """The crash journal kept by the StageMonitor: begin/set_active are awaited (they must
+    """The crash journal kept by the StageReports: begin/set_active are awaited (they must
     be recorded before the posts run), end is not."""
 
     def __init__(self, monitor: Any) -> None:
@@ -86,25 +87,37 @@ class TimedClassifier:
         return getattr(self.inner, name)
 
 
-class OutputTypeClash(FatalClassifierError):
-    """The classifier's outputs for one column have two types: no retry can change that."""
-
-
-def type_clash_message(integration: str, why: str, where: str) -> str:
-    """The one line for labels whose type the integration's fixed column types cannot take."""
-    return (f"integration {integration}: {why} (fixed by the labels already written under "
-            f"{where} or queued for it); labels of another type need their own place — give "
-            "this integration block another name, or use another data_dir and output_dir. "
-            "Nothing was retried; this run's claims were handed back")
+def fixed_type_clash(integration: str, why: str, where: str) -> TypeClash:
+    """Labels whose type the integration's fixed column types cannot take: the one error
+    (and line) for it, whether the stage or the writer finds it. No retry can change a type,
+    so it stops the run."""
+    return TypeClash(f"integration {integration}: {why} (fixed by the labels already written "
+                     f"under {where} or queued for it); labels of another type need their own "
+                     "place — give this integration block another name, or use another "
+                     "data_dir and output_dir. Nothing was retried; this run's claims were "
+                     "handed back")
 
 
 class ClassifierStage:
-    def __init__(self, classifier_type: str, params: dict[str, Any], run_id: str,
-                 integration: str = "", monitor: Any = None, writer: Any = None,
-                 config_hash: str = "", secrets: dict[str, str] | None = None,
-                 batch_size: int = 256, fixed_types: pa.Schema | None = None,
-                 output_dir: str = "") -> None:
-        for name, value in (secrets or {}).items():  # e.g. an API key, never logged
+    """``map_batches(ClassifierStage, **ClassifierStage.map_batches_options(...))``."""
+
+    @classmethod
+    def map_batches_options(cls, *, classifier_type: str, params: dict[str, Any],
+                            batch_size: int, num_cpus: float, num_gpus: float,
+                            compute: Any, whole_blocks: bool, **stage: Any) -> dict[str, Any]:
+        """The stage's Ray Data options: its actor pool (``compute``) and resources, and its
+        constructor's arguments (``stage``: the rest of ``__init__``'s). ``whole_blocks``:
+        Ray Data hands whole blocks (the stage splits them into ``batch_size`` calls)."""
+        return {"fn_constructor_kwargs": {"classifier_type": classifier_type, "params": params,
+                                          "batch_size": batch_size, **stage},
+                "compute": compute, "batch_size": None if whole_blocks else batch_size,
+                "batch_format": "pyarrow", "num_cpus": num_cpus, "num_gpus": num_gpus}
+
+    def __init__(self, classifier_type: str, params: dict[str, Any], batch_size: int,
+                 run_id: str, integration: str, monitor: Any, writer: Any, config_hash: str,
+                 secrets: dict[str, str], fixed_types: pa.Schema | None,
+                 output_dir: str) -> None:
+        for name, value in secrets.items():  # e.g. an API key, never logged
             os.environ.setdefault(name, value)
             register_secret(value)
         self.monitor = monitor
@@ -125,28 +138,26 @@ class ClassifierStage:
                         f"{type(exc).__name__}: {exc}")
             raise
         self.classifier = TimedClassifier(classifier)
-        self.journal = MonitorJournal(monitor) if monitor is not None else CrashJournal()
+        self.journal = MonitorJournal(monitor)
         self.posts = 0
         self.sends: collections.deque = collections.deque()
         self.cpu_start = time.process_time()  # the model is loaded: count from here
         self.fixed = {**classifier.provenance.columns(), "config_hash": config_hash,
                       "run_id": run_id}
         self._tell("report_actor", self.actor_key, "ready")
-        if callable(getattr(classifier, "status", None)) and monitor is not None:
+        if callable(getattr(classifier, "status", None)):
             threading.Thread(target=self._watch_status, daemon=True).start()
 
     # -- reporting -------------------------------------------------------------------------
     def _tell(self, method: str, *args: Any) -> None:
-        """A report to the StageMonitor, not awaited (figures only)."""
-        if self.monitor is not None:
-            getattr(self.monitor, method).remote(*args)
+        """A report to the StageReports, not awaited (figures only)."""
+        getattr(self.monitor, method).remote(*args)
 
     def _fatal(self, message: str, exit_code: int = 2) -> None:
         """Tell the driver the true cause before the dataset is aborted."""
-        if self.monitor is not None:
-            import ray
+        import ray
 
-            ray.get(self.monitor.report_fatal.remote(scrub(message)[:1000], exit_code))
+        ray.get(self.monitor.report_fatal.remote(scrub(message)[:1000], exit_code))
 
     def _report_usage(self) -> None:
         usage = getattr(self.classifier, "usage", None)
@@ -209,20 +220,18 @@ class ClassifierStage:
                        f"reserved column name(s) {sorted(clash)}; rename them in the "
                        "classifier (these names belong to the output layout)")
             self._fatal(message)
-            raise OutputTypeClash(message)
-        if misfits:
-            why = next(iter(misfits.values()))
-            message = (f"integration {self.integration}: {why}; a label column keeps one "
-                       "type — fix the classifier so every post gets the same type")
-            self._fatal(message)
-            raise OutputTypeClash(message)
-        if self.fixed_types is not None and names:
+            raise FatalClassifierError(message)
+        if misfits:  # the one check of a classifier's results: types within the call ...
+            clash = TypeClash(f"integration {self.integration}: "
+                              f"{next(iter(misfits.values()))}; a label column keeps one "
+                              "type — fix the classifier so every post gets the same type")
+        elif self.fixed_types is not None and names:  # ... and against the output's types
             _, misfits = fit_rows(pa.table(dict(zip(names, arrays))), self.fixed_types)
-            if misfits:
-                message = type_clash_message(self.integration, next(iter(misfits.values())),
-                                             self.output_dir)
-                self._fatal(message)
-                raise OutputTypeClash(message)
+            clash = misfits and fixed_type_clash(self.integration,
+                                                 next(iter(misfits.values())), self.output_dir)
+        if misfits:
+            self._fatal(str(clash))
+            raise clash
         why = pa.array(reasons, pa.string())
         columns = {name: part.column(name) for name in (*CONTROL, *POST_COLUMNS)}
         columns["was_successfully_labeled"] = pc.is_null(why)  # the STATUS columns
@@ -237,8 +246,6 @@ class ClassifierStage:
     def _send(self, table: pa.Table) -> None:
         """Hand a call's result rows to the writer; at most ``MAX_SENDS_IN_FLIGHT`` unanswered
         (a writer error — a label of the wrong type, a full disk — surfaces here)."""
-        if self.writer is None:
-            return
         import ray
 
         self.sends.append(self.writer.consume.remote(table))

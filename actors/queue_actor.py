@@ -1,7 +1,8 @@
 """QueueActor: claims, leases and completions of an integration's queue during a run.
 
 Claims are serialised because a (non-concurrent) actor runs one method at a time; it claims
-only batches queued for this run's ``version`` (config_hash). A heartbeat thread extends every
+only batches queued for this run's ``config_hash``. It also keeps the classifier stage's
+reports (``StageReports``, on a thread of their own). A heartbeat thread extends every
 lease this actor handed out, through its own SQLite connection, so a live run's claims never
 expire while a dead run's expire within ``lease_seconds``. The heartbeat survives a locked or
 failing queue file (it retries at its next beat); if it cannot renew for so long that leases
@@ -15,38 +16,34 @@ import threading
 import time
 from typing import Any
 
-import ray
-
-from actors.stage_monitor import StageMonitor
-from actors.stats import QueueStats, StageStats
-from queue_store import QueueStore
+from actors.stage_reports import StageReports
+from actors.stats import QueueStats
+from queue_store import ClaimedBatch, QueueStore
 from queue_store.schema import QueueFileError
 
 # The heartbeat gives up on one renewal after a quarter of a lease (and tries again at its
 # next beat); past SAFE_FRACTION of a lease without a renewal, claiming stops.
 SAFE_FRACTION = 0.75
-# The concurrency group of the classifier stage's reports (crash journal, fatal errors,
-# progress): a thread of its own, so they never wait behind the queue's SQLite work.
-STAGE = "stage"
-OPTIONS = {"concurrency_groups": {STAGE: 1}}  # for ray.remote(**OPTIONS)(QueueActor)
 # A read task that finds nothing pending reaps (a write transaction) at most this often.
 REAP_EVERY_S = 1.0
 
 
-class QueueActor:
+class QueueActor(StageReports):
+    """``ray.remote(**stage_reports.OPTIONS)(QueueActor)``: one per integration's run."""
+
     def __init__(self, data_dir: str, integration: str, max_attempts: int,
-                 lease_seconds: float, owner: str, max_records: int | None = None,
-                 feeding: bool = False, version: str = "") -> None:
+                 lease_seconds: float, owner: str, config_hash: str,
+                 max_records: int | None = None, feeding: bool = False) -> None:
+        super().__init__()
         self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
         self.lease_seconds = lease_seconds
         self.owner = owner
-        self.version = version
+        self.config_hash = config_hash
         self.max_records = max_records
         self.feeding = feeding  # the same command's enqueue is still running
         self.outstanding: dict[int, str] = {}
         self.stats = QueueStats()
         self._reaped_at = -REAP_EVERY_S
-        self.stage = StageMonitor()  # only ever touched from the STAGE thread
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, args=(data_dir, integration,
@@ -55,14 +52,14 @@ class QueueActor:
         self.cpu_at_start = time.process_time()  # after imports and set-up
 
     # -- read side -------------------------------------------------------------------------
-    def next_batches(self, max_batches: int = 1) -> list[tuple[int, str, bytes]]:
-        """Claim for a read task: ``(batch_id, lease_id, stored posts)`` per batch, forwarded
-        as stored (an Arrow record batch; checking it is the read task's job, off this serial
-        actor). An empty list means nothing is claimable now (stop)."""
+    def next_batches(self, max_batches: int) -> list[ClaimedBatch]:
+        """Claim for a read task: the claims as the store made them, posts as stored (an
+        Arrow record batch; checking it is the read task's job, off this serial actor). An
+        empty list means nothing is claimable now (stop)."""
         if self.budget_used() or self.stats.stopped_claiming:
             return []
         batches = self.store.claim(max_batches, self.lease_seconds, self.owner,
-                                   version=self.version)
+                                   self.config_hash)
         if self.max_records is not None:
             batches = self._trim_to_budget(batches)
         with self._lock:
@@ -70,7 +67,7 @@ class QueueActor:
                 self.outstanding[b.batch_id] = b.lease_id
         self.stats.claimed_batches += len(batches)
         self.stats.claimed_posts += sum(b.n_posts for b in batches)
-        return [(b.batch_id, b.lease_id, b.payload) for b in batches]
+        return batches
 
     def work_state(self, wait_for_retries: bool = True) -> str:
         """For a read task before its first claim: ``claim`` (something is pending),
@@ -79,7 +76,7 @@ class QueueActor:
         back as retries) or ``done``."""
         if self.stats.stopped_claiming or self.budget_used():
             return "done"
-        if self.store.has_pending(self.version) or self._take_back_dead_claims():
+        if self.store.has_pending(self.config_hash) or self._take_back_dead_claims():
             return "claim"
         if self.feeding:
             return "wait"
@@ -108,10 +105,10 @@ class QueueActor:
         return self.max_records is not None and self.stats.claimed_posts >= self.max_records
 
     def claimable_posts(self) -> int:
-        """Posts a claim could take now: pending ones of this version, after reaping expired
+        """Posts a claim could take now: pending ones of this config_hash, after reaping expired
         leases and the leases of provably dead runs."""
         self._take_back_dead_claims(force=True)
-        return self.store.status(self.version).pending_posts
+        return self.store.status(self.config_hash).pending_posts
 
     def _take_back_dead_claims(self, force: bool = False) -> bool:
         """Reap expired leases and those of provably dead runs (a crashed run that held every
@@ -126,7 +123,7 @@ class QueueActor:
         return got.requeued_batches > 0
 
     def queue_status(self) -> Any:
-        return self.store.status(self.version)
+        return self.store.status(self.config_hash)
 
     def release_outstanding(self) -> int:
         """Fenced: every lease this run still holds back to pending (attempt not spent), so a
@@ -135,7 +132,7 @@ class QueueActor:
             leases, self.outstanding = list(self.outstanding.items()), {}
         return sum(self.store.release(b, lease) for b, lease in leases)
 
-    def _trim_to_budget(self, batches: list) -> list:
+    def _trim_to_budget(self, batches: list[ClaimedBatch]) -> list[ClaimedBatch]:
         """Whole batches only, never past max_records (a first batch above it still runs)."""
         kept, total = [], self.stats.claimed_posts
         for b in batches:
@@ -165,48 +162,11 @@ class QueueActor:
             self.stats.dead_lettered += result.dead_lettered
         return result.model_dump()
 
-    # -- the classifier stage's reports (STAGE thread; see actors/stage_monitor.py) ----------
-    @ray.method(concurrency_group=STAGE)
-    def journal_begin(self, key: str, n_posts: int) -> Any:
-        return self.stage.journal_begin(key, n_posts)
-
-    @ray.method(concurrency_group=STAGE)
-    def journal_set_active(self, key: str, posts: list[int]) -> None:
-        self.stage.journal_set_active(key, posts)
-
-    @ray.method(concurrency_group=STAGE)
-    def journal_end(self, key: str) -> None:
-        self.stage.journal_end(key)
-
-    @ray.method(concurrency_group=STAGE)
-    def report_fatal(self, message: str, exit_code: int = 2) -> None:
-        self.stage.report_fatal(message, exit_code)
-
-    @ray.method(concurrency_group=STAGE)
-    def add_usage(self, counts: dict[str, int]) -> None:
-        self.stage.add_usage(counts)
-
-    @ray.method(concurrency_group=STAGE)
-    def report_actor(self, actor: str, state: str) -> None:
-        self.stage.report_actor(actor, state)
-
-    @ray.method(concurrency_group=STAGE)
-    def report_progress(self, actor: str, posts: int, outside_classify_s: float) -> None:
-        self.stage.report_progress(actor, posts, outside_classify_s)
-
-    @ray.method(concurrency_group=STAGE)
-    def report_waiting(self, actor: str, status: dict[str, str]) -> None:
-        self.stage.report_waiting(actor, status)
-
-    @ray.method(concurrency_group=STAGE)
-    def stage_stats(self) -> StageStats:
-        return self.stage.get_stats()
-
     # -- lifecycle -------------------------------------------------------------------------
     def get_stats(self) -> QueueStats:
         return self.stats.model_copy(update={
             "in_flight_batches": len(self.outstanding),
-            "remaining_posts": self.store.remaining_posts(self.version),
+            "remaining_posts": self.store.remaining_posts(self.config_hash),
             "cpu_s": time.process_time() - self.cpu_at_start})
 
     def stop(self) -> QueueStats:

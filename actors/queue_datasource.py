@@ -26,28 +26,27 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from queue_store import codec
+from queue_store import ClaimedBatch, codec
 from queue_store.rows.shapes import CLAIM_SCHEMA
 
 
-def batches_to_table(batches: list[tuple[int, str, bytes]], queue: Any = None) -> pa.Table:
-    """``(batch_id, lease_id, stored posts)`` claims → one row per post. The stored posts are
+def batches_to_table(batches: list[ClaimedBatch], queue: Any) -> pa.Table:
+    """Claims → one row per post, the claim in its ``CONTROL`` columns. The stored posts are
     an Arrow record batch already (nothing to parse); a batch damaged on disk goes to dead
-    letters through one fenced call."""
-    parts = []
-    for batch_id, lease_id, payload in batches:
-        try:
-            posts = codec.loads_posts(payload)
-        except codec.PayloadError as exc:
-            if queue is not None:
-                import ray
+    letters through one fenced call to ``queue``."""
+    import ray
 
-                ray.get(queue.bury_undecodable.remote(batch_id, lease_id, str(exc)))
+    parts = []
+    for claim in batches:
+        try:
+            posts = codec.loads_posts(claim.payload)
+        except codec.PayloadError as exc:
+            ray.get(queue.bury_undecodable.remote(claim.batch_id, claim.lease_id, str(exc)))
             continue
         n = posts.num_rows
         parts.append(pa.RecordBatch.from_arrays(
-            [*posts.columns, pa.array(np.full(n, batch_id, np.int64)),
-             pa.array([lease_id] * n, pa.string()), pa.array(np.full(n, n, np.int64))],
+            [*posts.columns, pa.array(np.full(n, claim.batch_id, np.int64)),
+             pa.array([claim.lease_id] * n, pa.string()), pa.array(np.full(n, n, np.int64))],
             schema=CLAIM_SCHEMA))
     return pa.Table.from_batches(parts, schema=CLAIM_SCHEMA)
 

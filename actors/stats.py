@@ -52,7 +52,7 @@ class Fatal(BaseModel):
 
 
 class StageStats(BaseModel):
-    """What the classifier actors reported to the StageMonitor."""
+    """What the classifier actors reported to the StageReports."""
 
     fatal: Fatal | None = None
     process_deaths: int = 0

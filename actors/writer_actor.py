@@ -6,7 +6,7 @@ QueueActor. The output queue is exported to parquet every ``export_rows`` comple
 ``export_every_seconds``, and at the end.
 
 A labelled row whose values cannot take the integration's fixed column types is not a post's
-failure but the run's: no retry can change a type. The writer reports it to the StageMonitor
+failure but the run's: no retry can change a type. The writer reports it to the StageReports
 as fatal (one line: integration, column, both types, the way out) and completes nothing of
 that batch, so the run stops and hands its claims back. A parquet write that fails for the
 disk's sake (full, read-only) is reported the same way, with the path and the errno.
@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.classifier_stage import type_clash_message
+from actors.classifier_stage import fixed_type_clash
 from actors.stats import WriterStats
 from queue_store.location import Location
 from queue_store import QueueStore, export_output
-from queue_store.rows.column_types import concat_conformed, conform, merge_schema
+from queue_store.rows.column_types import concat_conformed, merge_schema
 from queue_store.rows.shapes import CONTROL, POST_COLUMNS, STATUS, post_of
 from queue_store.rows.typed import fit_rows
 
@@ -55,10 +55,6 @@ def distinct_posts(rows: pa.Table) -> pa.Table:
 MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
 
 
-class LabelTypeError(RuntimeError):
-    """Labels whose type cannot take the integration's fixed column type (fatal)."""
-
-
 def fixed_mmap_threshold(nbytes: int = 131_072) -> None:
     """The writer frees a large buffer per export; glibc's adaptive mmap threshold would then
     serve those from the heap and fragment it (measured: 100 MB → 430 MB over a 1M-post run).
@@ -81,8 +77,9 @@ def storage_message(out_dir: str, exc: OSError) -> str:
 
 
 class WriterActor:
-    def __init__(self, queue: Any, data_dir: str, integration: str, out: Location,
-                 export_rows: int, export_every_seconds: float, monitor: Any = None) -> None:
+    def __init__(self, queue: Any, data_dir: str, integration: str, max_attempts: int,
+                 out: Location, export_rows: int, export_every_seconds: float,
+                 monitor: Any) -> None:
         fixed_mmap_threshold()
 
         self.queue = queue  # completions go through the QueueActor (one fenced call each)
@@ -90,7 +87,7 @@ class WriterActor:
         self.integration = integration
         # Exports and column types on a connection of the writer's own: they are rare, and
         # their transactions are as fenced as anyone's.
-        self.store = QueueStore(data_dir, integration)
+        self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
         self.out = out  # a local folder or an object store
         self.out_dir = str(out)
         self.export_rows = export_rows
@@ -135,7 +132,7 @@ class WriterActor:
     def _fitted(self, table: pa.Table) -> pa.Table:
         """A call's result rows with their label columns cast to the integration's fixed types
         (new or newly typed columns are fixed in the queue file first). Labels that cannot
-        take them stop the run (``LabelTypeError``)."""
+        take them stop the run (``TypeClash``)."""
         labels = table.drop_columns([*CONTROL, *STATUS])
         wanted = merge_schema(self.schema, labels.schema)
         if wanted != self.schema:  # new or newly typed columns: fixed in the queue file
@@ -153,19 +150,18 @@ class WriterActor:
         ok = rows.column("was_successfully_labeled")
         failed = [(post_of(r), r["reason"]) for r in
                   rows.filter(pc.invert(ok)).select([*POST_COLUMNS, "reason"]).to_pylist()]
-        done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])
-        return (conform(done, self.schema) if done.num_rows else None), failed
+        done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])  # cast once, on arrival
+        return (done if done.num_rows else None), failed
 
     def _clash(self, why: str) -> None:
-        message = type_clash_message(self.integration, why, self.out_dir)
-        self._report_fatal(message, 2)
-        raise LabelTypeError(message)
+        clash = fixed_type_clash(self.integration, why, self.out_dir)
+        self._report_fatal(str(clash), 2)
+        raise clash
 
     def _report_fatal(self, message: str, exit_code: int) -> None:
-        if self.monitor is not None:
-            import ray
+        import ray
 
-            ray.get(self.monitor.report_fatal.remote(message, exit_code))
+        ray.get(self.monitor.report_fatal.remote(message, exit_code))
 
     def _settle(self) -> None:
         import ray

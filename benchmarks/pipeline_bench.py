@@ -8,7 +8,7 @@ enqueue:  the CLI's enqueue stage alone on 1M posts (no Ray): posts/s and second
           commit), against the original tool's queue insert on the same posts.
 scale:    N posts through one command (enqueue streaming into inference → parquet) with the
           no-op ``constant`` classifier: posts/s, CPU per post of each one-of-a-kind role
-          (driver, QueueActor, WriterActor, StageMonitor), peak private memory per process
+          (driver, QueueActor, WriterActor, StageReports thread), peak private memory per process
           role; against the old tool's whole flow on the same posts, and — at ``--plain``
           posts — a plain Ray Data job (read_parquet → map_batches(the same classifier, same
           actor pool and batch size) → write_parquet), run alternately with ours.
@@ -43,7 +43,7 @@ from rss_sampler import RssSampler  # noqa: E402
 from jobs.config import parse_config  # noqa: E402
 from jobs.posts.source import find_post_files  # noqa: E402
 from jobs.stages.enqueue import enqueue_posts  # noqa: E402
-from jobs.stages.inference import run_inference  # noqa: E402
+from jobs.stages.inference import run_integrations  # noqa: E402
 
 NAME = "ml_inference_intergroup"
 MODEL_PARAMS = {"labels_file": str(ROOT / "configs" / "labels" / "intergroup.yaml"),
@@ -86,7 +86,9 @@ def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int,
         enq["s"] = time.perf_counter() - t
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    run = run_inference(cfg, NAME, quiet=True, feed=feed, feed_posts=files.good_rows)
+    [run] = run_integrations(cfg, [NAME], quiet=True, feed=feed, feed_posts=files.good_rows)
+    if isinstance(run, BaseException):
+        raise run
     total, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     n = max(run.labelled, 1)
     roles = {"driver": driver_cpu, **run.role_cpu_s}

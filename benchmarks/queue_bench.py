@@ -23,6 +23,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.config import QueueConfig  # noqa: E402
 from queue_store import QueueStore, codec  # noqa: E402
 
 CHUNK = 20_000  # posts generated (and handed to enqueue) at a time, like the enqueue stage
@@ -41,15 +42,16 @@ def post_chunks(n: int):
 
 
 def run_ours(n: int, data_dir: str) -> dict:
-    store = QueueStore(data_dir, "bench")
+    q = QueueConfig()  # the shipped defaults
+    store = QueueStore(data_dir, "bench", max_attempts=q.max_attempts)
     t_enq = 0.0
     for chunk in post_chunks(n):
         t0 = time.perf_counter()
-        store.enqueue(chunk, batch_size=1000)
+        store.enqueue(chunk, q.batch_size, config_hash="")
         t_enq += time.perf_counter() - t0
     t0 = time.perf_counter()
     done = 0
-    while batches := store.claim(max_batches=8, lease_seconds=60, owner="bench"):
+    while batches := store.claim(8, q.lease_seconds, "bench", config_hash=""):
         for b in batches:  # typed label columns beside the posts, as the writer sends them
             posts = pa.Table.from_batches([codec.loads_posts(b.payload)])
             rows = posts.num_rows

@@ -12,7 +12,7 @@ import threading
 import psutil
 
 ROLES = (("QueueActor", "queue_actor"), ("WriterActor", "writer_actor"),
-         ("StageMonitor", "stage_monitor"), ("MapWorker", "classifier_actor"),
+         ("StageReports", "stage_reports"), ("MapWorker", "classifier_actor"),
          ("ReadQueue", "read_task"))
 
 

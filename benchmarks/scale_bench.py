@@ -52,7 +52,7 @@ class DiskPeak(Sampler):
 
 
 def _on_disk(data_dir: Path, n: int) -> dict:
-    store = QueueStore(data_dir, NAME)
+    store = QueueStore(data_dir, NAME, readonly=True)
     try:
         st = store.status()
     finally:
@@ -75,7 +75,7 @@ def one_size(root: Path, n: int) -> dict:
         export_s = time.perf_counter() - t0
         after_clear = _on_disk(data, n)
         t0 = time.perf_counter()
-        store = QueueStore(data, NAME)
+        store = QueueStore(data, NAME, max_attempts=cfg.queue.max_attempts)
         try:
             store.compact(full=True)
         finally:

@@ -3,7 +3,7 @@
 An exception is isolated by bisection inside one call (``poison.py``); a post that kills the
 process cannot be: the process is gone, and the pipeline restarts the actor and hands it the
 same block again. So before working on a block the stage writes down, in a journal that
-outlives the process (the StageMonitor actor keeps it), which posts it is about to run. When the same
+outlives the process (the StageReports in the QueueActor keep it), which posts it is about to run. When the same
 block comes back, the journal says the process died while running those posts: they are
 suspects. The block is then run in smaller chunks, each announced before it runs, so every
 further death halves the suspects, until a single post is known to kill the process. That

@@ -1,19 +1,8 @@
 """Records that cross the queue store's boundary."""
 from __future__ import annotations
 
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-
-class Post(BaseModel):
-    """One input post as queued (extra input columns are not carried). Its fields are the
-    queued columns; validation itself is vectorised (``validation.py``), not per object."""
-
-    model_config = ConfigDict(frozen=True)
-    uri: str
-    text: str
-    preprocessing_timestamp: str
 
 
 class InvalidPost(BaseModel):
@@ -48,25 +37,19 @@ class EnqueueResult(BaseModel):
 
 
 class ClaimedBatch(BaseModel):
-    """A leased input row: only the holder of ``lease_id`` may complete or fail it. The posts
-    travel as stored (``payload``) and are decoded by whoever works on them (``posts``); a
-    payload that cannot be decoded is that worker's to bury (``QueueStore.bury_undecodable``).
-    """
+    """A claim: one leased input batch, as the store hands it out, the QueueActor forwards it
+    and a read task turns it into rows (the ``CONTROL`` columns name it from then on). Only
+    the holder of ``lease_id`` may complete or fail it. The posts travel as stored
+    (``payload``, ``codec.loads_posts`` decodes them); a payload that cannot be decoded is
+    its worker's to bury (``QueueStore.bury_undecodable``)."""
 
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
     batch_id: int
     lease_id: str
     attempt: int
     n_posts: int
-    version: str = ""
-    payload: bytes = Field(b"", repr=False)
-
-    @property
-    def posts(self) -> list[dict[str, Any]]:
-        """The batch's posts (raises ``codec.PayloadError`` for a payload damaged on disk)."""
-        from queue_store import codec
-
-        return codec.loads_posts(self.payload).to_pylist()
+    config_hash: str
+    payload: bytes = Field(repr=False)
 
 
 class CompleteResult(BaseModel):
@@ -106,14 +89,14 @@ class DeadLetter(BaseModel):
     uri: str | None
     reason: str
     attempt: int
-    version: str = ""  # the config_hash the post was queued for
+    config_hash: str  # the one the post was queued for
 
 
 class QueueStatus(BaseModel):
     integration: str
     pending_batches: int = 0
     pending_posts: int = 0
-    pending_other_versions: int = 0  # with ``status(version)``: queued for other config_hashes
+    pending_other_versions: int = 0  # with ``status(config_hash)``: queued for other config_hashes
     processing_batches: int = 0
     processing_posts: int = 0
     next_lease_expiry: float | None = None  # epoch seconds of the soonest expiring lease

@@ -23,9 +23,6 @@ from queue_store.rows.column_types import (EXPORT_ERRORS, concat_conformed, conf
 from queue_store.rows.typed import from_ipc
 from queue_store.store import QueueStore
 
-DEFAULT_EXPORT_ROWS = 50_000
-
-
 class ExportStats(BaseModel):
     exports: int = 0
     files: int = 0
@@ -62,9 +59,10 @@ def salvage(rows: Iterable[tuple[int, bytes]], schema: pa.Schema | None
     return pa.concat_tables([conform(t, types[0], lenient=True) for _, t in done]), bad
 
 
-def export_output(store: QueueStore, out: Location | str | Path,
-                  max_rows: int = DEFAULT_EXPORT_ROWS) -> ExportStats:
-    """Export every unexported output row; resumes (rewrites) a crashed export first.
+def export_output(store: QueueStore, out: Location | str | Path, max_rows: int
+                  ) -> ExportStats:
+    """Export every unexported output row, about ``max_rows`` per file
+    (``PipelineConfig.export_rows``); resumes (rewrites) a crashed export first.
 
     Every file keeps the column types the queue file holds (the first rows to give a column
     a type fixed it). A chunk that cannot be converted to them is split until the rows at

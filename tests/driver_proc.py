@@ -6,7 +6,7 @@ import sys
 
 import ray
 
-from jobs.stages.inference import run_inference
+from tests.pipeline_helpers import run_inference
 from tests.pipeline_helpers import NAME, load_config_json
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from jobs.config import BackfillConfig, parse_config
-from queue_store import QueueStore
+from tests.queue_helpers import Store
 
 NAME = "ml_inference_intergroup"
 PLUGIN = "tests.plugins:KeywordClassifier"
@@ -35,16 +35,16 @@ def enqueue(data_dir: Path, posts: list[dict], batch_size: int = 500,
             config: BackfillConfig | None = None) -> Any:
     """Queue ``posts`` for the version ``config`` labels (the store's default version
     otherwise)."""
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     try:
         return store.enqueue(posts, batch_size=batch_size,
-                             version=version_of(config) if config else "")
+                             config_hash=version_of(config) if config else "")
     finally:
         store.close()
 
 
 def queue_status(data_dir: Path) -> Any:
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     try:
         return store.status()
     finally:
@@ -72,3 +72,14 @@ def driver_command(config: BackfillConfig, ray_address: str, config_path: Path,
 
 def load_config_json(path: str) -> BackfillConfig:
     return BackfillConfig.model_validate(json.loads(Path(path).read_text()))
+
+
+def run_inference(config: BackfillConfig, integration: str, *args: Any, **kw: Any) -> Any:
+    """One integration's run (``run_integrations`` of one): its summary, or what stopped it
+    raised (``RunStopped`` with the partial summary)."""
+    from jobs.stages.inference import run_integrations
+
+    [outcome] = run_integrations(config, [integration], *args, **kw)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

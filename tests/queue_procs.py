@@ -6,13 +6,13 @@ import os
 import sys
 import time
 
-from queue_store import QueueStore
+from tests.queue_helpers import Store
 
 NAME = "ml_inference_intergroup"
 
 
 def claim_until_empty(data_dir: str, owner: str, out_path: str, gate: str) -> None:
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     got: list[int] = []
     while not os.path.exists(gate):  # start together, so claims really interleave
         time.sleep(0.01)
@@ -30,7 +30,7 @@ def enqueue_range(data_dir: str, start: str, stop: str, gate: str, out_path: str
     """Enqueue posts start..stop in small pieces, racing the other enqueuers."""
     from tests.conftest import make_posts
 
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     while not os.path.exists(gate):
         time.sleep(0.01)
     enqueued = 0
@@ -45,7 +45,7 @@ def claim_as_this_process(data_dir: str, leases_path: str) -> None:
     """Claim with this process as the recorded holder, report, then exit (the holder dies)."""
     from queue_store.lease_holder import LeaseHolder
 
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     batches = store.claim(max_batches=3, lease_seconds=3600,
                           owner=LeaseHolder.this_process("doomed-run").encode())
     with open(leases_path, "w") as fh:
@@ -53,7 +53,7 @@ def claim_as_this_process(data_dir: str, leases_path: str) -> None:
 
 
 def claim_and_hang(data_dir: str, leases_path: str) -> None:
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     batches = store.claim(max_batches=3, lease_seconds=1, owner="doomed")
     with open(leases_path + ".tmp", "w") as fh:
         json.dump([b.model_dump(mode="json") for b in batches], fh)
@@ -63,7 +63,7 @@ def claim_and_hang(data_dir: str, leases_path: str) -> None:
 
 def compact_full(data_dir: str, started_path: str) -> None:
     """Rewrite the queue file (VACUUM), saying when it starts: the test kills it mid-way."""
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     with open(started_path, "w") as fh:
         fh.write("1")
     store.compact(full=True)
@@ -76,7 +76,7 @@ def export_killed_mid_upload(data_dir: str, out_uri: str, endpoint: str, die_at:
     import pyarrow as pa
 
     import queue_store.location as location
-    from queue_store import export_output
+    from tests.queue_helpers import export_output
     from queue_store.location import Location, ObjectStore
 
     real, calls = location.pq.write_table, [0]
@@ -95,7 +95,7 @@ def export_killed_mid_upload(data_dir: str, out_uri: str, endpoint: str, die_at:
         time.sleep(600)
 
     location.pq.write_table = half_then_wait
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     export_output(store, Location.of(out_uri, ObjectStore(endpoint_url=endpoint)), 1000)
 
 
@@ -135,7 +135,7 @@ def compact_killed_at(data_dir: str, out_dir: str, step: str) -> None:
             die()
 
         compaction.shutil = type("S", (), {"rmtree": staticmethod(rmtree_part_way)})
-    store = QueueStore(data_dir, NAME)
+    store = Store(data_dir, NAME)
     compaction.compact_output(store, Location.of(out_dir), 1000)
 
 

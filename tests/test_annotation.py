@@ -7,11 +7,10 @@ import csv
 import random
 
 from jobs.backfill import main
-from queue_store import QueueStore, export_output
+from tests.queue_helpers import NAME, Store, complete, export_output, posts_of
 from tests.cli_helpers import write_config
 from tests.conftest import make_posts
 from tests.pipeline_helpers import PLUGIN
-from tests.queue_helpers import NAME, complete
 
 
 def _labelled(tmp_path, n: int = 2000) -> None:
@@ -24,11 +23,11 @@ def _labelled(tmp_path, n: int = 2000) -> None:
         labels[p["uri"]] = {"label": "intergroup" if intergroup else "not_intergroup",
                             "prob_intergroup": prob if intergroup else 1 - prob,
                             "prob_not_intergroup": 1 - prob if intergroup else prob}
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     store.enqueue(make_posts(n), batch_size=200)
     while batches := store.claim(max_batches=4):
         for b in batches:
-            complete(store, b, {p["uri"]: labels[p["uri"]] for p in b.posts})
+            complete(store, b, {p["uri"]: labels[p["uri"]] for p in posts_of(b)})
     export_output(store, tmp_path / "data" / NAME)
     store.close()
 

@@ -9,11 +9,10 @@ import pytest
 
 from jobs.backfill import main
 from jobs.config import load_config
-from queue_store import QueueStore, export_output
+from tests.queue_helpers import NAME, Store, complete, export_output, input_uris, posts_of, queued_uris
 from queue_store.lease_holder import LeaseHolder
 from tests.cli_helpers import write_config, write_posts
 from tests.pipeline_helpers import PLUGIN
-from tests.queue_helpers import NAME, complete, input_uris, queued_uris
 
 
 class _Terminal(io.StringIO):
@@ -33,12 +32,12 @@ def _half_done(tmp_path):
     cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
     assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
                  "--quiet"]) == 0
-    store = QueueStore(tmp_path / "data", NAME, max_attempts=1)
+    store = Store(tmp_path / "data", NAME, max_attempts=1)
     version = load_config(str(cfg)).integrations[NAME].classifier.config_hash
     for i in range(4):
-        [b] = store.claim(version=version)
-        poisoned = b.posts[:1] if i == 0 else []
-        complete(store, b, {p["uri"]: {"label": "x"} for p in b.posts[len(poisoned):]},
+        [b] = store.claim(config_hash=version)
+        poisoned = posts_of(b)[:1] if i == 0 else []
+        complete(store, b, {p["uri"]: {"label": "x"} for p in posts_of(b)[len(poisoned):]},
                  {p["uri"]: "poison" for p in poisoned})
         if i == 1:
             export_output(store, tmp_path / "data" / NAME)
@@ -86,7 +85,7 @@ def test_a_refused_or_impossible_confirmation_deletes_nothing(tmp_path, capsys, 
 def test_a_queue_leased_by_a_live_run_is_not_cleared(tmp_path, capsys):
     cfg, _, store = _half_done(tmp_path)
     version = load_config(str(cfg)).integrations[NAME].classifier.config_hash
-    store.claim(owner=LeaseHolder.this_process("g-live-run").encode(), version=version)
+    store.claim(owner=LeaseHolder.this_process("g-live-run").encode(), config_hash=version)
     before = _counts(store)
     assert main(["--config", str(cfg), "--clear-input-queues", "--yes"]) == 2
     err = capsys.readouterr().err
@@ -108,7 +107,7 @@ def test_a_queue_leased_by_a_run_that_died_is_cleared(tmp_path, capsys):
     holder = LeaseHolder(host=LeaseHolder.this_process().host, pid=gone.pid,
                          started=time.time(), run_id="g-dead-run")
     gone.wait()
-    store.claim(owner=holder.encode(), version=version, lease_seconds=3600)
+    store.claim(owner=holder.encode(), config_hash=version, lease_seconds=3600)
     assert store.status().processing_posts
     assert main(["--config", str(cfg), "--clear-input-queues", "--yes"]) == 0
     assert "live run" not in capsys.readouterr().err

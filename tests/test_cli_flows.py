@@ -8,9 +8,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from jobs.backfill import main
-from queue_store import QueueStore
+from tests.queue_helpers import Store, complete
 from tests.cli_helpers import write_config, write_posts
-from tests.queue_helpers import complete
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 NAME = "ml_inference_intergroup"
@@ -44,18 +43,18 @@ def test_stages_one_at_a_time_with_tiny_model(ray_session, tmp_path, capsys, tin
     out = _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g",
                "--start-date", "2024-10-02", "--end-date", "2024-10-02", "--quiet")
     assert "enqueued" in out
-    st = QueueStore(tmp_path / "data", NAME).status()
+    st = Store(tmp_path / "data", NAME).status()
     assert 80 <= st.pending_posts <= 100  # one day of six (a few invalid/duplicate posts)
     _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i",
          "ml_inference_intergroup", "--quiet")  # the rest; day 2 is skipped as queued
     expected = _valid_unique_uris(posts)
-    assert QueueStore(tmp_path / "data", NAME).status().pending_posts == len(expected)
+    assert Store(tmp_path / "data", NAME).status().pending_posts == len(expected)
     out = _run(capsys, "--config", cfg, "-i", "g", "--run-integrations", "--quiet")
     assert "inference" in out and "hf_sequence_classification" in out
     out = _run(capsys, "--config", cfg, "--write-cache", NAME, "--clear-queue")
     uris = _parquet_uris(tmp_path)
     assert len(uris) == len(set(uris)) and set(uris) == expected
-    st = QueueStore(tmp_path / "data", NAME).status()
+    st = Store(tmp_path / "data", NAME).status()
     assert st.output_rows_exported == st.output_rows_unexported == st.pending_posts == 0
     again = _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g", "--quiet")
     assert "enqueued" not in again  # nothing new: everything is already in the parquet output
@@ -64,7 +63,7 @@ def test_stages_one_at_a_time_with_tiny_model(ray_session, tmp_path, capsys, tin
     invalid = int(re.search(r"rejected_invalid\s+(\d+)\n", again).group(1))
     # each labelled post counts once as known; its repeats in the input as duplicates
     assert done == len(expected) and done + repeats + invalid == 600
-    assert QueueStore(tmp_path / "data", NAME).status().pending_posts == 0
+    assert Store(tmp_path / "data", NAME).status().pending_posts == 0
 
 
 def test_all_in_one_then_status_json_after_poison(ray_session, tmp_path, capsys):
@@ -99,7 +98,7 @@ def test_clear_queue_keeps_rows_added_after_export(ray_session, tmp_path, capsys
     cfg = str(write_config(tmp_path, PLUGIN))
     _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g",
          "--run-integrations", "--quiet")
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     store.enqueue([{"uri": "late-1", "text": "a late post about groups",
                     "preprocessing_timestamp": "2024-10-01"}])
     [b] = store.claim(1)

@@ -215,13 +215,13 @@ def test_a_run_whose_cluster_goes_away_stops_with_one_line_and_its_summary(tmp_p
              "pipeline.cluster_lost_after_s=10"], cwd=ROOT, text=True,
             env=dict(gone.env, RAY_ADDRESS=gone.gcs), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
-        from queue_store import QueueStore
+        from tests.queue_helpers import Store
 
         deadline = time.monotonic() + 120
         while True:  # some posts labelled, others in flight
             queue = tmp_path / "data" / "queue" / "ml_inference_intergroup.db"
             if queue.exists():
-                st = QueueStore(tmp_path / "data", "ml_inference_intergroup").status()
+                st = Store(tmp_path / "data", "ml_inference_intergroup").status()
                 if st.output_rows_unexported + st.output_rows_exported and st.processing_posts:
                     break
             assert time.monotonic() < deadline and proc.poll() is None, "never got going"

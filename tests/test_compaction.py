@@ -10,21 +10,21 @@ import time
 import pytest
 
 from jobs.backfill import main
-from queue_store import QueueBusyError, QueueStore, export_output
+from queue_store import QueueBusyError
+from tests.queue_helpers import NAME, Store, complete, export_output, posts_of, spawn_queue_proc
 from queue_store.schema import PAGE_SIZE
 from tests.cli_helpers import write_config
 from tests.conftest import make_posts
 from tests.pipeline_helpers import PLUGIN
-from tests.queue_helpers import NAME, complete, spawn_queue_proc
 
 
-def _labelled_and_exported(data_dir, n: int) -> QueueStore:
-    store = QueueStore(data_dir, NAME)
+def _labelled_and_exported(data_dir, n: int) -> Store:
+    store = Store(data_dir, NAME)
     store.enqueue(make_posts(n), batch_size=500)
     while batches := store.claim(max_batches=5):
         for b in batches:
             complete(store, b, {p["uri"]: {"label": "intergroup", "score": 0.5}
-                                for p in b.posts})
+                                for p in posts_of(b)})
     export_output(store, str(data_dir / "out"), 50_000)
     return store
 
@@ -46,7 +46,7 @@ def test_clearing_exported_rows_gives_their_pages_back(tmp_path):
 
 
 def test_a_full_rewrite_is_refused_while_leased_and_keeps_every_post(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     try:
         store.enqueue(make_posts(3000), batch_size=100)
         [held] = store.claim()
@@ -55,7 +55,7 @@ def test_a_full_rewrite_is_refused_while_leased_and_keeps_every_post(tmp_path):
         assert store.release(held.batch_id, held.lease_id)
         res = store.compact(full=True)
         assert res.full and res.file_bytes_after <= res.file_bytes_before
-        uris = [p["uri"] for b in store.claim(max_batches=100) for p in b.posts]
+        uris = [p["uri"] for b in store.claim(max_batches=100) for p in posts_of(b)]
         assert sorted(uris) == sorted(p["uri"] for p in make_posts(3000))
     finally:
         store.close()
@@ -63,7 +63,7 @@ def test_a_full_rewrite_is_refused_while_leased_and_keeps_every_post(tmp_path):
 
 def test_compact_queue_verb_refuses_in_one_line_while_a_run_holds_leases(tmp_path, capsys):
     cfg = write_config(tmp_path, {"type": PLUGIN})
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     try:
         store.enqueue(make_posts(500), batch_size=100)
         [held] = store.claim()
@@ -81,7 +81,7 @@ def test_a_rewrite_killed_part_way_loses_and_repeats_nothing(tmp_path):
     posts = make_posts(30_000)
     for p in posts:
         p["text"] = p["text"] * 20  # a file big enough to be killed mid-rewrite
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(posts, batch_size=500)
     store.close()
     started = tmp_path / "started"
@@ -93,10 +93,10 @@ def test_a_rewrite_killed_part_way_loses_and_repeats_nothing(tmp_path):
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     try:
         assert store.status().pending_posts == 30_000
-        uris = [p["uri"] for b in store.claim(max_batches=1000) for p in b.posts]
+        uris = [p["uri"] for b in store.claim(max_batches=1000) for p in posts_of(b)]
         assert len(uris) == len(set(uris)) == 30_000
     finally:
         store.close()

@@ -13,8 +13,7 @@ from jobs.backfill import main
 from jobs.config import parse_config
 from jobs.labels.evaluation import evaluate
 from jobs.labels.report import write_report
-from queue_store import QueueStore, export_output
-from tests.queue_helpers import complete, input_uris, queued_uris
+from tests.queue_helpers import Store, complete, export_output, input_uris, posts_of, queued_uris
 
 NAME = "ml_inference_intergroup"
 PRED = ["a", "a", "a", "a", "b", "b", "b", "b", "a", "b"]
@@ -23,18 +22,18 @@ GOLD = ["a", "a", "a", "b", "b", "b", "b", "a", "a", "a"]
 
 def _labelled_output(tmp_path):
     """Ten posts labelled by version v2 (newer) and, differently, by v1 (older)."""
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     posts = [{"uri": f"u{i}", "text": f"post number {i} text",
               "preprocessing_timestamp": f"2024-10-0{1 + i % 3}-10:00:00"} for i in range(10)]
     for version, stamp, labels in (("v1", datetime(2026, 1, 1, tzinfo=timezone.utc), ["b"] * 10),
                                    ("v2", datetime(2026, 2, 1, tzinfo=timezone.utc), PRED)):
-        store.enqueue(posts, version=version, relabel=True)
-        [b] = store.claim(1, version=version)
+        store.enqueue(posts, config_hash=version, relabel=True)
+        [b] = store.claim(1, config_hash=version)
         complete(store, b, {
             p["uri"]: {"label_timestamp": stamp, "label": lab,
                        "prob_a": 0.9 if lab == "a" else 0.2,
                        "prob_b": 0.1 if lab == "a" else 0.8, "config_hash": version}
-            for p, lab in zip(b.posts, labels)}, {})
+            for p, lab in zip(posts_of(b), labels)}, {})
     export_output(store, tmp_path / NAME)
     gold = tmp_path / "gold.csv"
     gold.write_text("uri,label\n" + "".join(f"u{i},{g}\n" for i, g in enumerate(GOLD))
@@ -108,12 +107,12 @@ def test_report_opens_and_its_numbers_match_the_parquet(tmp_path):
 
 def test_report_counts_only_the_chosen_versions_dead_letters(tmp_path):
     config, _ = _labelled_output(tmp_path)
-    store = QueueStore(tmp_path, NAME, max_attempts=1)
+    store = Store(tmp_path, NAME, max_attempts=1)
     for version, n in (("v1", 3), ("v2", 1)):  # dead letters of both versions
         posts = [{"uri": f"dead-{version}-{i}", "text": "a post that keeps failing",
                   "preprocessing_timestamp": "2024-10-01"} for i in range(n)]
-        store.enqueue(posts, version=version)
-        [b] = store.claim(1, version=version)
+        store.enqueue(posts, config_hash=version)
+        [b] = store.claim(1, config_hash=version)
         assert store.fail(b.batch_id, b.lease_id, f"broken under {version}")
     page = write_report(config, NAME, "v2").read_text()
     assert "<td>dead-lettered</td><td class=n>1</td>" in page
@@ -154,7 +153,7 @@ def test_demo_gold_holds_exactly_the_posts_enqueue_accepts(tmp_path):
     write_demo(tmp_path / "posts", 800, 2, date(2024, 10, 1))
     write_gold(tmp_path / "posts", tmp_path / "gold.csv")
     gold = {line.split(",")[0] for line in (tmp_path / "gold.csv").read_text().splitlines()[1:]}
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     import pyarrow.dataset as pads
 
     store.enqueue(pads.dataset(tmp_path / "posts", partitioning="hive").to_table(

@@ -9,10 +9,9 @@ import pytest
 import queue_store.compaction as compaction
 from classifiers.hf.weights import weights_hash
 from classifiers.scrub import MASK, scrub
-from queue_store import QueueStore, export_output
+from tests.queue_helpers import NAME, Store, complete, export_output, posts_of
 from queue_store.location import Location
 from tests.conftest import make_posts
-from tests.queue_helpers import NAME, complete
 
 KEY = "zq8W3kP0vN7xR2yL"  # never registered
 
@@ -44,16 +43,16 @@ def test_a_retrained_head_that_changes_only_the_end_of_a_large_weight_file_chang
 
 
 def test_a_claim_takes_only_its_own_versions_batches_while_another_version_waits(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     posts = make_posts(40)
-    store.enqueue(posts[:20], batch_size=5, version="old")
-    store.enqueue(posts, batch_size=5, version="new", relabel=True)
-    store.enqueue(posts[20:], batch_size=5, version="old", relabel=True)  # later ids
-    got = store.claim(100, version="new")
-    assert len(got) == 8 and all(b.version == "new" for b in got)
-    assert {p["uri"] for b in got for p in b.posts} == {p["uri"] for p in posts}
+    store.enqueue(posts[:20], batch_size=5, config_hash="old")
+    store.enqueue(posts, batch_size=5, config_hash="new", relabel=True)
+    store.enqueue(posts[20:], batch_size=5, config_hash="old", relabel=True)  # later ids
+    got = store.claim(100, config_hash="new")
+    assert len(got) == 8 and all(b.config_hash == "new" for b in got)
+    assert {p["uri"] for b in got for p in posts_of(b)} == {p["uri"] for p in posts}
     assert store.pending_versions() == {"old": 40}
-    assert store.claim(100, version="other") == []
+    assert store.claim(100, config_hash="other") == []
     store.close()
 
 
@@ -61,12 +60,12 @@ def test_output_compaction_keeps_every_old_file_visible_until_the_swap(tmp_path,
                                                                        monkeypatch):
     """At the moment of the exchange the partition still holds all its old files (a reader
     sees every row), and the new set holds every row too."""
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(600, days=1), batch_size=50)
     out = tmp_path / "out"
     while batches := store.claim(max_batches=2):
         for b in batches:
-            complete(store, b, {p["uri"]: {"label": "x"} for p in b.posts})
+            complete(store, b, {p["uri"]: {"label": "x"} for p in posts_of(b)})
         export_output(store, out, 100)
     real = compaction.exchange
     seen = []

@@ -10,11 +10,10 @@ import yaml
 
 from jobs.backfill import main
 from jobs.tools.demo_data import write_feeds
-from queue_store import QueueStore
+from tests.queue_helpers import NAME, Store, input_uris, queued_uris
 from queue_store.rows.validation import as_post_table, split_valid
 from tests.cli_helpers import write_config, write_posts
 from tests.pipeline_helpers import PLUGIN
-from tests.queue_helpers import NAME, input_uris, queued_uris
 
 
 def _expected(posts, feeds, lookback: int, start: date, end: date) -> set[str]:
@@ -53,7 +52,7 @@ def test_posts_served_in_feeds_are_queued_once_and_missing_days_are_said(tmp_pat
     captured = capsys.readouterr()
     assert "1 day(s) of the range have no feed files" in captured.err
     assert "2024-10-05" in captured.err and "missing_feed_days" in captured.out
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     got = queued_uris(store, input_uris(posts))
     want = _expected(posts, feeds, 2, date(2024, 10, 3), date(2024, 10, 6))
     assert got == want and 200 < len(want) < 1000

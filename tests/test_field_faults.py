@@ -23,7 +23,7 @@ from classifiers.registry import build_classifier
 from classifiers.poison import classify_isolating
 from classifiers.protocol import PostFailure
 from jobs.backfill import main
-from queue_store import QueueStore
+from tests.queue_helpers import Store, queued_uris
 from queue_store.lease_holder import LeaseHolder
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
@@ -124,7 +124,7 @@ def test_a_retry_waits_at_least_retry_after(key):
 @pytest.mark.slow
 def test_endless_rate_limits_end_in_dead_letters_not_a_stalled_run(ray_session, tmp_path,
                                                                   monkeypatch):
-    from jobs.stages.inference import run_inference
+    from tests.pipeline_helpers import run_inference
     from tests.pipeline_helpers import enqueue, pipeline_config
 
     monkeypatch.setenv("TEST_LLM_KEY", KEY)
@@ -141,7 +141,7 @@ def test_endless_rate_limits_end_in_dead_letters_not_a_stalled_run(ray_session, 
         enqueue(tmp_path, posts, batch_size=20, config=cfg)
         summary = run_inference(cfg, NAME, quiet=True)
     assert summary.labelled == 30 and summary.dead_lettered == 10
-    [reason] = {d.reason for d in QueueStore(tmp_path, NAME).dead_letters(limit=20)}
+    [reason] = {d.reason for d in Store(tmp_path, NAME).dead_letters(limit=20)}
     assert "429" in reason and "1e+09" in reason
 
 
@@ -266,16 +266,16 @@ def _hold_write_lock(path: Path, seconds: float) -> threading.Thread:
     return thread
 
 
-def _leased_actor(tmp_path, lease_seconds: float) -> tuple[QueueActor, QueueStore]:
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(20), batch_size=10, version="v")
+def _leased_actor(tmp_path, lease_seconds: float) -> tuple[QueueActor, Store]:
+    store = Store(tmp_path, NAME)
+    store.enqueue(make_posts(20), batch_size=10, config_hash="v")
     actor = QueueActor(str(tmp_path), NAME, 3, lease_seconds,
-                       LeaseHolder.this_process("r").encode(), version="v")
+                       LeaseHolder.this_process("r").encode(), "v")
     assert len(actor.next_batches(1)) == 1
     return actor, store
 
 
-def _expiry(store: QueueStore) -> float:
+def _expiry(store: Store) -> float:
     return store.conn.execute(f"SELECT lease_expires FROM {store.tables['input']} WHERE "
                               "status = 'processing'").fetchone()[0]
 
@@ -315,7 +315,7 @@ def test_a_slow_model_with_the_default_block_size_makes_progress(ray_session, tm
     """~1 s per classify call of 50 posts, the default 1000-post queue batches and 512 KiB
     read blocks (one block holds them all: 20 calls, 20 s) and a no-progress limit of 8 s:
     results leave the stage every call, so the run moves."""
-    from jobs.stages.inference import run_inference
+    from tests.pipeline_helpers import run_inference
     from tests.pipeline_helpers import PLUGIN, enqueue, output_uris, pipeline_config
 
     cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 1.0}},
@@ -413,13 +413,13 @@ def test_a_full_output_disk_names_the_path_and_the_errno(ray_session, tmp_path, 
     lines = _errors(capsys, ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
                              "--run-integrations", "--quiet"], 1)
     assert len(lines) == 1 and str(small_disk) in lines[0] and "errno 28" in lines[0], lines
-    st = QueueStore(tmp_path / "data", NAME).status()
+    st = Store(tmp_path / "data", NAME).status()
     assert st.processing_posts == 0  # claims handed back; labelled rows stay queued
 
 
 # -- 8. the planted bugs ---------------------------------------------------------------------
 def test_a_reap_requeues_a_dead_holders_leases_and_leaves_a_live_ones(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(50), batch_size=10)
     live = store.claim(1, lease_seconds=3600, owner=LeaseHolder.this_process("me").encode())
     dead = subprocess.run([sys.executable, "-m", "tests.queue_procs", "claim_as_this_process",
@@ -462,18 +462,18 @@ def test_prompt_file_contents_change_config_hash_and_its_path_does_not(tmp_path)
 
 
 def test_exactly_five_characters_is_a_valid_post(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     res = store.enqueue([{"uri": "a", "text": "abcde", "preprocessing_timestamp": "2024-10-01"},
                          {"uri": "b", "text": " abcd ", "preprocessing_timestamp": "2024-10-01"}])
     assert res.enqueued_posts == 1 and [i.uri for i in res.invalid] == ["b"]
 
 
 def test_a_failed_enqueue_leaves_nothing_in_the_ledger(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.conn.execute(f"CREATE TRIGGER boom BEFORE INSERT ON {store.tables['input']} "
                        "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
     with pytest.raises(Exception, match="disk trouble"):
         store.enqueue(make_posts(50), batch_size=10)
     store.conn.execute("DROP TRIGGER boom")
-    assert not any(store.seen([p["uri"] for p in make_posts(50)]))
+    assert not queued_uris(store, [p["uri"] for p in make_posts(50)])
     assert store.enqueue(make_posts(50), batch_size=10).enqueued_posts == 50

@@ -11,25 +11,24 @@ import pyarrow.dataset as pads
 import pytest
 
 import queue_store.location as location
-from jobs.stages.inference import run_inference
+from tests.pipeline_helpers import run_inference
 from jobs.stages.write_cache import write_cache
-from queue_store import QueueStore, export_output
+from tests.queue_helpers import Store, complete, export_output, posts_of
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, output_uris, pipeline_config,
                                     version_of)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _labelled(store: QueueStore, n: int, start: int = 0) -> None:
+def _labelled(store: Store, n: int, start: int = 0) -> None:
     store.enqueue(make_posts(n, start=start, days=2), batch_size=n)
     [b] = store.claim(1)
-    complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {})
 
 
 def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeypatch):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     _labelled(store, 300)
     real_write = location.pq.write_table
 
@@ -57,13 +56,13 @@ def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tm
     run still going) must stay in the output queue for the next export."""
     import jobs.stages.write_cache as inference
 
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     _labelled(store, 100)
     real_export = inference.export_output
 
     def export_then_a_late_batch(*args, **kwargs):
         stats = real_export(*args, **kwargs)
-        _labelled(QueueStore(tmp_path, NAME), 7, start=1000)  # lands after the export
+        _labelled(Store(tmp_path, NAME), 7, start=1000)  # lands after the export
         return stats
 
     monkeypatch.setattr(inference, "export_output", export_then_a_late_batch)
@@ -80,8 +79,8 @@ def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tm
 @pytest.mark.slow
 def test_final_export_writes_what_no_periodic_export_covered(ray_session, tmp_path):
     cfg = pipeline_config(tmp_path, batch_size=250)
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(1000), batch_size=250, version=version_of(cfg))
+    store = Store(tmp_path, NAME)
+    store.enqueue(make_posts(1000), batch_size=250, config_hash=version_of(cfg))
     cfg.pipeline.export_rows = 100_000          # larger than the run
     cfg.pipeline.export_every_seconds = 3600    # and no timed export either
     summary = run_inference(cfg, NAME)
@@ -99,8 +98,8 @@ def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session
     slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 10.0}},
                            batch_size=100)
     slow.queue.lease_seconds = 3
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(100), batch_size=100, version=version_of(slow))
+    store = Store(tmp_path, NAME)
+    store.enqueue(make_posts(100), batch_size=100, config_hash=version_of(slow))
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen(driver_command(slow, address, tmp_path / "slow.json"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from jobs.backfill import main
-from jobs.stages.inference import run_inference
-from queue_store import QueueStore
+from tests.pipeline_helpers import run_inference
+from tests.queue_helpers import Store
 from tests.cli_helpers import write_config
 from tests.conftest import make_posts
 from tests.fake_hosted import KEY, FakeHosted
@@ -41,11 +41,11 @@ def test_every_post_once_bad_answers_dead_lettered_key_nowhere(ray_session, tmp_
         cfg = pipeline_config(tmp_path, {"type": "openai_chat", "params": _params(server)},
                               batch_size=100)
         cfg.queue.max_attempts = 2
-        QueueStore(tmp_path, NAME).enqueue(posts, batch_size=100, version=version_of(cfg))
+        Store(tmp_path, NAME).enqueue(posts, batch_size=100, config_hash=version_of(cfg))
         summary = run_inference(cfg, NAME)
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 298
-    dead = {d.uri: d.reason for d in QueueStore(tmp_path, NAME).dead_letters()}
+    dead = {d.uri: d.reason for d in Store(tmp_path, NAME).dead_letters()}
     assert set(dead) == {posts[200]["uri"], posts[250]["uri"]}
     assert "label: one, I think" in dead[posts[200]["uri"]]
     assert '{"label": 7}' in dead[posts[250]["uri"]]
@@ -62,14 +62,14 @@ def test_rejected_key_stops_the_run_with_exit_2_and_leaves_posts_claimable(
     with FakeHosted(unauthorized=True) as server:
         cfg = write_config(tmp_path, {"type": "openai_chat", "params": _params(server)})
         version = load_config(cfg).integrations[NAME].classifier.config_hash
-        QueueStore(tmp_path / "data", NAME).enqueue(make_posts(200), batch_size=100,
+        Store(tmp_path / "data", NAME).enqueue(make_posts(200), batch_size=100,
                                                     version=version)
         t0 = time.monotonic()
         code = main(["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "TEST_LLM_KEY" in err[0] and "401" in err[0]
     assert time.monotonic() - t0 < 120
-    st = QueueStore(tmp_path / "data", NAME).status()
+    st = Store(tmp_path / "data", NAME).status()
     assert st.pending_posts == 200 and st.processing_posts == 0 and st.dead_posts == 0
     assert _files_hold(tmp_path, KEY.encode()) == []
     assert os.environ["TEST_LLM_KEY"] == KEY

@@ -18,7 +18,8 @@ import yaml
 
 import jobs.stages.enqueue as enqueue_stage
 from jobs.backfill import main
-from queue_store import NoQueueError, QueueStore
+from queue_store import NoQueueError
+from tests.queue_helpers import Store
 from tests.cli_helpers import write_config, write_posts
 from tests.fake_hosted import KEY, FakeHosted
 
@@ -60,7 +61,7 @@ def _inference_runs(tmp_path: Path) -> dict[str, dict]:
 
 def _status(data: Path, name: str):
     try:  # the run may be creating the file right now
-        store = QueueStore(data, name, readonly=True)
+        store = Store(data, name, readonly=True)
     except NoQueueError:
         return None
     try:
@@ -107,7 +108,7 @@ def test_two_integrations_in_one_command_each_output_complete_and_once(
     for name in (KEYWORDS, VALENCE):
         uris = _output_uris(tmp_path, name)
         assert len(uris) == len(set(uris)) and set(uris) == expected, name
-        st = QueueStore(tmp_path / "data", name).status()
+        st = Store(tmp_path / "data", name).status()
         assert st.pending_posts == st.processing_posts == st.dead_posts == 0
     # Side by side: the valence run, second in the config, started with the slow keyword run
     # (one after another, it would have started when that one ended, seconds later).
@@ -140,7 +141,7 @@ def test_a_rejected_key_stops_only_its_own_integration(ray_session, tmp_path, ca
     expected = _valid_unique_uris(posts)
     uris = _output_uris(tmp_path, KEYWORDS)
     assert len(uris) == len(set(uris)) and set(uris) == expected  # the other one finished
-    st = QueueStore(tmp_path / "data", "ml_inference_intergroup_llm").status()
+    st = Store(tmp_path / "data", "ml_inference_intergroup_llm").status()
     assert st.pending_posts == len(expected) and st.processing_posts == st.dead_posts == 0
     [line] = [e for e in err.splitlines() if e.startswith("error:")]
     assert line.startswith("error: ml_inference_intergroup_llm: ") and "401" in line
@@ -179,7 +180,7 @@ def test_ctrl_c_stops_every_integration_cleanly(ray_session, tmp_path):
                                    "finish" for n in names), err
     assert "Traceback" not in err and out.count("\ninference: ") == 2
     for name in names:
-        st = QueueStore(tmp_path / "data", name).status()
+        st = Store(tmp_path / "data", name).status()
         assert st.processing_posts == 0 and st.pending_posts > 0 and st.output_rows_unexported == 0
         uris = _output_uris(tmp_path, name)
         assert len(uris) == len(set(uris)) == st.output_rows_exported

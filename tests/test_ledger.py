@@ -13,7 +13,7 @@ import pytest
 
 import queue_store.ledger as ledger_mod
 import queue_store.rows.validation as validation
-from queue_store import QueueStore
+from tests.queue_helpers import Store
 from queue_store.fingerprint import fingerprints
 from queue_store.ledger import Ledger
 from tests.conftest import make_posts
@@ -68,11 +68,11 @@ def test_store_queues_two_uris_whose_keys_collide_and_each_once(tmp_path, monkey
 
     monkeypatch.setattr(validation, "fingerprints", colliding)
     posts = make_posts(300)
-    store = QueueStore(tmp_path, "g")
+    store = Store(tmp_path, "g")
     try:
-        first = store.enqueue(posts[:200] + posts[:10], batch_size=50, version="v")
+        first = store.enqueue(posts[:200] + posts[:10], batch_size=50, config_hash="v")
         assert first.enqueued_posts == 200 and first.invalid_by_reason == {"duplicate uri": 10}
-        again = store.enqueue(posts[100:], batch_size=50, version="v")
+        again = store.enqueue(posts[100:], batch_size=50, config_hash="v")
         assert again.enqueued_posts == 100 and again.skipped_known == 100
         assert store.status().pending_posts == 300
     finally:
@@ -257,7 +257,7 @@ def test_a_damaged_ledger_stops_the_enqueue_before_anything_and_rebuild_ledger_m
     cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
     enqueue = ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", "--quiet"]
     assert main(enqueue) == 0
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     queued = store.status().pending_posts
     [run] = [p for p in (tmp_path / "data" / "queue" / f"{NAME}.ledger").iterdir()]
     raw = bytearray(run.read_bytes())

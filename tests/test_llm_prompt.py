@@ -175,16 +175,16 @@ def test_pipeline_with_llm_prompt_writes_integer_labels_and_probabilities(ray_se
                                                                           tmp_path, tiny_llm):
     import pyarrow as pa
 
-    from jobs.stages.inference import run_inference
-    from queue_store import QueueStore
+    from tests.pipeline_helpers import run_inference
+    from tests.queue_helpers import Store
     from tests.conftest import make_posts
     from tests.pipeline_helpers import NAME, output_table, pipeline_config, version_of
 
     cfg = pipeline_config(tmp_path, {"type": "llm_prompt", "params": {
         "model": tiny_llm["chat"], "prompt_file": PROMPT, "chat": True,
         "mini_batch_size": 16}}, batch_size=100)
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(300), batch_size=100, version=version_of(cfg))
+    store = Store(tmp_path, NAME)
+    store.enqueue(make_posts(300), batch_size=100, config_hash=version_of(cfg))
     summary = run_inference(cfg, NAME)
     table = output_table(tmp_path)
     assert summary.labelled == 300 and table.num_rows == 300

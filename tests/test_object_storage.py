@@ -13,12 +13,11 @@ import pytest
 import yaml
 
 from jobs.backfill import main
-from queue_store import QueueStore, export_output
+from tests.queue_helpers import NAME, Store, complete, export_output, input_uris, posts_of, queued_uris, spawn_queue_proc
 from queue_store.location import Location, ObjectStore
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
 from tests.pipeline_helpers import PLUGIN
-from tests.queue_helpers import NAME, complete, input_uris, queued_uris, spawn_queue_proc
 
 
 def _s3_config(tmp_path, server, posts: str, output: str):
@@ -53,7 +52,7 @@ def test_posts_from_s3_labels_to_s3_each_once_read_back_with_pyarrow_and_duckdb(
     out = Location.of(f"s3://{bucket}/labels/{NAME}", ObjectStore(endpoint_url=s3_endpoint.url))
     dataset = out.dataset()
     uris = dataset.to_table(columns=["uri"]).column("uri").to_pylist()
-    enqueued = queued_uris(QueueStore(tmp_path / "data", NAME), input_uris(local_posts))
+    enqueued = queued_uris(Store(tmp_path / "data", NAME), input_uris(local_posts))
     assert len(uris) == len(set(uris)) and set(uris) == enqueued and len(uris) > 550
     [(rows, distinct)] = duckdb.sql("SELECT COUNT(*), COUNT(DISTINCT uri) FROM dataset"
                                     ).fetchall()
@@ -70,11 +69,11 @@ def test_posts_from_s3_labels_to_s3_each_once_read_back_with_pyarrow_and_duckdb(
 def test_export_sigkilled_mid_upload_leaves_no_object_and_the_rerun_one_per_export(
         s3_endpoint, tmp_path):
     bucket = s3_endpoint.bucket()
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(3000), batch_size=500)
     while batches := store.claim(max_batches=6):
         for b in batches:
-            complete(store, b, {p["uri"]: {"label": "intergroup"} for p in b.posts})
+            complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)})
     out_uri = f"s3://{bucket}/labels"
     ready = tmp_path / "ready"
     proc = spawn_queue_proc("export_killed_mid_upload", str(tmp_path), out_uri,

@@ -10,24 +10,24 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from queue_store import QueueBusyError, QueueStore, export_output
+from queue_store import QueueBusyError
+from tests.queue_helpers import NAME, Store, complete, export_output, posts_of, spawn_queue_proc
 from queue_store.compaction import HIDDEN, compact_output
 from queue_store.location import Location
 from tests.conftest import make_posts
-from tests.queue_helpers import NAME, complete, spawn_queue_proc
 
 POSTS = 3000
 
 
-def _exported(tmp_path, n: int = POSTS, per_export: int = 250) -> tuple[QueueStore, Path]:
+def _exported(tmp_path, n: int = POSTS, per_export: int = 250) -> tuple[Store, Path]:
     """``n`` posts over 3 days, labelled and exported in small chunks: many small files per
     partition."""
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(n), batch_size=125)
     out = tmp_path / "out"
     while batches := store.claim(max_batches=2):
         for b in batches:
-            complete(store, b, {p["uri"]: {"label": "intergroup"} for p in b.posts})
+            complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)})
         export_output(store, out, per_export)
     return store, out
 
@@ -64,7 +64,7 @@ def test_sigkill_at_each_step_leaves_one_copy_and_the_next_compaction_finishes(t
     assert proc.wait(120) == -9  # killed where it was told
     rows = _rows(out)  # what a reader sees right after the crash
     assert len(rows) == len(set(rows)) == POSTS, step
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     stats = compact_output(store, Location.of(out), 1000)
     rows = _rows(out)
     assert len(rows) == len(set(rows)) == POSTS and stats.leftovers_removed >= 1
@@ -129,7 +129,7 @@ def test_refused_while_leased_or_an_export_is_unfinished_and_for_object_stores(t
     [held] = store.claim()
     with pytest.raises(QueueBusyError, match="leased by a run"):
         compact_output(store, Location.of(out), 1000)
-    complete(store, held, {p["uri"]: {"label": "intergroup"} for p in held.posts})
+    complete(store, held, {p["uri"]: {"label": "intergroup"} for p in posts_of(held)})
     store.plan_export(1000)  # a crashed export: planned, never written
     with pytest.raises(QueueBusyError, match="unfinished"):
         compact_output(store, Location.of(out), 1000)
@@ -149,7 +149,7 @@ def test_compact_output_verb_finishes_exports_then_compacts(tmp_path, capsys):
     store, out = _exported(tmp_path / "data")
     store.enqueue(make_posts(10, start=POSTS), batch_size=10)
     [b] = store.claim()
-    complete(store, b, {p["uri"]: {"label": "intergroup"} for p in b.posts})  # not exported
+    complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)})  # not exported
     store.close()
     (tmp_path / "data" / "out").rename(tmp_path / "data" / NAME)  # where output_dir puts it
     assert main(["--config", str(cfg), "--compact-output", "all"]) == 0
@@ -163,14 +163,14 @@ def test_a_label_column_that_appears_part_way_keeps_its_values_through_compactio
     """A plugin adds a field part-way through a backfill: the files written before lack the
     column. The output reader sees it (null in the old rows), compaction keeps every value
     and leaves every file with every column, so a plain pyarrow reader sees it too."""
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(1500, days=1), batch_size=125)
     out = tmp_path / "out"
     for round_, extra in enumerate((False, True, True)):
         for b in store.claim(max_batches=4):
             complete(store, b, {p["uri"]: {"label": "intergroup",
                                            **({"score": 0.5} if extra else {})}
-                                for p in b.posts})
+                                for p in posts_of(b)})
         export_output(store, out, 250)
     expected = 1000  # the last two rounds' posts
     assert Location.of(out).dataset().to_table().column("score").null_count == 1500 - expected

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from queue_store import QueueStore, export_output
+from tests.queue_helpers import Store, complete, export_output
 from queue_store.rows.column_types import strings_for_nulls
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
 
 
 def test_values_round_trip_exactly_in_written_order(tmp_path):
     """Date-like text stays text, text with newlines and quotes stays whole, a column with
     no value yet is written as text, and columns keep the order the classifier gave them."""
-    store = QueueStore(tmp_path, "g")
+    store = Store(tmp_path, "g")
     posts = make_posts(3)
     posts[0]["text"] = 'line one\nline "two",\n{"not": "json"}'
     store.enqueue(posts)

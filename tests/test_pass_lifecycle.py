@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.stages.inference import run_inference
+from tests.pipeline_helpers import run_inference
 from tests.conftest import make_posts
 from tests.pipeline_helpers import NAME, enqueue, output_uris, pipeline_config, queue_status
 

@@ -12,11 +12,10 @@ import pyarrow.dataset as pads
 import pytest
 
 from jobs.config import ConfigError
-from jobs.stages.inference import run_inference
+from tests.pipeline_helpers import run_inference
 from jobs.stages.write_cache import write_cache
-from queue_store import QueueStore
+from tests.queue_helpers import Store, complete, posts_of
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_table,
                                     output_uris, pipeline_config, queue_status)
 
@@ -62,7 +61,7 @@ def test_poison_post_dead_lettered_batch_mates_labelled(ray_session, tmp_path):
     summary = run_inference(cfg, NAME)
     assert sorted(output_uris(tmp_path)) == sorted(p["uri"] for i, p in enumerate(posts)
                                                    if i != 123)
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     [dead] = store.dead_letters()
     assert dead.uri == posts[123]["uri"] and "POISON" in dead.reason and dead.attempt == 3
     assert (summary.failed, summary.retried, summary.dead_lettered) == (3, 2, 1)
@@ -143,9 +142,9 @@ def test_two_drivers_at_once_complete_each_batch_once(ray_session, tmp_path):
 
 def test_write_cache_alone_exports_and_clears(ray_session, tmp_path):
     enqueue(tmp_path, make_posts(600))
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     for b in store.claim(10):
-        complete(store, b, {p["uri"]: {"label": "x"} for p in b.posts}, {})
+        complete(store, b, {p["uri"]: {"label": "x"} for p in posts_of(b)}, {})
     summary = write_cache(pipeline_config(tmp_path), "g", clear_queue=True)
     assert summary.exported_rows == 600
     assert sorted(output_uris(tmp_path)) == sorted(p["uri"] for p in make_posts(600))

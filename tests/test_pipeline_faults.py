@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from jobs.stages.errors import RunStopped
-from jobs.stages.inference import run_inference
-from queue_store import QueueStore
+from tests.pipeline_helpers import run_inference
+from tests.queue_helpers import Store, input_uris, queued_uris
 from tests.cli_helpers import write_config, write_posts
 from tests.conftest import make_posts
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_uris,
                                     pipeline_config, queue_status, version_of)
-from tests.queue_helpers import input_uris, queued_uris
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
     seconds = time.monotonic() - t0
     uris = output_uris(tmp_path)
     assert len(uris) == len(set(uris)) == 999 and posts[611]["uri"] not in uris
-    [dead] = QueueStore(tmp_path, NAME).dead_letters()
+    [dead] = Store(tmp_path, NAME).dead_letters()
     assert dead.uri == posts[611]["uri"]
     assert dead.reason == "classifier process died on this post"
     st = queue_status(tmp_path)
@@ -144,7 +143,7 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
 
     written = pads.dataset(tmp_path / "data" / NAME, partitioning="hive").count_rows()
     assert written == st.output_rows_exported
-    enqueued = len(queued_uris(QueueStore(tmp_path / "data", NAME),
+    enqueued = len(queued_uris(Store(tmp_path / "data", NAME),
                                input_uris(tmp_path / "posts")))
     assert st.pending_posts + st.output_rows_exported == enqueued
 
@@ -188,7 +187,7 @@ def test_full_command_killed_mid_enqueue_while_inference_runs_then_rerun_labels_
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     uris = output_uris(data)
-    enqueued = queued_uris(QueueStore(data, NAME), input_uris(tmp_path / "posts"))
+    enqueued = queued_uris(Store(data, NAME), input_uris(tmp_path / "posts"))
     assert len(uris) == len(set(uris)) and set(uris) == enqueued
     assert 3900 < len(uris) < 4000  # the demo data's few invalid and repeated posts left out
     st = queue_status(data)
@@ -209,7 +208,7 @@ def test_same_full_command_twice_at_once_writes_each_post_once(ray_session, tmp_
 
     table = pads.dataset(tmp_path / "data" / NAME, partitioning="hive").to_table()
     uris = table.column("uri").to_pylist()
-    enqueued = queued_uris(QueueStore(tmp_path / "data", NAME), input_uris(tmp_path / "posts"))
+    enqueued = queued_uris(Store(tmp_path / "data", NAME), input_uris(tmp_path / "posts"))
     assert len(uris) == len(set(uris)) and set(uris) == enqueued
     assert 2900 < len(uris) < 3000  # the demo data's few invalid and repeated posts left out
     print(f"\ntwo full commands at once: rows {len(uris)}, distinct {len(set(uris))}")
@@ -255,8 +254,8 @@ def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(ray_session, 
     """The queue actor hands payloads on undecoded; the read task that cannot decode one
     buries it (fenced) and the rest of the run goes on."""
     cfg = pipeline_config(tmp_path, batch_size=250)
-    store = QueueStore(tmp_path, NAME)
-    store.enqueue(make_posts(1000), batch_size=250, version=version_of(cfg))
+    store = Store(tmp_path, NAME)
+    store.enqueue(make_posts(1000), batch_size=250, config_hash=version_of(cfg))
     t = store.tables["input"]
     [(bad_id,)] = store.conn.execute(f"SELECT id FROM {t} ORDER BY id LIMIT 1 OFFSET 2")
     store.conn.execute(f"UPDATE {t} SET payload = ? WHERE id = ?", ('[{"uri": "x", "te', bad_id))
@@ -287,9 +286,9 @@ def test_rerunning_the_full_command_takes_back_every_claim_of_a_run_that_died(ra
     holder = LeaseHolder(host=LeaseHolder.this_process().host, pid=gone.pid,
                          started=time.time(), run_id="g-crashed")
     gone.wait()
-    store = QueueStore(tmp_path / "data", NAME)
+    store = Store(tmp_path / "data", NAME)
     version = load_config(str(cfg)).integrations[NAME].classifier.config_hash
-    claimed = store.claim(1000, lease_seconds=3600, owner=holder.encode(), version=version)
+    claimed = store.claim(1000, lease_seconds=3600, owner=holder.encode(), config_hash=version)
     assert claimed and store.status().pending_posts == 0
     leased = store.status().processing_posts
     address = ray_session.get_runtime_context().gcs_address

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from queue_store import ClaimedBatch, QueueStore, export_output
+from queue_store import ClaimedBatch
+from tests.queue_helpers import Store, complete, export_output, fifty_posts_and_a_claimer, posts_of, spawn_queue_proc
 from tests.conftest import make_posts
-from tests.queue_helpers import complete, fifty_posts_and_a_claimer, spawn_queue_proc
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_four_processes_claim_each_batch_exactly_once(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(200 * 5), batch_size=5)
     outs = [tmp_path / f"claims{i}.json" for i in range(4)]
     gate = tmp_path / "go"
@@ -51,11 +51,11 @@ def test_sigkilled_owner_loses_its_batches_and_its_late_ack(tmp_path):
     reclaimed = store.claim(max_batches=10, owner="rescuer")
     assert {b["batch_id"] for b in doomed} <= {b.batch_id for b in reclaimed}
     for b in map(ClaimedBatch.model_validate, doomed):  # its results arrive late: fenced
-        late = complete(store, b, {p["uri"]: {"label": 0} for p in b.posts}, {})
+        late = complete(store, b, {p["uri"]: {"label": 0} for p in posts_of(b)}, {})
         assert not late.accepted
     assert store.status().output_rows_unexported == 0
     for b in reclaimed:
-        assert complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {}).accepted
+        assert complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {}).accepted
     export_output(store, tmp_path / "out")
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert sorted(table.column("uri").to_pylist()) == sorted(p["uri"] for p in make_posts(50))
@@ -80,10 +80,10 @@ def _files(root: Path) -> set[str]:
 
 
 def test_export_crash_then_rerun_rewrites_same_files(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(3000, days=5), batch_size=500)
     for b in store.claim(10):
-        complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
+        complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {})
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
         export_output(_CrashAfterWrite(store), out, max_rows=1000)
@@ -99,13 +99,13 @@ def test_export_crash_then_rerun_rewrites_same_files(tmp_path):
 
 
 def test_clear_keeps_rows_added_after_the_export(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(20), batch_size=10)
     [b1] = store.claim(1)
-    complete(store, b1, {p["uri"]: {"label": 1} for p in b1.posts}, {})
+    complete(store, b1, {p["uri"]: {"label": 1} for p in posts_of(b1)}, {})
     export_output(store, tmp_path / "out")
     [b2] = store.claim(1)
-    complete(store, b2, {p["uri"]: {"label": 1} for p in b2.posts}, {})
+    complete(store, b2, {p["uri"]: {"label": 1} for p in posts_of(b2)}, {})
     assert store.clear_exported() == 1
     st = store.status()
     assert (st.output_rows_exported, st.output_rows_unexported) == (0, 10)

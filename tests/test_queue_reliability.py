@@ -12,17 +12,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from queue_store import QueueStore, codec, export_output
+from queue_store import codec
+from tests.queue_helpers import Store, complete, export_output, fifty_posts_and_a_claimer, posts_of, spawn_queue_proc
 from queue_store.lease_holder import LeaseHolder
 from queue_store.schema import NoQueueError, QueueFileError
 from tests.conftest import make_posts
-from tests.queue_helpers import complete, fifty_posts_and_a_claimer, spawn_queue_proc
 
 NAME = "ml_inference_intergroup"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _queued_uris(store: QueueStore) -> list[str]:
+def _queued_uris(store: Store) -> list[str]:
     uris = []
     for (payload,) in store.conn.execute(f"SELECT payload FROM {store.tables['input']}"):
         uris.extend(codec.loads_posts(payload).column("uri").to_pylist())
@@ -31,7 +31,7 @@ def _queued_uris(store: QueueStore) -> list[str]:
 
 @pytest.mark.slow
 def test_three_concurrent_enqueues_of_overlapping_posts_queue_each_once(tmp_path):
-    QueueStore(tmp_path, NAME).close()
+    Store(tmp_path, NAME).close()
     gate = tmp_path / "go"
     ranges = [(0, 1500), (500, 2000), (1000, 2500)]
     outs = [tmp_path / f"n{i}.json" for i in range(3)]
@@ -40,16 +40,16 @@ def test_three_concurrent_enqueues_of_overlapping_posts_queue_each_once(tmp_path
     time.sleep(1.5)
     gate.touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    uris = _queued_uris(QueueStore(tmp_path, NAME))
+    uris = _queued_uris(Store(tmp_path, NAME))
     assert len(uris) == len(set(uris)) == 2500
     assert sum(json.loads(o.read_text()) for o in outs) == 2500
 
 
 def test_reenqueue_counts_known_posts_from_the_ledger(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(10), batch_size=5)
     [b] = store.claim(1)
-    complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
+    complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {})
     res = store.enqueue(make_posts(12))  # 5 labelled (unexported), 5 queued, 2 new
     assert (res.enqueued_posts, res.skipped_known) == (2, 10)
 
@@ -75,7 +75,7 @@ def test_a_queue_file_of_an_older_format_is_refused_with_one_line(tmp_path):
     before = path.read_bytes()
     for readonly in (False, True):
         with pytest.raises(QueueFileError, match="another version of this tool") as err:
-            QueueStore(tmp_path, NAME, readonly=readonly)
+            Store(tmp_path, NAME, readonly=readonly)
         assert str(path) in str(err.value) and "move the file away" in str(err.value)
     assert path.read_bytes() == before
 
@@ -110,7 +110,7 @@ def _label_then_export(store, *batches):
         start += len(labels)
         store.enqueue(batch_posts, batch_size=len(labels))
         [b] = store.claim(1)
-        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(posts_of(b), labels)}, {})
         posts += batch_posts
     return posts
 
@@ -118,7 +118,7 @@ def _label_then_export(store, *batches):
 def test_an_export_chunk_of_int_and_text_labels_never_jams(tmp_path):
     """Two runs fixed the label's type differently (int64 and text, batch by batch): the
     export keeps the first type, moves the rest to dead letters and goes on."""
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     ints, texts = [1, 0, 1, 1, 0, 1], ["x", "y"]
     posts = _label_then_export(store, ints, texts)
     stats = export_output(store, tmp_path / "out")
@@ -135,12 +135,12 @@ def test_an_export_chunk_of_int_and_text_labels_never_jams(tmp_path):
 
 
 def test_later_exports_keep_the_first_exports_types(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     for i, labels in enumerate(([1, 2], [0.5, 3], [None, 4])):
         posts = make_posts(2, start=10 * i)
         store.enqueue(posts)
         [b] = store.claim(1)
-        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(b.posts, labels)}, {})
+        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(posts_of(b), labels)}, {})
         export_output(store, tmp_path / "out")
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert table.schema.field("label").type == pa.int64()
@@ -149,7 +149,7 @@ def test_later_exports_keep_the_first_exports_types(tmp_path):
 
 
 def test_an_output_row_damaged_on_disk_never_jams_the_export(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     _label_then_export(store, [1, 2, 3, 4], [5, 6, 7])
     t = store.tables["output"]
     (first, payload) = store.conn.execute(f"SELECT id, payload FROM {t} ORDER BY id").fetchone()
@@ -164,13 +164,13 @@ def test_an_output_row_damaged_on_disk_never_jams_the_export(tmp_path):
 
 
 def test_queue_file_deleted_or_replaced_mid_run_stops_writes(tmp_path):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(make_posts(4))
     [b] = store.claim(1)
     os.remove(store.path)
     with pytest.raises(QueueFileError, match=str(store.path)):
-        complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
-    QueueStore(tmp_path, NAME).close()  # a new file at the same path
+        complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {})
+    Store(tmp_path, NAME).close()  # a new file at the same path
     with pytest.raises(QueueFileError, match="replaced"):
         store.enqueue(make_posts(2, start=100))
 
@@ -180,13 +180,13 @@ def test_corrupt_queue_file_and_file_as_data_dir_name_the_path(tmp_path):
     path.parent.mkdir()
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(QueueFileError, match=str(path)):
-        QueueStore(tmp_path, NAME)
+        Store(tmp_path, NAME)
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     with pytest.raises(QueueFileError, match="data_dir must be a writable folder"):
-        QueueStore(not_a_dir, NAME)
+        Store(not_a_dir, NAME)
     with pytest.raises(QueueFileError, match="no queue file"):
-        QueueStore(tmp_path / "empty", NAME, readonly=True)
+        Store(tmp_path / "empty", NAME, readonly=True)
     assert not (tmp_path / "empty").exists()
     assert isinstance(sqlite3.sqlite_version, str)
 
@@ -195,7 +195,7 @@ def _open_at(data_dir: str, start: float) -> str:
     while time.time() < start:  # every process opens the new file at the same moment
         pass
     try:
-        QueueStore(data_dir, NAME).close()
+        Store(data_dir, NAME).close()
         return "ok"
     except Exception as exc:  # noqa: BLE001 - reported to the test
         return f"{type(exc).__name__}: {exc}"
@@ -217,7 +217,7 @@ def test_processes_creating_the_queue_file_at_once_all_get_it(tmp_path):
 
 def _being_created(path: Path) -> sqlite3.Connection:
     """The queue file as another command holds it while creating it: WAL on, the tables
-    made in a transaction not yet committed (what ``QueueStore`` does when it creates one)."""
+    made in a transaction not yet committed (what ``Store`` does when it creates one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -242,11 +242,11 @@ def test_reading_a_queue_file_not_created_yet_says_nothing_is_queued(tmp_path, s
     else:
         holder = _being_created(path)
     with pytest.raises(NoQueueError, match=f"nothing was enqueued for {NAME!r}"):
-        QueueStore(tmp_path, NAME, readonly=True)
+        Store(tmp_path, NAME, readonly=True)
     check_queue_file(pipeline_config(tmp_path), NAME)  # nothing to check yet: not an error
     if holder is not None:
         holder.execute("ROLLBACK")
         holder.close()
-    store = QueueStore(tmp_path, NAME)  # the creator (or the next one) makes the queue
+    store = Store(tmp_path, NAME)  # the creator (or the next one) makes the queue
     store.enqueue(make_posts(3))
-    assert QueueStore(tmp_path, NAME, readonly=True).status().pending_posts == 3
+    assert Store(tmp_path, NAME, readonly=True).status().pending_posts == 3

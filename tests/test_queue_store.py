@@ -7,10 +7,10 @@ import sqlite3
 import pyarrow as pa
 import pytest
 
-from queue_store import QueueStore, codec
+from queue_store import codec
+from tests.queue_helpers import Store, complete, posts_of, queued_uris
 from queue_store.rows.validation import REASONS
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 
@@ -35,23 +35,23 @@ def clock():
 
 @pytest.fixture
 def store(tmp_path, clock):
-    s = QueueStore(tmp_path, NAME, max_attempts=3, clock=clock)
+    s = Store(tmp_path, NAME, max_attempts=3, clock=clock)
     yield s
     s.close()
 
 
 def _ack_all(store, batch, label=1):
-    return complete(store, batch, {p["uri"]: {"label": label} for p in batch.posts}, {})
+    return complete(store, batch, {p["uri"]: {"label": label} for p in posts_of(batch)}, {})
 
 
 def test_enqueue_batches_and_metadata(store):
-    res = store.enqueue(make_posts(2500), metadata={"source": "test"}, batch_size=1000)
+    res = store.enqueue(make_posts(2500), batch_size=1000)
     assert (res.enqueued_posts, res.enqueued_batches) == (2500, 3)
     batches = store.claim(max_batches=10)
-    assert [len(b.posts) for b in batches] == [1000, 1000, 500]
+    assert [len(posts_of(b)) for b in batches] == [1000, 1000, 500]
     [(meta,)] = store.conn.execute(f"SELECT metadata FROM {store.tables['input']} WHERE id = ?",
                                    (batches[2].batch_id,)).fetchall()
-    assert json.loads(meta) == {"source": "test", "batch_size": 1000, "actual_batch_size": 500}
+    assert json.loads(meta) == {"batch_size": 1000, "actual_batch_size": 500}
     assert all(b.attempt == 1 for b in batches)
 
 
@@ -118,7 +118,7 @@ def test_complete_is_fenced_by_lease(store, clock):
 def test_complete_must_cover_the_batch_exactly(store):
     store.enqueue(make_posts(5))
     [b] = store.claim(1)
-    uris = [p["uri"] for p in b.posts]
+    uris = [p["uri"] for p in posts_of(b)]
     with pytest.raises(ValueError, match="each of its 5 posts once: got 4 labelled"):
         complete(store, b, {u: {} for u in uris[1:]}, {})
     with pytest.raises(ValueError, match="got 5 labelled and 1 failed"):
@@ -135,7 +135,7 @@ def test_poison_post_dead_lettered_after_max_attempts(store):
     for attempt in (1, 2, 3):
         [b] = store.claim(1)
         assert b.attempt == attempt
-        ok = {p["uri"]: {"label": 1} for p in b.posts if p["uri"] != poison}
+        ok = {p["uri"]: {"label": 1} for p in posts_of(b) if p["uri"] != poison}
         res = complete(store, b, ok, {poison: f"ValueError: bad {attempt}"})
         assert res.accepted
         assert (res.retried, res.dead_lettered) == ((1, 0) if attempt < 3 else (0, 1))
@@ -144,10 +144,10 @@ def test_poison_post_dead_lettered_after_max_attempts(store):
     assert dead.uri == poison and dead.reason == "ValueError: bad 3" and dead.attempt == 3
     st = store.status()
     assert (st.output_rows_unexported, st.dead_posts, st.pending_posts) == (9, 1, 0)
-    assert all(store.seen([p["uri"] for p in make_posts(10)]))
+    assert len(queued_uris(store, [p["uri"] for p in make_posts(10)])) == 10
     assert store.requeue_dead() == 1
     [b] = store.claim(1)
-    assert [p["uri"] for p in b.posts] == [poison] and b.attempt == 1
+    assert [p["uri"] for p in posts_of(b)] == [poison] and b.attempt == 1
 
 
 def test_fail_returns_batch_then_buries_it(store):
@@ -192,7 +192,7 @@ def test_corrupt_rows_go_to_dead_letters(store, payload):
     decoded = []
     for b in store.claim(10):  # the worker decodes; what it cannot decode, it buries
         try:
-            decoded.append(len(b.posts))
+            decoded.append(len(posts_of(b)))
         except codec.PayloadError as exc:
             assert store.bury_undecodable(b.batch_id, b.lease_id, str(exc))
     assert decoded == [3, 3]
@@ -205,14 +205,14 @@ def test_corrupt_rows_go_to_dead_letters(store, payload):
 @pytest.mark.parametrize("name", ["x; DROP TABLE meta", "1abc", "a-b", "", "a" * 65, "é"])
 def test_unsafe_integration_names_are_rejected(tmp_path, name):
     with pytest.raises(ValueError, match="invalid integration name"):
-        QueueStore(tmp_path, name)
+        Store(tmp_path, name)
 
 
 def test_one_megabyte_post_round_trips(store):
     text = "groups 🤝 " * 110_000
     store.enqueue([{"uri": "big", "text": text, "preprocessing_timestamp": "2024-10-01"}])
     [b] = store.claim(1)
-    assert b.posts[0]["text"] == text and len(text.encode()) > 1_000_000
+    assert posts_of(b)[0]["text"] == text and len(text.encode()) > 1_000_000
     assert _ack_all(store, b).accepted
 
 
@@ -228,8 +228,8 @@ def test_enqueue_accepts_arrow_and_pandas(store):
 
 
 def test_queue_file_is_shared_between_connections(tmp_path):
-    a = QueueStore(tmp_path, NAME)
-    b = QueueStore(tmp_path, NAME)
+    a = Store(tmp_path, NAME)
+    b = Store(tmp_path, NAME)
     a.enqueue(make_posts(5))
     assert b.status().pending_posts == 5 and a.store_id == b.store_id
 

@@ -10,17 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.backfill import main
-from queue_store import QueueStore
+from tests.queue_helpers import NAME, Store, input_uris, queued_uris
 from tests.cli_helpers import write_config, write_posts
 from tests.pipeline_helpers import PLUGIN
-from tests.queue_helpers import NAME, input_uris, queued_uris
 
 
 def _queued(tmp_path, data: str, posts, *flags: str) -> set[str]:
     cfg = write_config(tmp_path / data, {"type": PLUGIN}, posts=posts)
     assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g", "--quiet",
                  *flags]) == 0
-    store = QueueStore(tmp_path / data / "data", NAME)
+    store = Store(tmp_path / data / "data", NAME)
     try:
         return queued_uris(store, input_uris(posts))
     finally:
@@ -101,7 +100,7 @@ def test_without_i_every_integration_of_the_config_is_enqueued(tmp_path, capsys)
     assert main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "--quiet"]) == 0
     queued = {}
     for name in raw["integrations"]:
-        store = QueueStore(tmp_path / "data", name)
+        store = Store(tmp_path / "data", name)
         queued[name] = queued_uris(store, input_uris(posts))
         store.close()
     assert queued[NAME] == queued["ml_inference_valence"] and len(queued[NAME]) > 280

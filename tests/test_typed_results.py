@@ -10,8 +10,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from actors.writer_actor import claim_runs, distinct_posts
-from jobs.stages.inference import run_inference
-from queue_store import QueueStore, export_output
+from tests.pipeline_helpers import run_inference
+from tests.queue_helpers import Store, export_output, posts_of
 from queue_store.rows.typed import fit_rows, typed_columns
 from tests.pipeline_helpers import NAME, enqueue, pipeline_config, queue_status
 
@@ -50,18 +50,18 @@ def test_a_result_delivered_twice_counts_once_and_runs_follow_claims():
 
 
 def test_complete_is_fenced_and_counts_every_post_once(tmp_path, posts_factory):
-    store = QueueStore(tmp_path, NAME)
+    store = Store(tmp_path, NAME)
     store.enqueue(posts_factory(3), batch_size=3)
     [b] = store.claim(1)
-    rows = pa.Table.from_pylist([{**p, "label": v} for p, v in zip(b.posts[:2], [1, 2])])
+    rows = pa.Table.from_pylist([{**p, "label": v} for p, v in zip(posts_of(b)[:2], [1, 2])])
     with pytest.raises(ValueError, match="lack"):
-        store.complete(b.batch_id, b.lease_id, rows.drop_columns(["text"]), [b.posts[2]])
+        store.complete(b.batch_id, b.lease_id, rows.drop_columns(["text"]), [posts_of(b)[2]])
     with pytest.raises(ValueError, match="account for each"):
         store.complete(b.batch_id, b.lease_id, rows, [])
     with pytest.raises(ValueError, match="twice"):
-        store.complete(b.batch_id, b.lease_id, rows, [(b.posts[0], "again")])
-    assert not store.complete(b.batch_id, "stale-lease", rows, [(b.posts[2], "x")]).accepted
-    res = store.complete(b.batch_id, b.lease_id, rows, [(b.posts[2], "bad value")])
+        store.complete(b.batch_id, b.lease_id, rows, [(posts_of(b)[0], "again")])
+    assert not store.complete(b.batch_id, "stale-lease", rows, [(posts_of(b)[2], "x")]).accepted
+    res = store.complete(b.batch_id, b.lease_id, rows, [(posts_of(b)[2], "bad value")])
     assert (res.labelled, res.retried) == (2, 1)
     assert export_output(store, tmp_path / "out").rows == 2
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
@@ -111,7 +111,7 @@ def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_sess
         assert summary.retried == summary.failed == summary.dead_lettered == 0, what
         st = queue_status(tmp_path)
         assert (st.pending_posts, st.processing_posts, st.dead_posts) == (len(outputs), 0, 0)
-        store = QueueStore(tmp_path, NAME)  # the next clash is a new run: clear this one
+        store = Store(tmp_path, NAME)  # the next clash is a new run: clear this one
         store.conn.execute(f"DELETE FROM {store.tables['input']}")
         store.close()
 

@@ -10,10 +10,9 @@ import yaml
 
 from classifiers.config_hash import config_hash
 from jobs.backfill import main
-from queue_store import QueueStore
+from tests.queue_helpers import Store, complete, posts_of
 from tests.cli_helpers import ROOT, write_config, write_posts
 from tests.conftest import make_posts
-from tests.queue_helpers import complete
 
 NAME = "ml_inference_intergroup"
 
@@ -47,15 +46,15 @@ def test_config_hash_follows_what_changes_labels(tmp_path, tiny_models):
 
 
 def test_store_relabels_other_versions_only_when_asked(tmp_path):
-    store = QueueStore(tmp_path, NAME)
-    assert store.enqueue(make_posts(10), version="A").enqueued_posts == 10
-    [b] = store.claim(1, version="A")
-    complete(store, b, {p["uri"]: {"label": 1} for p in b.posts}, {})
-    res = store.enqueue(make_posts(12), version="B")
+    store = Store(tmp_path, NAME)
+    assert store.enqueue(make_posts(10), config_hash="A").enqueued_posts == 10
+    [b] = store.claim(1, config_hash="A")
+    complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {})
+    res = store.enqueue(make_posts(12), config_hash="B")
     assert (res.enqueued_posts, res.skipped_other_version) == (2, 10)
-    res = store.enqueue(make_posts(12), version="B", relabel=True)
+    res = store.enqueue(make_posts(12), config_hash="B", relabel=True)
     assert (res.enqueued_posts, res.relabelled, res.skipped_known) == (10, 10, 2)
-    res = store.enqueue(make_posts(12), version="B", relabel=True)  # once per version
+    res = store.enqueue(make_posts(12), config_hash="B", relabel=True)  # once per version
     assert (res.enqueued_posts, res.skipped_known) == (0, 12)
 
 

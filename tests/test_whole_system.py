@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -27,12 +28,12 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 import queue_store.compaction as compaction
 from jobs.stages.enqueue import output_uris
-from queue_store import QueueBusyError, QueueStore, Transaction, export_output
+from queue_store import QueueBusyError
+from tests.queue_helpers import NAME, Store, complete, export_output, posts_of
 from queue_store.ledger import LedgerDamaged
 from queue_store.location import Location
 from tests.audit import places
 from tests.conftest import make_posts
-from tests.queue_helpers import NAME, complete
 
 SOAK = int(os.environ.get("BACKFILL_SOAK", "0"))
 VERSIONS = ("A", "B")
@@ -45,6 +46,21 @@ POSTS = make_posts(16, days=2) + [
 VALID = {p["uri"] for p in POSTS[:16]}
 TMP_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 RAN = {"sequences": 0, "steps": 0}
+
+
+class ConnectionDropped(Exception):
+    pass
+
+
+class DroppedBeforeCommit(Store):
+    """A store whose process loses its connection inside every transaction, before COMMIT
+    (what a SIGKILL there leaves: whatever the verb wrote outside SQLite, nothing inside)."""
+
+    @contextmanager
+    def _transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        yield self.conn
+        raise ConnectionDropped
 
 
 class WholeSystem(RuleBasedStateMachine):
@@ -68,8 +84,8 @@ class WholeSystem(RuleBasedStateMachine):
         self.damaged = False
         RAN["sequences"] += 1
 
-    def _open(self) -> QueueStore:
-        return QueueStore(self.dir, NAME, max_attempts=MAX_ATTEMPTS, clock=lambda: self.now)
+    def _open(self) -> Store:
+        return Store(self.dir, NAME, max_attempts=MAX_ATTEMPTS, clock=lambda: self.now)
 
     def teardown(self) -> None:
         self.store.close()
@@ -96,7 +112,7 @@ class WholeSystem(RuleBasedStateMachine):
             if not relabel and any((uri, v) in self.place for v in VERSIONS):
                 continue
             expected.append(uri)
-        got = self.store.enqueue(posts, batch_size=batch_size, version=version,
+        got = self.store.enqueue(posts, batch_size=batch_size, config_hash=version,
                                  relabel=relabel)
         assert got.enqueued_posts == len(expected), (got, expected)
         for uri in expected:
@@ -108,30 +124,30 @@ class WholeSystem(RuleBasedStateMachine):
     def enqueue_dropped_mid_transaction(self, picks: list[int], version: str) -> None:
         """Another process's enqueue whose connection is dropped before its commit: its run
         file is written, nothing is committed."""
-        other = self._open()
-        other.conn.execute("BEGIN IMMEDIATE")
-        other.enqueue([POSTS[i] for i in picks], batch_size=2, version=version,
-                      tx=Transaction(other, other.conn))
+        other = DroppedBeforeCommit(self.dir, NAME, max_attempts=MAX_ATTEMPTS,
+                                    clock=lambda: self.now)
+        with pytest.raises(ConnectionDropped):
+            other.enqueue([POSTS[i] for i in picks], batch_size=2, config_hash=version)
         other.conn.close()  # SQLite rolls the transaction back
 
     # -- consumers ---------------------------------------------------------------------------
     @rule(version=st.sampled_from(VERSIONS), n=st.integers(1, 3))
     def claim(self, version: str, n: int) -> None:
-        for b in self.store.claim(n, LEASE_S, owner="worker", version=version):
-            for post in b.posts:
+        for b in self.store.claim(n, LEASE_S, owner="worker", config_hash=version):
+            for post in posts_of(b):
                 assert self.place.get((post["uri"], version)) == "queued", post
             assert all(b.batch_id != h.batch_id for h in self.held + self.lost)
             self.held.append(b)
 
     def _failed(self, b, uris: list[str]) -> None:
         for uri in uris:
-            self.place[(uri, b.version)] = "dead" if b.attempt >= MAX_ATTEMPTS else "queued"
+            self.place[(uri, b.config_hash)] = "dead" if b.attempt >= MAX_ATTEMPTS else "queued"
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def complete(self, data) -> None:
         b = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
-        uris = [p["uri"] for p in b.posts]
+        uris = [p["uri"] for p in posts_of(b)]
         self._complete(b, data.draw(st.sets(st.sampled_from(uris))) if uris else set())
 
     @rule(version=st.sampled_from(VERSIONS), fail_every=st.integers(0, 4),
@@ -149,7 +165,7 @@ class WholeSystem(RuleBasedStateMachine):
             while self.held:
                 b = self.held.pop()
                 failing = set()
-                for p in b.posts:
+                for p in posts_of(b):
                     n += 1
                     if fail_every and n % fail_every == 0:
                         failing.add(p["uri"])
@@ -158,17 +174,17 @@ class WholeSystem(RuleBasedStateMachine):
             self.export(50)
 
     def _complete(self, b, failing: set[str]) -> None:
-        uris = [p["uri"] for p in b.posts]
+        uris = [p["uri"] for p in posts_of(b)]
         labels = {}
         for uri in uris:
             if uri not in failing:
-                labels[uri] = {"label": f"L-{uri}-{b.version}", "config_hash": b.version,
+                labels[uri] = {"label": f"L-{uri}-{b.config_hash}", "config_hash": b.config_hash,
                                **({"score": float(len(uri))} if self.extra else {})}
         res = complete(self.store, b, labels, {u: "poison" for u in failing})
         assert res.accepted
         for uri, values in labels.items():
-            self.place[(uri, b.version)] = "output"
-            self.labels[(uri, b.version)] = values
+            self.place[(uri, b.config_hash)] = "output"
+            self.labels[(uri, b.config_hash)] = values
         self._failed(b, sorted(failing))
 
     @precondition(lambda self: self.held)
@@ -179,7 +195,7 @@ class WholeSystem(RuleBasedStateMachine):
             assert self.store.release(b.batch_id, b.lease_id)
         else:
             assert self.store.fail(b.batch_id, b.lease_id, "worker error")
-            self._failed(b, [p["uri"] for p in b.posts])
+            self._failed(b, [p["uri"] for p in posts_of(b)])
 
     @precondition(lambda self: self.held)
     @rule()
@@ -197,7 +213,7 @@ class WholeSystem(RuleBasedStateMachine):
                                  LEASE_S) == len(self.held)
         self.store.reap()
         for b in self.lost:
-            self._failed(b, [p["uri"] for p in b.posts])
+            self._failed(b, [p["uri"] for p in posts_of(b)])
         self.reaped += self.lost
         self.lost = []
 
@@ -206,7 +222,7 @@ class WholeSystem(RuleBasedStateMachine):
     def stale_worker_completes(self, data) -> None:
         """A worker thought dead comes back and completes a reaped claim: fenced out."""
         b = self.reaped.pop(data.draw(st.integers(0, len(self.reaped) - 1)))
-        res = complete(self.store, b, {p["uri"]: {"label": "stale"} for p in b.posts})
+        res = complete(self.store, b, {p["uri"]: {"label": "stale"} for p in posts_of(b)})
         assert not res.accepted
 
     @rule()
@@ -292,8 +308,8 @@ class WholeSystem(RuleBasedStateMachine):
             return
         tmp, n = led.write_merged([r for r in led.runs(conn) if r.name in sources])
         if after_commit:
-            with self.store.transaction() as tx:
-                assert led.swap_in(tx.cursor, tmp, n, sources)
+            with self.store._transaction() as c:
+                assert led.swap_in(c, tmp, n, sources)
 
     @precondition(lambda self: not self.damaged)
     @rule(which=st.integers(0, 1 << 16), where=st.integers(0, 1 << 16))
@@ -314,7 +330,7 @@ class WholeSystem(RuleBasedStateMachine):
         self.damaged = True
         before = self.store.status().pending_posts
         with pytest.raises(LedgerDamaged):
-            self.store.enqueue(POSTS, batch_size=2, version="A", relabel=True)
+            self.store.enqueue(POSTS, batch_size=2, config_hash="A", relabel=True)
         assert self.store.status().pending_posts == before  # nothing queued
 
     @rule()

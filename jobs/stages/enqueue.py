@@ -80,8 +80,8 @@ def remember_output(store: QueueStore, root: Location, batch_rows: int = 100_000
     moved away, deleted, re-created — never queues them again."""
     if store.flag(SEEDED):
         return
-    for uris, version in output_uris(root, batch_rows):
-        store.remember(uris, version)
+    for uris, config_hash in output_uris(root, batch_rows):
+        store.remember(uris, config_hash)
     store.set_flag(SEEDED)
 
 
@@ -114,18 +114,19 @@ def output_uris(root: Location, batch_rows: int = 100_000
 class Target:
     """One integration's queue and enqueue summary."""
 
-    def __init__(self, store: QueueStore, version: str, relabel: bool,
+    def __init__(self, store: QueueStore, config_hash: str, relabel: bool,
                  summary: RunSummary) -> None:
-        self.store, self.version, self.relabel, self.summary = store, version, relabel, summary
+        self.store, self.config_hash, self.relabel, self.summary = (store, config_hash, relabel,
+                                                                   summary)
         self.session = EnqueueSession()  # tells this stage's own repeats from earlier posts
 
     @classmethod
     def open(cls, config: BackfillConfig, integration: str, files: PostFiles,
              relabel: bool) -> "Target":
         name, integ = config.resolve_integration(integration)
-        version = integ.classifier.config_hash
+        config_hash = integ.classifier.config_hash
         summary = RunSummary(run_id=new_run_id(name), integration=name, stage="enqueue",
-                             started_at=now_iso(), config_hash=version)
+                             started_at=now_iso(), config_hash=config_hash)
         summary.skipped_bad_files = len(files.bad)
         for _, rows, reason in files.rejected:  # readable files without usable columns
             summary.rows_read += rows
@@ -139,7 +140,7 @@ class Target:
         except BaseException:
             store.close()
             raise
-        return cls(store, version, relabel, summary)
+        return cls(store, config_hash, relabel, summary)
 
 
 class Feed:
@@ -191,7 +192,7 @@ class Feed:
             self._enqueue(t, checked)
 
     def _enqueue(self, t: Target, checked: Validated) -> None:
-        res = t.store.enqueue(checked, batch_size=self.batch_size, version=t.version,
+        res = t.store.enqueue(checked, batch_size=self.batch_size, config_hash=t.config_hash,
                               relabel=t.relabel, session=t.session)
         s = t.summary
         s.enqueued += res.enqueued_posts

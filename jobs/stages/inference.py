@@ -1,38 +1,30 @@
-"""Stage 2–4 wiring: queue actor → Ray Data read → map_batches(classifier) → writer → parquet.
+"""One integration's inference run: its QueueActor, WriterActor and passes of a Ray Data job
+(read tasks claiming from the queue → ``map_batches`` of ``ClassifierStage``), watched by a
+``RunGuard``; ``run_integrations`` runs several side by side (``admission.py``). How a batch
+travels through them is the README's "How it works".
 
-The flow of one batch: the QueueActor claims it (lease id, lease holder = this driver
-process) and hands its stored JSON on undecoded; a Ray Data read task decodes it once into
-an Arrow block; a classifier actor (announcing its work to the StageMonitor's crash journal
-first) labels the block in ``batch_size`` calls and sends each call's typed result rows
-straight to the WriterActor, which groups rows per batch, casts them to the integration's
-fixed column types and sends one fenced ``complete`` per batch to the QueueActor (lease
-check, output rows as an Arrow IPC stream, retries: one SQLite transaction), then exports the
-output queue to parquet. Failed posts go back to the queue as retry batches, which later
-waves of read tasks claim in the same pass (same classifier actors, no model reload); the
-run ends when nothing claimable is left, the budget is used, or another driver holds the
-rest. A ``RunGuard`` watches the run from the driver (fatal errors, no progress, a cluster
-that went away); Ctrl-C, SIGTERM and every early stop hand the run's claims back, export what
-was labelled and end with a partial summary.
+Ctrl-C, SIGTERM and every early stop hand the run's claims back, export what was labelled and
+end with a partial summary.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import sys
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from actors.classifier_stage import ClassifierStage
-from actors.queue_actor import OPTIONS as QUEUE_ACTOR_OPTIONS
 from actors.queue_actor import QueueActor
+from actors.stage_reports import OPTIONS as QUEUE_ACTOR_OPTIONS
 from actors.queue_datasource import QueueDatasource
 from actors.stats import WriterStats
 from actors.writer_actor import WriterActor
 from classifiers.scrub import register_secret
 from jobs.config import BackfillConfig
+from jobs.stages.admission import Background, Together, pool_caps
 from jobs.stages.errors import PipelineActorDied, RunStopped, true_cause
 from jobs.stages.progress import Progress
 from jobs.stages.ray_setup import check_resources, driver_node_strategy, ensure_ray, ray_where
@@ -42,23 +34,9 @@ from jobs.stages.summary import new_run_id, now_iso
 from queue_store import QueueStore
 from queue_store.lease_holder import LeaseHolder
 
-__all__ = ["run_inference", "run_integrations", "PipelineActorDied"]
+__all__ = ["run_integrations", "PipelineActorDied"]
 WIND_DOWN_S = 60.0  # after a stop: at most this long exporting what was labelled
 STREAM_WAVES = 8  # read waves added for a feed of unknown size (one per committed chunk)
-
-
-def run_inference(config: BackfillConfig, integration: str,
-                  max_records_per_run: int | None = None, quiet: bool = False,
-                  verbose: bool = False, feed: Callable[[], Any] | None = None,
-                  feed_posts: int | None = None) -> RunSummary:
-    """Label every claimable post of one integration; returns (and saves) the run summary.
-    An early stop raises ``RunStopped`` with the partial summary (Ctrl-C and SIGTERM: exit
-    130). See ``run_integrations`` for ``feed`` and ``feed_posts``."""
-    [outcome] = run_integrations(config, [integration], max_records_per_run, quiet, verbose,
-                                 feed, feed_posts)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
 
 
 def run_integrations(config: BackfillConfig, integrations: Sequence[str],
@@ -112,125 +90,6 @@ def run_integrations(config: BackfillConfig, integrations: Sequence[str],
     return [together.outcomes[run.name] for run in runs]
 
 
-def pool_caps(ray: Any, config: BackfillConfig, names: Sequence[str]) -> dict[str, int | None]:
-    """For integrations run side by side: the most classifier actors each may grow to so that
-    every other one keeps room for its minimum pool and a read task (None: no cap)."""
-    caps: dict[str, int | None] = {name: None for name in names}
-    if len(names) < 2:
-        return caps
-    have = ray.cluster_resources()
-    needs = {name: _min_need(config, name) for name in names}
-    for name in names:
-        integ = config.integrations[name]
-        room = []
-        for kind, per_actor in (("CPU", integ.num_cpus), ("GPU", integ.num_gpus)):
-            if per_actor > 0:
-                free = have.get(kind, 0) - sum(n[kind] for other, n in needs.items()
-                                               if other != name) - needs[name][kind]
-                room.append(int(free // per_actor + 1e-9))
-        if room:
-            caps[name] = max(integ.actors.min, min(integ.actors.max,
-                                                   integ.actors.min + max(0, min(room))))
-    return caps
-
-
-def _min_need(config: BackfillConfig, name: str) -> dict[str, float]:
-    """CPUs and GPUs an integration's run cannot do without: its minimum pool, one read task."""
-    integ = config.integrations[name]
-    return {"CPU": integ.num_cpus * integ.actors.min + config.pipeline.read_task_num_cpus,
-            "GPU": integ.num_gpus * integ.actors.min}
-
-
-class Together:
-    """The runs of one command: started as the cluster holds them, each waited on by its own
-    thread (so each winds down on its own), their outcomes collected in the caller's thread."""
-
-    def __init__(self, ray: Any, config: BackfillConfig, runs: list["InferenceRun"],
-                 quiet: bool, on_end: Callable[[str, Any], None]) -> None:
-        self.ray, self.config, self.quiet, self.on_end = ray, config, quiet, on_end
-        self.pending = list(runs)
-        self.active: dict[str, tuple[InferenceRun, Background]] = {}
-        self.outcomes: dict[str, Any] = {}
-        self.feeding: list[InferenceRun] = []
-        self.told: set[str] = set()
-
-    def admit(self, feeding: bool) -> None:
-        """Start each waiting run whose minimum needs fit beside the running ones."""
-        have: dict[str, float] | None = None
-        for run in list(self.pending):
-            if self.active:
-                have = have or self.ray.cluster_resources()
-                used = [_min_need(self.config, name) for name in self.active]
-                need = _min_need(self.config, run.name)
-                short = [kind for kind in ("CPU", "GPU") if need[kind] > 0 and need[kind]
-                         + sum(u[kind] for u in used) > have.get(kind, 0) + 1e-9]
-                if short:
-                    if run.name not in self.told and not self.quiet:
-                        self.told.add(run.name)
-                        print(f"inference {run.name}: waits for {' and '.join(short)}s held by "
-                              f"{', '.join(self.active)} (starts when one of them ends)",
-                              file=sys.stderr)
-                    continue
-            self.pending.remove(run)
-            try:  # on a terminal, tqdm gives each run's bar a line of its own
-                run.start(feeding, self.quiet)
-            except Exception as exc:  # noqa: BLE001 - this run's outcome; the others go on
-                run.close()
-                self.outcomes[run.name] = exc
-                self.on_end(run.name, exc)
-                continue
-            if feeding:
-                self.feeding.append(run)
-            self.active[run.name] = (run, Background(run.wait))
-
-    def feed_ended(self) -> None:
-        for run in self.feeding:
-            run.feed_ended()
-        self.feeding = []
-
-    def wait(self) -> None:
-        """Until every run has ended: collect each that ended, start the next that fits."""
-        while self.pending or self.active:
-            self.collect()
-            self.admit(feeding=False)
-            if self.active:
-                next(iter(self.active.values()))[1].done.wait(0.2)
-
-    def collect(self) -> None:
-        for name, (run, waiting) in list(self.active.items()):
-            if waiting.alive():
-                continue
-            del self.active[name]
-            outcome = waiting.error if waiting.error is not None else waiting.result
-            run.close()
-            self.outcomes[name] = outcome
-            self.on_end(name, outcome)
-
-    def stop_all(self, reason: Callable[[], RunStopped], not_started: str) -> None:
-        """Stop every run (``reason()``: each run's own stop) and wait for them to wind
-        down; a run not started yet, having claimed nothing, ends with ``not_started`` (and
-        the reason's exit code)."""
-        for run, _ in self.active.values():
-            run.stop(reason())
-        self.feed_ended()
-        for run in self.pending:
-            stop = reason()
-            self.outcomes[run.name] = RunStopped(not_started, stop.exit_code, prefix=stop.prefix)
-            self.on_end(run.name, self.outcomes[run.name])
-        self.pending = []
-        while self.active:
-            try:
-                for _, waiting in self.active.values():
-                    waiting.done.wait(0.5)
-                self.collect()
-            except KeyboardInterrupt:  # a second Ctrl-C: they are already winding down
-                continue
-
-    def close(self) -> None:
-        for run, _ in self.active.values():
-            run.close()
-
-
 class InferenceRun:
     """One integration's pass(es) over its queue, with the actors they need: ``start``, then
     ``wait`` (on a thread of its own), ``stop`` to end it early."""
@@ -270,12 +129,12 @@ class InferenceRun:
         self.queue = ray.remote(**QUEUE_ACTOR_OPTIONS)(QueueActor).options(
             **pinned, name=f"backfill-queue-{self.run_id}").remote(
             data_dir, self.name, config.queue.max_attempts, config.queue.lease_seconds,
-            holder, self.max_records, feeding=feeding, version=self.summary.config_hash)
+            holder, self.summary.config_hash, self.max_records, feeding=feeding)
         self.monitor = self.queue  # the stage's reports: a concurrency group of the QueueActor
         self.writer = ray.remote(WriterActor).options(
             **pinned, name=f"backfill-writer-{self.run_id}").remote(
-            self.queue, data_dir, self.name, self.out, config.pipeline.export_rows,
-            config.pipeline.export_every_seconds, self.monitor)
+            self.queue, data_dir, self.name, config.queue.max_attempts, self.out,
+            config.pipeline.export_rows, config.pipeline.export_every_seconds, self.monitor)
         self.actors = [self.writer, self.queue]
 
     def start(self, feeding: bool, quiet: bool) -> None:
@@ -292,15 +151,12 @@ class InferenceRun:
                               ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s,
                               budget=self.max_records)
         self.guard.feeding = feeding
-        self.guard.__enter__()
-        try:
-            self.progress = Progress(f"inference {self.name}", None, self.guard.figures,
-                                     quiet=quiet)
-            self.progress.__enter__()
+        with ExitStack() as watching:  # the guard, then the progress line; ``wait`` ends them
+            watching.enter_context(self.guard)
+            watching.enter_context(Progress(f"inference {self.name}", None, self.guard.figures,
+                                            quiet=quiet))
             self.passes = Background(functools.partial(self._run_passes, feeding))
-        except BaseException:
-            self.guard.__exit__(None, None, None)
-            raise
+            self.watching = watching.pop_all()
 
     def feed_ended(self) -> None:
         """The enqueue beside this run has committed its last chunk."""
@@ -315,12 +171,9 @@ class InferenceRun:
         """Until the passes end; the summary, or ``RunStopped`` with the partial summary."""
         guard = self.guard
         try:
-            try:
+            with self.watching:
                 guard.wait_for(self.passes)
                 guard.check()  # the last figures, for the progress line's final word
-            finally:
-                self.progress.__exit__(None, None, None)
-                guard.__exit__(None, None, None)
             writer_stats = self.ray.get(self.writer.finish.remote())
             self.ray.get(self.queue.stop.remote())
         except RunStopped as stop:
@@ -445,20 +298,15 @@ class InferenceRun:
                             wait_for_retries=map_whole_blocks is not None),
             override_num_blocks=pipe.read_tasks, concurrency=pipe.read_tasks,
             num_cpus=pipe.read_task_num_cpus)
-        params = integ.classifier.params
-        stage_kwargs = {"classifier_type": integ.classifier.type, "params": params,
-                        "run_id": self.run_id, "integration": self.name,
-                        "monitor": self.monitor, "writer": self.writer,
-                        "config_hash": self.summary.config_hash,
-                        "batch_size": integ.batch_size,
-                        "secrets": _secrets(integ.classifier.typed),
-                        "fixed_types": self._fixed_types(), "output_dir": self.out_dir}
         map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
-        ds = map_batches(
-            ClassifierStage, fn_constructor_kwargs=stage_kwargs,
+        ds = map_batches(ClassifierStage, **ClassifierStage.map_batches_options(
+            classifier_type=integ.classifier.type, params=integ.classifier.params,
+            batch_size=integ.batch_size, num_cpus=integ.num_cpus, num_gpus=integ.num_gpus,
             compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=self.actors_max),
-            batch_size=None if map_whole_blocks else integ.batch_size, batch_format="pyarrow",
-            num_cpus=integ.num_cpus, num_gpus=integ.num_gpus)
+            whole_blocks=map_whole_blocks is not None, run_id=self.run_id,
+            integration=self.name, monitor=self.monitor, writer=self.writer,
+            config_hash=self.summary.config_hash, secrets=_secrets(integ.classifier.typed),
+            fixed_types=self._fixed_types(), output_dir=self.out_dir))
         # The results went to the writer from the classifier actors; what comes out here is
         # a count per block, never held or deserialised by the driver.
         for _ in ds.iter_internal_ref_bundles():
@@ -472,36 +320,6 @@ class InferenceRun:
             return store.export_schema()
         finally:
             store.close()
-
-
-class Background:
-    """Runs ``fn`` on a daemon thread; ``join`` re-raises what it raised once it has ended.
-
-    Whether it ended is an Event, not ``Thread.is_alive``: a ``Thread.join`` cut short by
-    Ctrl-C can leave ``is_alive()`` False for a thread still running (seen on Python 3.11),
-    and a run's outcome would then be read before it exists."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.error: BaseException | None = None
-        self.result: Any = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to join()
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def alive(self) -> bool:
-        return not self.done.is_set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.done.wait(timeout) and self.error is not None:
-            raise self.error
 
 
 def _secrets(params: Any) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """RunGuard: watches a running inference pass from the driver.
 
-A thread polls the QueueActor and the StageMonitor about once a second and keeps the latest
+A thread polls the QueueActor (and its StageReports) about once a second and keeps the latest
 figures (the progress display and a partial summary read them). It decides that the run must
 stop — the thread that waits on the pass then raises ``RunStopped`` — when:
 
@@ -28,13 +28,12 @@ from jobs.stages.errors import RunStopped
 from jobs.stages.progress import Figures
 
 POLL_S = 1.0
-LOST_AFTER_S = 30.0
 STARTUP_LIMIT_S = 900.0
 
 
 class RunGuard:
     def __init__(self, ray: Any, queue: Any, monitor: Any, writer: Any, no_progress_s: float,
-                 where: str, poll_s: float = POLL_S, lost_after_s: float = LOST_AFTER_S,
+                 where: str, lost_after_s: float, poll_s: float = POLL_S,
                  clock: Callable[[], float] = time.monotonic, budget: int | None = None
                  ) -> None:
         self.ray = ray

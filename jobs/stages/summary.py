@@ -92,7 +92,7 @@ class RunSummary(BaseModel):
         self.label_distribution = dict(writer.label_counts)
         self.role_cpu_s = {"queue_actor": round(queue.cpu_s, 3),
                            "writer_actor": round(writer.cpu_s, 3),
-                           "stage_monitor": round(stage.cpu_s, 3)}
+                           "stage_reports": round(stage.cpu_s, 3)}
         if status is not None:
             self.pending_left = status.pending_posts
             self.pending_other_versions = status.pending_other_versions

@@ -1,6 +1,6 @@
 """The one definition of every row shape the pipeline passes around.
 
-- a **post**: ``POST_COLUMNS`` (the queued fields, from ``models.Post``);
+- a **post**: ``POST_COLUMNS`` (the queued fields; extra input columns are not carried);
 - a **claimed post** (read task → classifier stage): the post plus ``CONTROL``, the claim it
   belongs to (``CLAIM_SCHEMA``);
 - a **result row** (classifier stage → writer): a claimed post plus ``STATUS`` (labelled or
@@ -16,9 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from queue_store.models import Post
-
-POST_COLUMNS: tuple[str, ...] = tuple(Post.model_fields)  # uri, text, preprocessing_timestamp
+POST_COLUMNS = ("uri", "text", "preprocessing_timestamp")
 CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a row answers, and its size
 STATUS = ("was_successfully_labeled", "reason")
 LABEL_TIME = "label_timestamp"

@@ -1,25 +1,35 @@
-"""StageMonitor: what the classifier stage reports while it works, kept outside its processes.
+"""StageReports: what the classifier stage reports while it works, kept outside its processes.
 
 The crash journal (which posts a classifier process was running when it died, see
 ``classifiers/crash_isolation.py``), a fatal error (a classifier that cannot be built, a
 rejected API key, a label of the wrong type, a disk that cannot be written), hosted-model
 usage counters, and what the stage is doing: actors loading their model or ready, posts
 classified so far (one report per ``classify`` call, so slow models show progress), and what
-a hosted model waits on (a rate limit, a server that does not answer). It lives inside the
-QueueActor (one process fewer per run) behind a concurrency group of its own: a classifier
-announces every block here before running it, and must never wait behind the queue's SQLite
-work.
+a hosted model waits on (a rate limit, a server that does not answer). The QueueActor is one
+(one process fewer per run): these methods run in a concurrency group of their own
+(``STAGE``), as a classifier announces every block here before running it and must never wait
+behind the queue's SQLite work.
 """
 from __future__ import annotations
 
 import time
+
+import ray
 
 from actors.stats import Fatal, StageStats
 from classifiers.crash_isolation import BlockState, CrashJournal
 from classifiers.scrub import scrub
 
 
-class StageMonitor:
+# The concurrency group of the classifier stage's reports: a thread of its own.
+STAGE = "stage"
+OPTIONS = {"concurrency_groups": {STAGE: 1}}  # ray.remote(**OPTIONS) of the actor class
+reports = ray.method(concurrency_group=STAGE)
+
+
+class StageReports:
+    """The classifier stage's reports; every method runs only on the ``STAGE`` thread."""
+
     def __init__(self) -> None:
         self.journal = CrashJournal()
         self.fatal: Fatal | None = None
@@ -28,36 +38,45 @@ class StageMonitor:
         self.actors: dict[str, str] = {}  # actor -> "loading" | "ready"
         self.waiting: dict[str, dict[str, str]] = {}  # actor -> its classifier's status()
 
+    @reports
     def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
         return self.journal.begin(key, n_posts)
 
+    @reports
     def journal_set_active(self, key: str, posts: list[int]) -> None:
         self.journal.set_active(key, posts)
 
+    @reports
     def journal_end(self, key: str) -> None:
         self.journal.end(key)
 
+    @reports
     def report_fatal(self, message: str, exit_code: int = 2) -> None:
         """The first fatal error wins (later ones are its consequences)."""
         if self.fatal is None:
             self.fatal = Fatal(message=scrub(message)[:1000], exit_code=exit_code)
 
+    @reports
     def add_usage(self, counts: dict[str, int]) -> None:
         for key, value in counts.items():
             self.usage[key] = self.usage.get(key, 0) + int(value)
 
+    @reports
     def report_actor(self, actor: str, state: str) -> None:
         self.actors[actor] = state
 
+    @reports
     def report_progress(self, actor: str, posts: int, outside_classify_s: float) -> None:
         """A classifier actor's running totals after a ``classify`` call: posts, and process
         CPU seconds spent outside ``classify`` since its model was loaded."""
         self.stage_cpu[actor] = (posts, outside_classify_s)
 
+    @reports
     def report_waiting(self, actor: str, status: dict[str, str]) -> None:
         self.waiting[actor] = {k: scrub(v)[:300] for k, v in status.items()}
 
-    def get_stats(self) -> StageStats:
+    @reports
+    def stage_stats(self) -> StageStats:
         posts = sum(p for p, _ in self.stage_cpu.values())
         cpu = sum(s for _, s in self.stage_cpu.values())
         waiting: dict[str, str] = {}

@@ -1,0 +1,315 @@
+"""The queue core: batches of posts in, leased out, acked or nacked, reaped when their holder is
+gone. Every verb that writes is one ``BEGIN IMMEDIATE`` transaction; the sizes and times come
+from the job's ``QueueConfig`` (this layer holds no defaults).
+
+- ``enqueue(posts, batch_size, config_hash, relabel=False, session=None)`` — validate; queue
+  the posts the ledger has not seen for that config_hash, ``batch_size`` per batch.
+- ``remember(uris, config_hash)`` — record posts labelled elsewhere in the ledger, queue
+  nothing.
+- ``claim(max_batches, lease_seconds, owner, config_hash)`` — lease pending batches of one
+  config_hash (reaps first).
+- ``extend(leases, lease_seconds)`` — heartbeat: push the expiry of leases still held.
+- ``complete(batch_id, lease_id, labelled, failed)`` — fenced ack: typed output rows, retries
+  (or dead letters at ``max_attempts``) and the batch's removal.
+- ``fail(batch_id, lease_id, reason)`` — fenced nack: the batch back to pending (dead at max).
+- ``release(batch_id, lease_id)`` — fenced undo of a claim: pending again, attempt not spent.
+- ``bury_undecodable(batch_id, lease_id, reason)`` — fenced: a damaged batch to dead letters.
+- ``reap()`` — expired leases, and leases of provably dead holders, back to pending.
+- ``requeue_dead(batch_size)`` — dead posts back to pending, fresh attempts.
+
+Fenced: the verb acts only while ``lease_id`` still holds the batch, and says whether it did;
+a late ack of a lease that was reaped writes nothing.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from queue_store import codec
+from queue_store.fingerprint import fingerprints
+from queue_store.lease_holder import LeaseHolder
+from queue_store.models import (ClaimedBatch, CompleteResult, EnqueueResult, EnqueueSession,
+                                InvalidPost, ReapResult)
+from queue_store.queue_file import QueueFile
+from queue_store.rows.shapes import POST_COLUMNS
+from queue_store.rows.typed import to_ipc
+from queue_store.rows.validation import Validated, as_post_table, split_valid
+
+
+class LeaseCore(QueueFile):
+    # -- producers -------------------------------------------------------------------------
+    def enqueue(self, posts: Any, batch_size: int, config_hash: str, relabel: bool = False,
+                session: EnqueueSession | None = None) -> EnqueueResult:
+        """Validate posts and queue the valid ones for ``config_hash`` in batches of at most
+        ``batch_size`` posts. ``posts``: anything ``as_post_table`` takes, or
+        ``split_valid``'s result (posts validated once for several integrations' queues).
+
+        A post queued before for ``config_hash`` is skipped, and one queued only for other
+        config_hashes too — unless ``relabel``. The ledger's decision and the insert are one
+        transaction: concurrent enqueues queue each post once per config_hash. ``session``
+        (one per enqueue stage) tells its own repeats from earlier posts."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        clock = _Steps()
+        checked = posts if isinstance(posts, Validated) else split_valid(as_post_table(posts))
+        result = EnqueueResult(invalid=[InvalidPost(uri=u, reason=r) for u, r in
+                                        checked.invalid])
+        clock.lap("validate")
+        if not checked.valid.num_rows:
+            result.step_s = clock.laps
+            return result
+        with self._transaction() as c:
+            valid = self._admit(c, checked, config_hash, relabel, result, session)
+            clock.lap("ledger")
+            batches = []
+            for start in range(0, valid.num_rows, batch_size):
+                chunk = valid.slice(start, batch_size)
+                batches.append((chunk, {"batch_size": batch_size,
+                                        "actual_batch_size": chunk.num_rows}))
+            self._insert_batches(c, batches, config_hash)
+            clock.lap("insert")
+        clock.lap("commit")
+        result.enqueued_posts = valid.num_rows
+        result.enqueued_batches = len(batches)
+        self.merge_ledger()
+        clock.lap("ledger")
+        result.step_s = clock.laps
+        return result
+
+    def remember(self, uris: pa.Array | pa.ChunkedArray, config_hash: str) -> int:
+        """Record posts labelled elsewhere (e.g. found in the parquet output when this queue
+        file is newer than it) as queued for ``config_hash``, without queueing them; returns
+        how many were new to the ledger."""
+        uris = pc.unique(uris.drop_null())
+        with self._transaction() as c:
+            keys, checks = fingerprints(uris)
+            vid = self._vid(c, config_hash)
+            new = ~self.ledger.lookup(c, keys, checks, vid).same
+            self.ledger.add(c, keys[new], checks[new], vid, self._next_seq(c))
+        self.merge_ledger()
+        return int(new.sum())
+
+    def merge_ledger(self) -> int:
+        """Merge the ledger's runs while a tier has ``FANOUT`` of them (outside any
+        transaction; each merged run replaces its sources in a short one). Returns merges."""
+        merges = 0
+        while True:
+            sources = self.ledger.merge_candidates(self.conn)
+            if not sources:
+                return merges
+            runs = [r for r in self.ledger.runs(self.conn) if r.name in sources]
+            tmp, n = self.ledger.write_merged(runs)
+            with self._transaction() as c:
+                swapped = self.ledger.swap_in(c, tmp, n, sources)
+            if not swapped:  # another process merged them first
+                tmp.unlink(missing_ok=True)
+                return merges
+            self.ledger.unlink_runs(sources)
+            merges += 1
+
+    def _admit(self, c: Any, checked: Validated, config_hash: str, relabel: bool,
+               result: EnqueueResult, session: EnqueueSession | None) -> pa.Table:
+        """The posts to queue (the rest counted in ``result``), recorded in the ledger."""
+        valid, keys, checks = checked.valid, checked.keys, checked.checks
+        vid = self._vid(c, config_hash)
+        hits = self.ledger.lookup(c, keys, checks, vid)
+        mine = np.isin(hits.same_seq, list(session.seqs)) if session else np.zeros(
+            len(keys), bool)
+        result.skipped_duplicate += int((hits.same & mine).sum())
+        result.skipped_known += int((hits.same & ~mine).sum())
+        elsewhere = hits.other & ~hits.same
+        if relabel:
+            result.relabelled += int(elsewhere.sum())
+            take = ~hits.same
+        else:
+            result.skipped_other_version += int(elsewhere.sum())
+            take = ~(hits.same | hits.other)
+        seq = self._next_seq(c)
+        self.ledger.add(c, keys[take], checks[take], vid, seq)
+        if session is not None:
+            session.seqs.add(seq)
+        return valid if take.all() else valid.filter(pa.array(take))
+
+    # -- consumers -------------------------------------------------------------------------
+    def claim(self, max_batches: int, lease_seconds: float, owner: str, config_hash: str
+              ) -> list[ClaimedBatch]:
+        """Lease up to ``max_batches`` pending batches queued for ``config_hash`` (a run
+        labels only what was queued for its own) to ``owner`` (``LeaseHolder``). Payloads are
+        handed on as stored."""
+        now = self.clock()
+        lease_id = uuid.uuid4().hex
+        t = self.tables["input"]
+        with self._transaction() as c:
+            self._reap(c, now)
+            rows = c.execute(
+                f"UPDATE {t} SET status = 'processing', lease_id = ?, lease_owner = ?, "
+                "lease_expires = ?, attempt = attempt + 1 "
+                f"WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND version = ? "
+                "ORDER BY id LIMIT ?) RETURNING id, payload, attempt, n_posts",
+                (lease_id, owner, now + lease_seconds, config_hash, max_batches)).fetchall()
+        return [ClaimedBatch.model_construct(batch_id=batch_id, lease_id=lease_id,
+                                             attempt=attempt, n_posts=n_posts,
+                                             config_hash=config_hash, payload=payload)
+                for batch_id, payload, attempt, n_posts in sorted(rows)]
+
+    def extend(self, leases: Sequence[tuple[int, str]], lease_seconds: float) -> int:
+        """Push the expiry of each (batch_id, lease_id) still held; returns how many were."""
+        if not leases:
+            return 0
+        expires = self.clock() + lease_seconds
+        with self._transaction() as c:
+            before = c.total_changes
+            c.executemany(f"UPDATE {self.tables['input']} SET lease_expires = ? "
+                          "WHERE id = ? AND lease_id = ? AND status = 'processing'",
+                          [(expires, b, lease) for b, lease in leases])
+            return c.total_changes - before
+
+    def complete(self, batch_id: int, lease_id: str, labelled: pa.Table | None,
+                 failed: Sequence[tuple[dict, str]]) -> CompleteResult:
+        """Fenced ack: ``labelled`` holds one typed row per labelled post (the post's fields,
+        then its output columns), ``failed`` is ``(post, reason)`` per failed post.
+
+        Together they must account for each of the batch's posts once (its stored
+        ``n_posts``; the payload is not decoded again). The rows are stored as one Arrow
+        IPC stream; failed posts go back as a retry batch, or to dead letters at
+        ``max_attempts``. Returns ``accepted=False`` and writes nothing when ``lease_id`` no
+        longer holds the batch."""
+        n_labelled = 0 if labelled is None else labelled.num_rows
+        missing = [f for f in POST_COLUMNS if n_labelled and f not in labelled.column_names]
+        if missing:
+            raise ValueError(f"complete({batch_id}): labelled rows lack {missing}")
+        t = self.tables
+        with self._transaction() as c:
+            row = self._held(c, batch_id, lease_id, "attempt, n_posts, version")
+            if row is None:
+                return CompleteResult(accepted=False)
+            attempt, n_posts, config_hash = row
+            if n_labelled + len(failed) != n_posts:
+                raise ValueError(f"complete({batch_id}) must account for each of its "
+                                 f"{n_posts} posts once: got {n_labelled} labelled and "
+                                 f"{len(failed)} failed")
+            uris = [*(labelled.column("uri").chunks if n_labelled else []),
+                    pa.array([post["uri"] for post, _ in failed], pa.string())]
+            if pc.count_distinct(pa.chunked_array(uris, pa.string())).as_py() != n_posts:
+                raise ValueError(f"complete({batch_id}) names a post twice")
+            if n_labelled:
+                c.execute(f"INSERT INTO {t['output']} (batch_id, version, payload, n_rows, "
+                          "created_at) VALUES (?, ?, ?, ?, ?)",
+                          (batch_id, config_hash, to_ipc(labelled), n_labelled, self.clock()))
+            retried, dead = self._retry_or_bury(c, batch_id, list(failed), attempt,
+                                                config_hash)
+            self._delete(c, "input", batch_id)
+        return CompleteResult(accepted=True, labelled=n_labelled, retried=retried,
+                              dead_lettered=dead)
+
+    def fail(self, batch_id: int, lease_id: str, reason: str) -> bool:
+        """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""
+        def nack(c: Any, payload: bytes, attempt: int, config_hash: str) -> None:
+            if attempt < self.max_attempts:
+                self._unlease(c, batch_id)
+            else:
+                self._bury_batch(c, batch_id, payload, reason, attempt, config_hash)
+        return self._if_held(batch_id, lease_id, nack)
+
+    def release(self, batch_id: int, lease_id: str) -> bool:
+        """Fenced undo of a claim that was never worked on: pending again, attempt not spent."""
+        with self._transaction() as c:
+            return self._unlease(c, batch_id, lease_id, refund=True)
+
+    def bury_undecodable(self, batch_id: int, lease_id: str, reason: str) -> bool:
+        """Fenced: a claimed batch whose payload cannot be decoded goes to dead letters."""
+        def bury(c: Any, payload: bytes, attempt: int, config_hash: str) -> None:
+            self._dead_letter_raw(c, batch_id, payload, reason, attempt, config_hash)
+        return self._if_held(batch_id, lease_id, bury)
+
+    def _if_held(self, batch_id: int, lease_id: str,
+                 act: Callable[[Any, bytes, int, str], None]) -> bool:
+        """``act(cursor, payload, attempt, config_hash)`` on the batch if ``lease_id`` still
+        holds it (True), else nothing (False: the lease was lost)."""
+        with self._transaction() as c:
+            held = self._held(c, batch_id, lease_id, "payload, attempt, version")
+            if held is None:
+                return False
+            act(c, *held)
+        return True
+
+    def reap(self) -> ReapResult:
+        """Return expired leases, and those of provably dead holders, to pending (or dead
+        letters once max_attempts is used)."""
+        with self._transaction() as c:
+            return self._reap(c, self.clock())
+
+    def _reap(self, c: Any, now: float) -> ReapResult:
+        expired = self._leased(c, "lease_expires < ?", (now,))
+        result = ReapResult()
+        # Leases of runs that provably died on this host: no need to wait for their expiry.
+        holders = c.execute(f"SELECT DISTINCT lease_owner FROM {self.tables['input']} WHERE "
+                            "status = 'processing' AND lease_expires >= ?", (now,)).fetchall()
+        for (owner,) in holders:
+            holder = LeaseHolder.parse(owner)
+            if holder is not None and holder.provably_dead():
+                rows = self._leased(c, "lease_owner = ? AND lease_expires >= ?", (owner, now))
+                result.dead_holder_batches += len(rows)
+                expired.extend(rows)
+        for batch_id, payload, attempt, config_hash in expired:
+            if attempt < self.max_attempts:
+                self._unlease(c, batch_id)
+                result.requeued_batches += 1
+                continue
+            self._bury_batch(c, batch_id, payload, f"lease expired on attempt {attempt} "
+                             "(worker lost each time)", attempt, config_hash)
+            result.dead_lettered_batches += 1
+        return result
+
+    def _retry_or_bury(self, c: Any, batch_id: int, failed: list[tuple[dict, str]],
+                       attempt: int, config_hash: str) -> tuple[int, int]:
+        if not failed:
+            return 0, 0
+        if attempt >= self.max_attempts:
+            self._insert_dead(c, failed, attempt, config_hash, batch_id)
+            return 0, len(failed)
+        posts = [p for p, _ in failed]
+        meta = {"retry_of": batch_id, "last_reasons": sorted({r for _, r in failed})[:5],
+                "batch_size": len(posts), "actual_batch_size": len(posts)}
+        self._insert_batches(c, [(codec.posts_table(posts), meta)], config_hash, attempt)
+        return len(failed), 0
+
+    def requeue_dead(self, batch_size: int) -> int:
+        """Move decodable dead posts back to pending with a fresh attempt count, each for the
+        config_hash it was queued for (one transaction per batch)."""
+        moved = 0
+        t = self.tables
+        while True:
+            with self._transaction() as c:
+                first = c.execute(f"SELECT version FROM {t['dead']} WHERE decodable = 1 "
+                                  "ORDER BY id LIMIT 1").fetchone()
+                if first is None:
+                    return moved
+                rows = c.execute(f"SELECT id, payload FROM {t['dead']} WHERE decodable = 1 "
+                                 "AND version = ? ORDER BY id LIMIT ?",
+                                 (first[0], batch_size)).fetchall()
+                posts = codec.posts_table([codec.loads(p) for _, p in rows])
+                self._insert_batches(c, [(posts, {"requeued_from_dead": True,
+                                                  "batch_size": batch_size,
+                                                  "actual_batch_size": posts.num_rows})],
+                                     first[0])
+                c.executemany(f"DELETE FROM {t['dead']} WHERE id = ?", [(i,) for i, _ in rows])
+                moved += len(rows)
+
+
+class _Steps:
+    """Seconds spent per named step (laps of a ``perf_counter`` clock)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.laps[step] = self.laps.get(step, 0.0) + now - self._last
+        self._last = now
