@@ -14,17 +14,25 @@ class KeywordClassifier:
 
     def __init__(self, poison_marker: str = POISON, crash_marker_file: str | None = None,
                  delay_s: float = 0.0, kill_marker: str | None = None,
-                 fail_init: str | None = None):
+                 fail_init: str | None = None, hold_after_calls: int | None = None,
+                 hold_until_file: str | None = None):
         if fail_init:
             raise FileNotFoundError(fail_init)
         self.poison_marker = poison_marker
         self.crash_marker_file = crash_marker_file
         self.delay_s = delay_s
         self.kill_marker = kill_marker
+        # After this many calls in a process, each call waits until the file exists: a run
+        # that is mid-way (labels written, claims held) for as long as a test needs.
+        self.hold_after_calls = hold_after_calls
+        self.hold_until_file = hold_until_file
         self.calls = 0
 
     def classify(self, texts):
         self.calls += 1
+        if self.hold_after_calls is not None and self.calls > self.hold_after_calls:
+            while not Path(self.hold_until_file).exists():
+                time.sleep(0.05)
         if self.kill_marker and any(self.kill_marker in t for t in texts):
             os._exit(1)  # like a segfault or an OOM kill: the process is gone
         if self.delay_s:

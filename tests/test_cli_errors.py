@@ -89,7 +89,6 @@ def test_missing_config_and_flag_misuse(tmp_path, capsys):
                  "--run-integrations"])
 
 
-@pytest.mark.ray
 def test_gpu_asked_on_cpu_cluster(ray_session, tmp_path, capsys):
     if ray_session.cluster_resources().get("GPU"):
         pytest.skip("this cluster has a GPU")
@@ -98,7 +97,6 @@ def test_gpu_asked_on_cpu_cluster(ray_session, tmp_path, capsys):
     assert "num_gpus=1" in line and "set num_gpus: 0" in line
 
 
-@pytest.mark.ray
 def test_actors_holding_every_cpu_are_refused_before_the_run_waits_for_ever(
         ray_session, tmp_path, capsys):
     """Two actors at 1 CPU on a 2-CPU Ray leave none for a read task: the run would read
@@ -208,7 +206,6 @@ def test_output_dir_that_cannot_be_a_folder(tmp_path, capsys):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.ray
 def test_gpu_asked_on_cpu_machine_fails_before_enqueue(ray_session, tmp_path, capsys):
     if ray_session.cluster_resources().get("GPU"):
         pytest.skip("this cluster has a GPU")

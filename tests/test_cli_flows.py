@@ -11,7 +11,7 @@ from jobs.backfill import main
 from tests.queue_helpers import Store, complete
 from tests.cli_helpers import write_config, write_posts
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 NAME = "ml_inference_intergroup"
 PLUGIN = {"type": "tests.plugins:KeywordClassifier"}
 

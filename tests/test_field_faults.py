@@ -54,7 +54,6 @@ def test_a_server_echoing_the_request_never_puts_the_key_in_a_reason(key):
     assert "Bearer ***" in chat[0].reason and "key=***" in persp[0].reason
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_echoed_keys_reach_no_file_log_summary_or_console(ray_session, tmp_path, capsys,
                                                          monkeypatch):
@@ -120,7 +119,6 @@ def test_a_retry_waits_at_least_retry_after(key):
     assert second - first >= 1.0  # the server said Retry-After: 1
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_endless_rate_limits_end_in_dead_letters_not_a_stalled_run(ray_session, tmp_path,
                                                                   monkeypatch):
@@ -167,7 +165,6 @@ def _labels_by_version(tmp_path) -> dict[str, list[str]]:
     return by
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_relabel_after_a_config_change_labels_each_post_once_per_version(ray_session, tmp_path,
                                                                         capsys):
@@ -191,7 +188,6 @@ def test_relabel_after_a_config_change_labels_each_post_once_per_version(ray_ses
     assert len(counts) == 1 and counts.pop() > 280  # the same posts, once per version
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_a_normal_run_racing_a_relabel_run_labels_each_post_once_per_version(ray_session,
                                                                             tmp_path):
@@ -309,7 +305,6 @@ def test_leases_not_renewed_for_too_long_stop_the_claiming(tmp_path):
 
 
 # -- 6. slow models make progress ------------------------------------------------------------
-@pytest.mark.ray
 @pytest.mark.slow
 def test_a_slow_model_with_the_default_block_size_makes_progress(ray_session, tmp_path):
     """~1 s per classify call of 50 posts, the default 1000-post queue batches and 512 KiB
@@ -394,7 +389,6 @@ def test_a_full_data_disk_says_so(tmp_path, capsys, small_disk):
     assert "rollback" not in line.lower()
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_a_full_output_disk_names_the_path_and_the_errno(ray_session, tmp_path, capsys,
                                                         small_disk):

@@ -48,7 +48,6 @@ def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeyp
         p["uri"] for p in make_posts(300, days=2))
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tmp_path,
                                                                  monkeypatch):
@@ -75,7 +74,6 @@ def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tm
     assert len(output_uris(tmp_path)) == 107
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_final_export_writes_what_no_periodic_export_covered(ray_session, tmp_path):
     cfg = pipeline_config(tmp_path, batch_size=250)
@@ -89,7 +87,6 @@ def test_final_export_writes_what_no_periodic_export_covered(ray_session, tmp_pa
     assert store.status().output_rows_unexported == 0
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session, tmp_path):
     """One batch takes ~3x lease_seconds to classify. The run holding it must keep it

@@ -16,7 +16,7 @@ from tests.fake_hosted import KEY, FakeHosted
 from jobs.config import load_config
 from tests.pipeline_helpers import NAME, output_table, output_uris, pipeline_config, version_of
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 PROMPT = str(Path(__file__).resolve().parents[1] / "configs" / "prompts" / "intergroup.yaml")
 
 
@@ -63,7 +63,7 @@ def test_rejected_key_stops_the_run_with_exit_2_and_leaves_posts_claimable(
         cfg = write_config(tmp_path, {"type": "openai_chat", "params": _params(server)})
         version = load_config(cfg).integrations[NAME].classifier.config_hash
         Store(tmp_path / "data", NAME).enqueue(make_posts(200), batch_size=100,
-                                                    version=version)
+                                                    config_hash=version)
         t0 = time.monotonic()
         code = main(["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()

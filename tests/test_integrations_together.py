@@ -23,7 +23,7 @@ from tests.queue_helpers import Store
 from tests.cli_helpers import write_config, write_posts
 from tests.fake_hosted import KEY, FakeHosted
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 KEYWORDS = "ml_inference_intergroup"
 VALENCE = "ml_inference_valence"
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,9 +154,11 @@ def test_a_rejected_key_stops_only_its_own_integration(ray_session, tmp_path, ca
 def test_ctrl_c_stops_every_integration_cleanly(ray_session, tmp_path):
     """SIGINT while two runs label side by side: exit 130, one ``interrupted:`` line per
     integration, every claim handed back, everything labelled exported exactly once."""
-    posts = write_posts(tmp_path, 4000, days=2)  # each run: 40 calls of 0.5 s at least
+    posts = write_posts(tmp_path, 4000, days=2)
+    go_on = tmp_path / "go-on"  # each classifier actor labels 2 calls, then waits for it
+    hold = {"hold_after_calls": 2, "hold_until_file": str(go_on)}
     cfg = _two_integrations(tmp_path, posts, "ml_inference_slow", {
-        "type": "tests.plugins:KeywordClassifier", "params": {"delay_s": 0.5}}, delay_s=0.5)
+        "type": "tests.plugins:KeywordClassifier", "params": hold}, **hold)
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
                PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", "--config", str(cfg), "-r",
@@ -172,6 +174,8 @@ def test_ctrl_c_stops_every_integration_cleanly(ray_session, tmp_path):
         assert time.monotonic() < deadline and proc.poll() is None, "the runs never got going"
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
+    time.sleep(1)  # the signal is handled (claiming stops) before the held calls go on
+    go_on.touch()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     stops = [line for line in err.splitlines() if line.startswith("interrupted:")]

@@ -169,7 +169,6 @@ def test_clear_errors_before_any_weights_load(tiny_llm, params, needle):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_pipeline_with_llm_prompt_writes_integer_labels_and_probabilities(ray_session,
                                                                           tmp_path, tiny_llm):

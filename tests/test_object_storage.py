@@ -35,7 +35,6 @@ def _objects(server, prefix: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_posts_from_s3_labels_to_s3_each_once_read_back_with_pyarrow_and_duckdb(
         ray_session, s3_endpoint, tmp_path, capsys):

@@ -30,7 +30,6 @@ def _assert_each_post_once(tmp_path, posts) -> None:
     assert sorted(uris) == sorted(p["uri"] for p in posts) and len(set(uris)) == len(uris)
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
     posts, state, config = _flaky_queue(tmp_path, 600, batch_size=50)
@@ -42,7 +41,6 @@ def test_retries_run_on_the_same_actor_without_reloading(ray_session, tmp_path):
     assert len(loads) == 1, loads  # one actor, one model load, retries included
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_claims_stream_while_the_enqueue_runs_and_an_overlapping_enqueue_queues_each_once(
         ray_session, tmp_path, monkeypatch):
@@ -89,7 +87,6 @@ def test_claims_stream_while_the_enqueue_runs_and_an_overlapping_enqueue_queues_
     assert len(passes) == 1 and len(loads) == 1, (passes, loads)
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_without_whole_block_mapping_retries_fall_back_to_a_pass(ray_session, tmp_path,
                                                                  monkeypatch):

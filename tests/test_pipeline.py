@@ -19,7 +19,7 @@ from tests.conftest import make_posts
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_table,
                                     output_uris, pipeline_config, queue_status)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -21,7 +21,7 @@ from tests.conftest import make_posts
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_uris,
                                     pipeline_config, queue_status, version_of)
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +37,8 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
     posts = make_posts(1000)
     posts[611]["text"] = "this post KILLME takes the process down"
     cfg = _default_config(tmp_path, {"type": PLUGIN, "params": {"kill_marker": "KILLME"}})
+    # calls of 16 posts: 4 process deaths to find the post, not 8 (each a new actor process)
+    cfg.integrations[NAME].batch_size = 16
     enqueue(tmp_path, posts, 1000, cfg)
     t0 = time.monotonic()
     summary = run_inference(cfg, NAME)
@@ -116,12 +118,14 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
     """Ctrl-C or SIGTERM mid-run: one ``interrupted:`` line and no traceback, the partial
     summary, every completed label exported, every claim handed back."""
     write_posts(tmp_path, 3000, days=2)
-    cfg = write_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.5}})
+    go_on = tmp_path / "go-on"  # each classifier actor labels 2 calls, then waits for it
+    cfg = write_config(tmp_path, {"type": PLUGIN, "params": {
+        "hold_after_calls": 2, "hold_until_file": str(go_on)}})
     address = ray_session.get_runtime_context().gcs_address
     proc = _cli(cfg, address, "-r", "posts", "--add-to-queue", "-i", "g",
                 "--run-integrations")
     deadline = time.monotonic() + 120
-    while True:  # some batches completed, others in flight
+    while True:  # some batches completed, others in flight (held there until go_on)
         if (tmp_path / "data" / "queue").exists():
             st = queue_status(tmp_path / "data")
             if st.output_rows_unexported + st.output_rows_exported >= 200 and st.processing_posts:
@@ -129,6 +133,8 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
         assert time.monotonic() < deadline and proc.poll() is None, "driver never got going"
         time.sleep(0.1)
     proc.send_signal(sig)
+    time.sleep(1)  # the signal is handled (claiming stops) before the held calls go on
+    go_on.touch()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith((

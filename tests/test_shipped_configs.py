@@ -83,7 +83,6 @@ def test_intergroup_cluster_config_reports_every_problem_at_once(ray_session, tm
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_valence_config_runs_as_shipped(ray_session, tmp_path, capsys):
     _posts(tmp_path)
@@ -95,7 +94,6 @@ def test_valence_config_runs_as_shipped(ray_session, tmp_path, capsys):
     assert table.schema.field("compound").type == pa.float64()
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_ime_config_runs_with_a_checkpoint_folder_swapped_in(ray_session, tmp_path, capsys,
                                                              tiny_models):
@@ -111,7 +109,6 @@ def test_ime_config_runs_with_a_checkpoint_folder_swapped_in(ray_session, tmp_pa
     assert all(r["label_other"] == 1 for r in none_fired)  # the IME "other" rule
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_hosted_configs_run_against_a_local_server(ray_session, tmp_path, capsys,
                                                   monkeypatch):
@@ -139,7 +136,6 @@ def test_hosted_configs_run_against_a_local_server(ray_session, tmp_path, capsys
                 assert len([c for c in table.column_names if c.startswith("prob_")]) == 22
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(ray_session, tmp_path,
                                                                     capsys, monkeypatch):

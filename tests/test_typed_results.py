@@ -68,7 +68,6 @@ def test_complete_is_fenced_and_counts_every_post_once(tmp_path, posts_factory):
     assert table.schema.field("label").type == pa.int64()
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_session, tmp_path):
     """Runs 1–2 fix and then fill the output's types (values that fit are cast); run 3 brings

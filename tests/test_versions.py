@@ -58,7 +58,6 @@ def test_store_relabels_other_versions_only_when_asked(tmp_path):
     assert (res.enqueued_posts, res.skipped_known) == (0, 12)
 
 
-@pytest.mark.ray
 @pytest.mark.slow
 def test_changed_config_is_skipped_then_relabelled_beside_the_old_rows(ray_session, tmp_path,
                                                                       capsys):

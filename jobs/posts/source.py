@@ -113,7 +113,7 @@ def find_post_files(path: str | Location, start: date | None, end: date | None) 
     return found
 
 
-def iter_posts(files: PostFiles, batch_rows: int = 50_000) -> Iterator[pa.RecordBatch]:
+def iter_posts(files: PostFiles, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The good files' posts in bounded record batches (the date range chose the files)."""
     if not files.good:
         return
