@@ -18,6 +18,7 @@ import yaml
 
 import jobs.stages.enqueue as enqueue_stage
 from jobs.backfill import main
+from tests.test_pipeline_faults import ctrl_c_as_in_a_terminal
 from queue_store import NoQueueError
 from tests.queue_helpers import Store
 from tests.cli_helpers import write_config, write_posts
@@ -163,7 +164,8 @@ def test_ctrl_c_stops_every_integration_cleanly(ray_session, tmp_path):
                PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "jobs.backfill", "--config", str(cfg), "-r",
                              "posts", "--add-to-queue", "--run-integrations"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     names = (KEYWORDS, "ml_inference_slow")
     deadline = time.monotonic() + 120
     while True:  # both runs have labelled something and hold claims

@@ -105,11 +105,17 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
           f"rerun {time.monotonic() - t0:.1f} s (lease 60 s)")
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT handled as in a terminal, even where this suite runs as a background job (which
+    starts with SIGINT ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(cfg: Path, address: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ, RAY_ADDRESS=address, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "jobs.backfill", "--config", str(cfg),
                              *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
