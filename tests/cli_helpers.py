@@ -1,6 +1,7 @@
 """Write small configs and datasets for the CLI tests."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import yaml
@@ -32,3 +33,9 @@ def write_posts(tmp_path: Path, n: int = 400, days: int = 3) -> Path:
     out = tmp_path / "posts"
     write_demo(out, n, days, date(2024, 10, 1))
     return out
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT handled as in a terminal, even where this suite runs as a background job (which
+    starts with SIGINT ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -18,10 +18,9 @@ import yaml
 
 import jobs.stages.enqueue as enqueue_stage
 from jobs.backfill import main
-from tests.test_pipeline_faults import ctrl_c_as_in_a_terminal
 from queue_store import NoQueueError
 from tests.queue_helpers import Store
-from tests.cli_helpers import write_config, write_posts
+from tests.cli_helpers import ctrl_c_as_in_a_terminal, write_config, write_posts
 from tests.fake_hosted import KEY, FakeHosted
 
 pytestmark = [pytest.mark.slow]

@@ -16,7 +16,7 @@ import pytest
 from jobs.stages.errors import RunStopped
 from tests.pipeline_helpers import run_inference
 from tests.queue_helpers import Store, input_uris, queued_uris
-from tests.cli_helpers import write_config, write_posts
+from tests.cli_helpers import ctrl_c_as_in_a_terminal, write_config, write_posts
 from tests.conftest import make_posts
 from tests.pipeline_helpers import (NAME, PLUGIN, driver_command, enqueue, output_uris,
                                     pipeline_config, queue_status, version_of)
@@ -103,12 +103,6 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
     assert st.pending_posts == st.processing_posts == st.dead_posts == 0
     print(f"\nSIGKILL + immediate rerun: rows {len(uris)}, distinct {len(set(uris))}, dead 0, "
           f"rerun {time.monotonic() - t0:.1f} s (lease 60 s)")
-
-
-def ctrl_c_as_in_a_terminal() -> None:
-    """SIGINT handled as in a terminal, even where this suite runs as a background job (which
-    starts with SIGINT ignored, and Python then keeps ignoring it)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _cli(cfg: Path, address: str, *args: str) -> subprocess.Popen:
