@@ -69,6 +69,21 @@ def test_classifier_that_cannot_be_built_stops_with_its_own_error(ray_session, t
     assert st.pending_posts == 300 and st.processing_posts == 0 and st.dead_posts == 0
 
 
+def test_a_queue_with_nothing_claimable_starts_no_classifier(ray_session, tmp_path):
+    """Nothing pending of the run's version (queued for another one, then all labelled): the
+    run ends without an actor pool — a classifier that cannot even be built is never built."""
+    good = pipeline_config(tmp_path)
+    broken = pipeline_config(tmp_path, {"type": PLUGIN,
+                                        "params": {"fail_init": "would load a model"}})
+    enqueue(tmp_path, make_posts(300), 1000, good)
+    assert run_inference(broken, NAME).labelled == 0  # 300 pending, of another version
+    assert run_inference(good, NAME).labelled == 300
+    assert run_inference(broken, NAME).labelled == 0  # nothing pending at all
+    st = queue_status(tmp_path)
+    assert st.pending_posts == st.processing_posts == st.dead_posts == 0
+    assert len(output_uris(tmp_path)) == 300
+
+
 def _wait_for_progress(data_dir, proc, deadline_s=120):
     deadline = time.monotonic() + deadline_s
     while True:  # stop it once some batches are done and others are leased

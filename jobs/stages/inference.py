@@ -31,7 +31,7 @@ from jobs.stages.ray_setup import check_resources, driver_node_strategy, ensure_
 from jobs.stages.run_guard import RunGuard
 from jobs.stages.summary import RunSummary
 from jobs.stages.summary import new_run_id, now_iso
-from queue_store import QueueStore
+from queue_store import QueueFileError, QueueStore
 from queue_store.lease_holder import LeaseHolder
 
 __all__ = ["run_integrations", "PipelineActorDied"]
@@ -259,18 +259,35 @@ class InferenceRun:
         pool is started for an empty queue), or a pass found nothing to claim (another driver
         holds the rest). Whether anything is claimable is asked after reaping, so the claims
         of a run that died (even one that held every batch) are taken back and labelled here.
-        Beyond max_attempts+1 passes, work is the next run's."""
+        The first pass starts at once when the queue file shows posts pending (its actor pool
+        then starts while the QueueActor does). Beyond max_attempts+1 passes, work is the
+        next run's."""
         ray, queue = self.ray, self.queue
+        claimed_before = 0  # a new QueueActor has claimed nothing
         for attempt in range(self.config.queue.max_attempts + 1):
-            if not (first_pass_always and attempt == 0) and (
-                    ray.get(queue.budget_used.remote())
-                    or not ray.get(queue.claimable_posts.remote())):
+            go_at_once = attempt == 0 and (first_pass_always or self._pending_on_disk())
+            if not go_at_once and (ray.get(queue.budget_used.remote())
+                                   or not ray.get(queue.claimable_posts.remote())):
                 return
-            claimed_before = ray.get(queue.get_stats.remote()).claimed_batches
             self._one_pass()
-            if ray.get(queue.get_stats.remote()).claimed_batches == claimed_before and not (
-                    ray.get(queue.claimable_posts.remote())):
+            claimed = ray.get(queue.get_stats.remote()).claimed_batches
+            if claimed == claimed_before and not ray.get(queue.claimable_posts.remote()):
                 return
+            claimed_before = claimed
+
+    def _pending_on_disk(self) -> bool:
+        """Posts of this run's config_hash wait in the queue file (a read of the file, without
+        the QueueActor; nothing pending: the QueueActor reaps and counts)."""
+        if self.max_records is not None and self.max_records < 1:
+            return False
+        try:
+            store = QueueStore(self.config.data_dir, self.name, readonly=True)
+        except QueueFileError:
+            return False
+        try:
+            return store.has_pending(self.summary.config_hash)
+        finally:
+            store.close()
 
     def _one_pass(self) -> None:
         """Stream every claimable batch through the classifiers (which send their results to
