@@ -307,15 +307,15 @@ def test_leases_not_renewed_for_too_long_stop_the_claiming(tmp_path):
 # -- 6. slow models make progress ------------------------------------------------------------
 @pytest.mark.slow
 def test_a_slow_model_with_the_default_block_size_makes_progress(ray_session, tmp_path):
-    """~1 s per classify call of 50 posts, the default 1000-post queue batches and 512 KiB
-    read blocks (one block holds them all: 20 calls, 20 s) and a no-progress limit of 8 s:
+    """~0.5 s per classify call of 50 posts, the default 1000-post queue batches and 512 KiB
+    read blocks (one block holds them all: 20 calls, 10 s) and a no-progress limit of 4 s:
     results leave the stage every call, so the run moves."""
     from tests.pipeline_helpers import run_inference
     from tests.pipeline_helpers import PLUGIN, enqueue, output_uris, pipeline_config
 
-    cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 1.0}},
+    cfg = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.5}},
                           batch_size=50)
-    cfg.pipeline.no_progress_timeout_s = 8
+    cfg.pipeline.no_progress_timeout_s = 4
     assert cfg.pipeline.read_block_bytes == 512 << 10
     enqueue(tmp_path, make_posts(1000), batch_size=1000, config=cfg)
     summary = run_inference(cfg, NAME, quiet=True)

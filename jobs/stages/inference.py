@@ -31,7 +31,7 @@ from jobs.stages.ray_setup import check_resources, driver_node_strategy, ensure_
 from jobs.stages.run_guard import RunGuard
 from jobs.stages.summary import RunSummary
 from jobs.stages.summary import new_run_id, now_iso
-from queue_store import QueueFileError, QueueStore
+from queue_store import NoQueueError, QueueFileError, QueueStore
 from queue_store.lease_holder import LeaseHolder
 
 __all__ = ["run_integrations", "PipelineActorDied"]
@@ -331,8 +331,12 @@ class InferenceRun:
 
 
     def _fixed_types(self) -> Any:
-        """The output's column types as the queue file holds them now (None: not fixed yet)."""
-        store = QueueStore(self.config.data_dir, self.name, readonly=True)
+        """The output's column types as the queue file holds them now (None: not fixed yet,
+        also when the pass starts before the QueueActor or the enqueue made the file)."""
+        try:
+            store = QueueStore(self.config.data_dir, self.name, readonly=True)
+        except NoQueueError:
+            return None
         try:
             return store.export_schema()
         finally:
