@@ -2,10 +2,11 @@
 for people. The command line itself lives in ``jobs/cli``.
 
 Exit codes: 0 all claimed work done; 2 a user-fixable error (one ``error:`` line per problem,
-nothing written); 3 finished, but posts were dead-lettered in this run; 1 an unexpected error
+nothing written); 3 finished, but posts were dead-lettered in this run; 4 the posts selection
+matched no post (nothing queued); 1 an unexpected error
 or a run that could not go on (rerunning is safe: nothing is lost or duplicated); 130
 interrupted (claims handed back, what was labelled exported). Several integrations in one
-command: the worst of their codes, in the order 0 < 3 < 130 < 2 < 1 (a line per run that
+command: the worst of their codes, in the order 0 < 4 < 3 < 130 < 2 < 1 (a line per run that
 stopped early).
 """
 from __future__ import annotations
@@ -13,20 +14,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from datetime import date
-from typing import Any, Sequence
+from typing import Sequence
 
 from classifiers.registry import ClassifierConfigError
 from classifiers.scrub import scrub
-from jobs.cli import admin
 from jobs.cli.args import build_parser, check_args
-from jobs.cli.endings import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Summaries,
-                              closing_lines, unexpected, worst)
-from jobs.cli.stages import run_stages, selection_of
-from jobs.config import BackfillConfig, ConfigError, load_config
+from jobs.cli.endings import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, unexpected
+from jobs.cli.stages import run_command
+from jobs.config import ConfigError, load_config
 from jobs.stages.errors import RunStopped
 from jobs.stages.preflight import PreflightErrors
-from jobs.stages.ray_setup import interrupt_on_sigterm, prefer_offline
+from jobs.stages.ray_setup import interrupt_on_sigterm
 from queue_store import QueueFileError
 
 
@@ -35,25 +33,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     check_args(args)
     overrides = list(args.set or []) + ([f"ray.address={args.address}"] if args.address else [])
     config = load_config(args.config, args.data_dir, overrides)
-    start, end = _date_range(args, config)
-    prefer_offline()
-    admin.run_verbs(config, args, sys.stdout)
-    if not (args.add_to_queue or args.run_integrations or args.write_cache):
-        return 0
-    report = Summaries(sys.stdout)
-    stopped = run_stages(config, args, start, end, report)
-    return worst(stopped, closing_lines(report.done, args.max_records_per_run))
-
-
-def _date_range(args: Any, config: BackfillConfig) -> tuple[date | None, date | None]:
-    if args.backfill_period:  # the last N days/hours: from that day's partition on
-        return selection_of(args).since.date(), None
-    start = args.start_date or config.posts.start_date
-    end = args.end_date or config.posts.end_date
-    if start and end and start > end:
-        raise ConfigError(f"start date {start} is after end date {end} "
-                          "(--start-date/--end-date, or posts.start_date/end_date in the config)")
-    return start, end
+    return run_command(config, args, sys.stdout)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

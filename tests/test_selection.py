@@ -141,3 +141,44 @@ def test_sampling_and_window_counters_add_up_to_the_rows_read(tmp_path):
                               + s["rejected_invalid"] + s["skipped_duplicate"]
                               + s["skipped_known"] + s["skipped_other_version"])
     assert s["enqueued"] == len({r["uri"] for r in chosen if r["text"] != "hi"})
+
+
+def test_a_selection_matching_no_post_exits_4_and_names_the_days_of_the_posts(tmp_path,
+                                                                              capsys):
+    """Days without posts, a window (ending now) before all of the data, a range after it:
+    exit 4 with one line naming what was asked for and the posts' first and last day;
+    nothing queued. Queueing the same posts twice is no such case: exit 0."""
+    posts = write_posts(tmp_path, 200, days=3)  # 2024-10-01 … 2024-10-03
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    base = ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g"]
+    today = datetime.now(timezone.utc)
+    for flags, asked in (
+            (["--start-date", "2030-01-01", "--end-date", "2030-01-02"],
+             "the days 2030-01-01 to 2030-01-02"),
+            (["--start-date", "2031-05-01"], "the days from 2031-05-01 on"),
+            (["--backfill-period", "days", "--backfill-duration", "2"],
+             f"the last 2 days, ending now: {today - timedelta(days=2):%Y-%m-%d}")):
+        assert main([*base, *flags]) == 4, flags
+        err = capsys.readouterr().err
+        [line] = [x for x in err.splitlines() if x.startswith("enqueue:")]
+        assert line.startswith(f"enqueue: no post matched {asked}"), line
+        assert "are dated 2024-10-01 to 2024-10-03" in line and line.endswith("(exit 4)")
+        if "--backfill-period" in flags:
+            assert "window: the last 2 days, ending now: " in err  # the banner says it too
+            assert f"to {today:%Y-%m-%d}" in err, err
+    assert not Store(tmp_path / "data", NAME).status().pending_posts
+    assert main([*base, "--quiet"]) == 0
+    queued = Store(tmp_path / "data", NAME).status().pending_posts
+    assert queued > 150 and main([*base, "--quiet"]) == 0  # all known already: not exit 4
+    assert Store(tmp_path / "data", NAME).status().pending_posts == queued
+
+
+def test_the_full_command_over_days_without_posts_exits_4(ray_session, tmp_path, capsys):
+    posts = write_posts(tmp_path, 100, days=2)
+    cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
+    got = main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",
+                "--run-integrations", "--write-cache", "all", "--start-date", "2030-01-01"])
+    out, err = capsys.readouterr()
+    assert got == 4, err
+    assert "no post matched the days from 2030-01-01 on" in err
+    assert "are dated 2024-10-01 to 2024-10-02" in err and "Traceback" not in err

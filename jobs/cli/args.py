@@ -65,9 +65,11 @@ exit codes:
   0  all claimed work done
   2  a user-fixable error (one 'error:' line; nothing was written)
   3  finished, but posts were dead-lettered in this run (see --show-dead N)
+  4  the posts selection (days, window, sample) matched no post: nothing was queued (the
+     line names the days the posts cover)
   1  unexpected error (rerunning is safe: nothing is lost or duplicated)
   130 interrupted (Ctrl-C or SIGTERM): this run's claims were handed back
-  several integrations: the worst of theirs (0 < 3 < 130 < 2 < 1), a line per one that stopped
+  several integrations: the worst of theirs (0 < 4 < 3 < 130 < 2 < 1), a line per one that stopped
 """
 
 

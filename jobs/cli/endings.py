@@ -14,14 +14,16 @@ from jobs.stages.summary import RunSummary
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERED = 3
+EXIT_NOTHING_SELECTED = 4  # the posts selection (days, window, sample) matched no post
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
 # Several integrations in one command: the command's exit code is the worst of theirs.
-SEVERITY = (EXIT_OK, EXIT_DEAD_LETTERED, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_FAILED)
+SEVERITY = (EXIT_OK, EXIT_NOTHING_SELECTED, EXIT_DEAD_LETTERED, EXIT_INTERRUPTED, EXIT_USAGE,
+            EXIT_FAILED)
 
 
 def worst(*codes: int) -> int:
-    """The worst of exit codes, in the order 0 < 3 < 130 < 2 < 1."""
+    """The worst of exit codes, in the order 0 < 4 < 3 < 130 < 2 < 1."""
     return max(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else len(SEVERITY))
 
 

@@ -38,6 +38,9 @@ class PostFiles:
     rejected: list[tuple[str, int, str]] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (file, error)
     good_rows: int = 0  # rows in the good files, from their footers
+    # the first and last partition_date=… day of every posts file under ``base`` (any range)
+    first_day: date | None = None
+    last_day: date | None = None
 
     def bad_files_message(self) -> str:
         shown = "; ".join(f"{f}: {e}" for f, e in self.bad[:SHOW_BAD_FILES])
@@ -95,6 +98,10 @@ def find_post_files(path: str | Location, start: date | None, end: date | None) 
         relative = info.path[len(prefix):] if info.path.startswith(prefix) else info.base_name
         if info.type != pafs.FileType.File or _ignored(relative):
             continue
+        day = partition_day(relative)
+        if day is not None:
+            found.first_day = min(found.first_day or day, day)
+            found.last_day = max(found.last_day or day, day)
         if not _in_range(relative, start, end):
             continue
         try:
