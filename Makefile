@@ -12,11 +12,16 @@ export TRANSFORMERS_OFFLINE ?= 1
 .PHONY: install test test-fast soak demo bench clean
 
 # constraints-cpu.txt pins the CPU torch build for dev/CI only; clusters keep their CUDA torch.
+# Each step says what it does; setuptools' editable-install notice is not news here.
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test]'
-	touch $@
+	@echo "install 1/3: a virtual environment in $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "install 2/3: the latest pip"
+	@$(BIN)/pip install -q --upgrade pip
+	@echo "install 3/3: the project and its test tools (CPU torch, Ray, transformers: minutes the first time)"
+	@PYTHONWARNINGS=ignore $(BIN)/pip install -q -c constraints-cpu.txt -e '.[test]'
+	@touch $@
+	@echo "install: done ($(VENV))"
 
 install: $(BIN)/.installed
 

@@ -62,6 +62,22 @@ def plugin_identity(cls: type) -> str:
 
 def config_hash(classifier_type: str, params: dict[str, Any]) -> str:
     """12 hex characters; the same for any run whose labels would be the same."""
+    blob = json.dumps(_spec(classifier_type, params), sort_keys=True, default=str,
+                      separators=(",", ":"))
+    return hashlib.blake2b(blob.encode(), digest_size=6).hexdigest()
+
+
+def not_there_yet(classifier_type: str, params: dict[str, Any]) -> list[str]:
+    """The params whose model or file ``config_hash`` holds but that are not there yet (a
+    missing folder or file, a hub id not in the cache): a hash computed now would name
+    another version than the one computed once they are."""
+    return [key for key, value in _spec(classifier_type, params)["params"].items()
+            if isinstance(value, dict) and len(value) == 1
+            and str(next(iter(value.values()))).startswith("missing:")]
+
+
+def _spec(classifier_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What ``config_hash`` hashes, in canonical form."""
     cls = resolve_class(classifier_type)
     model = params_model(cls)
     canon: dict[str, Any] = {}
@@ -80,5 +96,4 @@ def config_hash(classifier_type: str, params: dict[str, Any]) -> str:
     spec: dict[str, Any] = {"type": classifier_type, "params": canon}
     if classifier_type not in BUILTIN:
         spec["plugin"] = plugin_identity(cls)
-    blob = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.blake2b(blob.encode(), digest_size=6).hexdigest()
+    return spec

@@ -169,3 +169,37 @@ def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(ray_session
     assert summary["retried"] == summary["dead_lettered"] == 0
     assert summary["usage"].get("requests_retried", 0) == 0
     assert _output(tmp_path, "ml_inference_intergroup").num_rows == demo.num_rows
+
+
+def test_an_enqueue_for_a_classifier_that_cannot_be_built_is_refused(tmp_path, capsys,
+                                                                    monkeypatch):
+    """ime.yaml as shipped (no model folder) and perspective.yaml without its key: enqueue-only
+    is refused with the lines a run would print, nothing queued. With --classifier-later the
+    key may come later — the posts are queued under the config_hash the run computes once the
+    key is set — but a model that config_hash holds may not."""
+    monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
+    _posts(tmp_path, n=60)
+    for config, needle in (("ime.yaml", "model"), ("perspective.yaml", "PERSPECTIVE_API_KEY")):
+        got = main(["--config", str(CONFIGS / config), "--data-dir", str(tmp_path / "data"),
+                    "--set", f"posts.path={tmp_path / 'posts'}", "-r", "posts",
+                    "--add-to-queue", "-i", "all", "--quiet"])
+        err = capsys.readouterr().err
+        [line] = [x for x in err.splitlines() if x.strip()]
+        assert got == 2 and line.startswith("error: ") and needle in line, err
+        assert not (tmp_path / "data" / "queue").exists()
+    later = ["--config", str(CONFIGS / "ime.yaml"), "--data-dir", str(tmp_path / "data"), "--set",
+             f"posts.path={tmp_path / 'posts'}", "-r", "posts", "--add-to-queue", "-i", "all",
+             "--quiet", "--classifier-later"]
+    assert main(later) == 2
+    assert "is part of config_hash" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "queue").exists()
+    later[1] = str(CONFIGS / "perspective.yaml")
+    assert main(later) == 0, capsys.readouterr().err
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)  # the key arrives; a run's config_hash:
+    config = load_config(CONFIGS / "perspective.yaml", str(tmp_path / "data"))
+    [(name, integ)] = config.integrations.items()
+    from tests.queue_helpers import Store
+
+    store = Store(tmp_path / "data", name)
+    assert list(store.pending_versions()) == [integ.classifier.config_hash]
+    store.close()

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete their output rows, exported or not (unexported labels are "
                         "lost; their posts may be queued again); asks first")
     p.add_argument("--bypass-write", action="store_true",
-                   help="with --write-cache NAME --clear-queue: clear the output rows without "
+                   help="with --write-cache NAME|all --clear-queue: clear the output rows without "
                         "writing them; asks first")
     p.add_argument("--yes", action="store_true",
                    help="answer yes to the clearing question (scripts; needed without a "
@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the -i integrations' (default: all) enqueue ledgers anew from "
                         "their queue files and parquet output (after a 'ledger run … is "
                         "damaged' error); waits for enqueues, runs may go on")
+    p.add_argument("--classifier-later", action="store_true",
+                   help="with --add-to-queue and no --run-integrations: queue although the "
+                        "classifier cannot be built yet (its API key comes later); a model or "
+                        "file that config_hash holds must be in place already")
     p.add_argument("--relabel-other-versions", action="store_true",
                    help="with --add-to-queue: also enqueue posts queued or labelled by another "
                         "config_hash (their old rows stay, told apart by config_hash)")
@@ -184,9 +188,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--add-to-queue needs -r posts or -r posts_used_in_feeds")
     if args.relabel_other_versions and not args.add_to_queue:
         raise ConfigError("--relabel-other-versions only goes with --add-to-queue")
+    if args.classifier_later and (args.run_integrations or not args.add_to_queue):
+        raise ConfigError("--classifier-later only goes with --add-to-queue, without "
+                          "--run-integrations (a run needs its classifier now)")
     _check_selection(args)
     if args.bypass_write and not (args.write_cache and args.clear_queue):
-        raise ConfigError("--bypass-write only goes with --write-cache NAME --clear-queue")
+        raise ConfigError("--bypass-write only goes with --write-cache NAME|all --clear-queue")
     if args.yes and not (args.clear_input_queues or args.clear_output_queues
                          or args.bypass_write):
         raise ConfigError("--yes only goes with --clear-input-queues, --clear-output-queues "
