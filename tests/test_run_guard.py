@@ -44,10 +44,10 @@ class _Actors:
         return refs, []
 
 
-def _guard(no_progress_s: float = 60, lost_after_s: float = 30):
+def _guard(no_progress_s: float = 60, lost_after_s: float = 30, local_alive=None):
     actors, clock = _Actors(), _Clock()
     guard = RunGuard(actors, actors, actors, actors, no_progress_s, "the cluster at 10.0.0.1:6379",
-                     lost_after_s=lost_after_s, clock=clock)
+                     lost_after_s=lost_after_s, clock=clock, local_alive=local_alive)
     return guard, actors, clock
 
 
@@ -126,3 +126,33 @@ def test_a_cluster_that_stops_answering_stops_the_run_after_the_limit():
         guard.stop_reason)
     # what the run's summary (and the combined table) takes when the actors cannot answer
     assert guard.queue_stats.labelled == 500 and guard.writer_stats.exported_rows == 400
+
+
+def test_a_local_ray_whose_processes_live_is_slow_not_lost():
+    """The job's own local Ray on a loaded machine: actors that do not answer for the lost
+    limit do not stop the run while its GCS and raylet are alive; past the no-progress limit
+    the run stops saying the machine is overloaded; once they are gone, it is lost."""
+    alive = [True]
+    guard, actors, clock = _guard(no_progress_s=120, lost_after_s=30,
+                                  local_alive=lambda: alive[0])
+    guard.check()
+    actors.down = True
+    clock.now += 100
+    guard.check()
+    assert guard.stop_reason is None  # slow: 100 s without an answer, processes alive
+    actors.down = False
+    actors.stage_answer = StageStats(actors_ready=1, classified=5)
+    guard.check()  # it answered again: the run goes on
+    actors.down = True
+    clock.now += 121
+    guard.check()
+    assert "has not answered for 121 s although its processes are alive" in str(
+        guard.stop_reason) and "overloaded" in str(guard.stop_reason)
+    assert "load average" in str(guard.stop_reason) and guard.stop_reason.exit_code == 1
+    guard, actors, clock = _guard(no_progress_s=120, lost_after_s=30,
+                                  local_alive=lambda: alive[0])
+    guard.check()
+    actors.down, alive[0] = True, False  # its processes are gone too
+    clock.now += 31
+    guard.check()
+    assert "lost contact with the Ray cluster" in str(guard.stop_reason)

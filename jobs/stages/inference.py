@@ -27,7 +27,8 @@ from jobs.config import BackfillConfig
 from jobs.stages.admission import Background, Together, pool_caps
 from jobs.stages.errors import PipelineActorDied, RunStopped, true_cause
 from jobs.stages.progress import Progress
-from jobs.stages.ray_setup import check_resources, driver_node_strategy, ensure_ray, ray_where
+from jobs.stages.ray_setup import (check_resources, driver_node_strategy, ensure_ray,
+                                   local_ray_alive, ray_where, started_here)
 from jobs.stages.run_guard import RunGuard
 from jobs.stages.summary import RunSummary
 from jobs.stages.summary import new_run_id, now_iso
@@ -149,7 +150,8 @@ class InferenceRun:
         self.guard = RunGuard(self.ray, self.queue, self.monitor, self.writer,
                               pipe.no_progress_timeout_s,
                               ray_where(self.ray), lost_after_s=pipe.cluster_lost_after_s,
-                              budget=self.max_records)
+                              budget=self.max_records,
+                              local_alive=local_ray_alive if started_here(self.ray) else None)
         self.guard.feeding = feeding
         with ExitStack() as watching:  # the guard, then the progress line; ``wait`` ends them
             watching.enter_context(self.guard)

@@ -7,9 +7,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Iterator
 
 from jobs.config import BackfillConfig, ConfigError, IntegrationConfig
+from jobs.stages.errors import RunStopped
 
 
 # ray.init() kwargs that only apply to a Ray the job starts itself.
@@ -75,8 +77,11 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = Fals
                       "are ignored", file=sys.stderr)
         else:
             kwargs.setdefault("include_dashboard", False)
-        with contextlib.nullcontext() if verbose else _stderr_silenced():
-            ray.init(address=address or "local", **kwargs)
+        if address:
+            with contextlib.nullcontext() if verbose else _stderr_silenced():
+                ray.init(address=address, **kwargs)
+        else:
+            _start_local(ray, kwargs, config.ray.start_attempts, verbose)
         if not quiet:
             print(f"ray: {ray_where(ray)}", file=sys.stderr)
         if not verbose:
@@ -88,6 +93,74 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = Fals
     return ray
 
 
+# What Ray raises when the raylet it started has not registered within its fixed 30 s.
+SLOW_START = "timed out during startup"
+
+
+def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int, verbose: bool) -> None:
+    """``ray.init`` of a local Ray, started again (``attempts`` starts in all) when it does not
+    come up in time; what a failed start left running is stopped, by PID, first."""
+    t0 = time.monotonic()
+    for attempt in range(1, attempts + 1):
+        before = _own_processes()
+        try:
+            with contextlib.nullcontext() if verbose else _stderr_silenced():
+                ray.init(address="local", **kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if SLOW_START not in str(exc):
+                raise
+            _stop_started_since(before)
+            if attempt < attempts:
+                print(f"ray: the local Ray did not come up within Ray's 30 s "
+                      f"({machine_load()}); starting it again ({attempt + 1} of {attempts})",
+                      file=sys.stderr)
+    raise RunStopped(
+        f"the local Ray did not start: {attempts} start(s), each given Ray's fixed 30 s, "
+        f"{time.monotonic() - t0:.0f} s in all ({machine_load()}): this machine is too busy "
+        "to start Ray now; rerun when it is quieter, give it more starts (--set "
+        f"ray.start_attempts={attempts * 2}), or join a Ray that is running (--address)", 1)
+
+
+def machine_load() -> str:
+    """This host's load, in words."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def local_ray_alive() -> bool:
+    """The GCS and raylet of the local Ray this process started are alive (running, or held
+    up by a busy machine), so actors that do not answer are slow, not gone."""
+    import psutil
+
+    names = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                names.add(proc.name())
+        except psutil.NoSuchProcess:
+            pass
+    return {"gcs_server", "raylet"} <= names
+
+
+def _own_processes() -> set[tuple[int, float]]:
+    import psutil
+
+    return {(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)}
+
+
+def _stop_started_since(before: set[tuple[int, float]]) -> None:
+    """SIGKILL this process's children that were not there before (a failed start's GCS,
+    raylet and helpers: ours, by PID)."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if (proc.pid, proc.create_time()) not in before:
+                proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def ray_where(ray: Any) -> str:
     """The Ray this run uses, in words: a local one it started, or the cluster it joined."""
     context = ray.get_runtime_context()
@@ -95,13 +168,14 @@ def ray_where(ray: Any) -> str:
     resources = ray.cluster_resources()
     size = f"{resources.get('CPU', 0):g} CPUs" + (
         f", {resources['GPU']:g} GPUs" if resources.get("GPU") else "")
-    if _started_here(ray):
+    if started_here(ray):
         return (f"started a local Ray for this run at {address} ({size}); other Ray "
                 "instances on this host are not used (RAY_ADDRESS or --address joins one)")
     return f"joined the Ray cluster at {address} ({size})"
 
 
-def _started_here(ray: Any) -> bool:
+def started_here(ray: Any) -> bool:
+    """Is this the local Ray this process started (not a cluster it joined)?"""
     try:
         node = ray._private.worker.global_worker.node
         return bool(node is not None and node.head)

@@ -12,7 +12,9 @@ stop — the thread that waits on the pass then raises ``RunStopped`` — when:
   from a hang, this one counts posts through ``classify``): what the stage was waiting for,
   exit 1;
 - the pipeline's actors stopped answering for ``lost_after_s`` (the Ray cluster went away):
-  exit 1, with the last figures.
+  exit 1, with the last figures — unless the Ray is a local one this job started whose own
+  processes are alive (a loaded machine, not a lost cluster): then it waits as long as for a
+  run that does not move, ``no_progress_s``, and says the machine is overloaded.
 
 It also says what the stage waits for while it does not move: actors starting, the model
 loading, a hosted model's rate limit or its last connection error.
@@ -26,6 +28,7 @@ from typing import Any, Callable
 from actors.stats import QueueStats, StageStats, WriterStats
 from jobs.stages.errors import RunStopped
 from jobs.stages.progress import Figures
+from jobs.stages.ray_setup import machine_load
 
 POLL_S = 1.0
 STARTUP_LIMIT_S = 900.0
@@ -34,8 +37,8 @@ STARTUP_LIMIT_S = 900.0
 class RunGuard:
     def __init__(self, ray: Any, queue: Any, monitor: Any, writer: Any, no_progress_s: float,
                  where: str, lost_after_s: float, poll_s: float = POLL_S,
-                 clock: Callable[[], float] = time.monotonic, budget: int | None = None
-                 ) -> None:
+                 clock: Callable[[], float] = time.monotonic, budget: int | None = None,
+                 local_alive: Callable[[], bool] | None = None) -> None:
         self.ray = ray
         self.queue = queue
         self.monitor = monitor
@@ -46,6 +49,8 @@ class RunGuard:
         self.where = where  # the cluster, in words, for the "went away" line
         self.poll_s = poll_s
         self.lost_after_s = lost_after_s
+        # A local Ray this job started: are its own processes alive (then it is slow, not gone)?
+        self.local_alive = local_alive
         self.clock = clock
         self.queue_stats = QueueStats()
         self.stage_stats = StageStats()
@@ -79,12 +84,21 @@ class RunGuard:
                                   timeout=min(10.0, self.lost_after_s / 2))
         except Exception as exc:  # noqa: BLE001 - an actor or the cluster is gone
             now = self.clock()
-            if now - self._answered_at >= self.lost_after_s and self.stop_reason is None:
-                self.stop_reason = RunStopped(
-                    f"lost contact with the Ray cluster ({self.where}): the run's actors have "
-                    f"not answered for {now - self._answered_at:.0f} s ({type(exc).__name__}); "
-                    "rerun when the cluster is back: nothing is lost or duplicated", 1,
-                    cluster_lost=True)
+            silent = now - self._answered_at
+            if silent < self.lost_after_s or self.stop_reason is not None:
+                return
+            if self.local_alive is not None and self.local_alive():
+                if silent >= max(self.no_progress_s, self.lost_after_s):
+                    self.stop_reason = RunStopped(
+                        f"the local Ray has not answered for {silent:.0f} s although its "
+                        f"processes are alive ({type(exc).__name__}; {machine_load()}): the "
+                        "machine is overloaded; rerun when it is quieter: nothing is lost or "
+                        "duplicated", 1, cluster_lost=True)
+                return
+            self.stop_reason = RunStopped(
+                f"lost contact with the Ray cluster ({self.where}): the run's actors have "
+                f"not answered for {silent:.0f} s ({type(exc).__name__}); rerun when the "
+                "cluster is back: nothing is lost or duplicated", 1, cluster_lost=True)
             return
         now = self._answered_at = self.clock()
         self.queue_stats, self.stage_stats, self._answered = qs, ss, True
