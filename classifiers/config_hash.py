@@ -69,8 +69,9 @@ def config_hash(classifier_type: str, params: dict[str, Any]) -> str:
 
 def not_there_yet(classifier_type: str, params: dict[str, Any]) -> list[str]:
     """The params whose model or file ``config_hash`` holds but that are not there yet (a
-    missing folder or file, a hub id not in the cache): a hash computed now would name
-    another version than the one computed once they are."""
+    missing local folder or file): a hash computed now would name another version than the
+    one computed once they are. (A hub id not in the cache is named by the id alone, so it is
+    not told apart here.)"""
     return [key for key, value in _spec(classifier_type, params)["params"].items()
             if isinstance(value, dict) and len(value) == 1
             and str(next(iter(value.values()))).startswith("missing:")]

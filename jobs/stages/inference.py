@@ -279,17 +279,10 @@ class InferenceRun:
 
     def _pending_on_disk(self) -> bool:
         """Posts of this run's config_hash wait in the queue file (a read of the file, without
-        the QueueActor; nothing pending: the QueueActor reaps and counts)."""
-        if self.max_records is not None and self.max_records < 1:
-            return False
-        try:
-            store = QueueStore(self.config.data_dir, self.name, readonly=True)
-        except QueueFileError:
-            return False
-        try:
-            return store.has_pending(self.summary.config_hash)
-        finally:
-            store.close()
+        the QueueActor; nothing pending, or a file it cannot read now: the QueueActor reaps
+        and counts)."""
+        return self._read_queue_file(lambda store: store.has_pending(self.summary.config_hash),
+                                     False, QueueFileError)
 
     def _one_pass(self) -> None:
         """Stream every claimable batch through the classifiers (which send their results to
@@ -335,12 +328,18 @@ class InferenceRun:
     def _fixed_types(self) -> Any:
         """The output's column types as the queue file holds them now (None: not fixed yet,
         also when the pass starts before the QueueActor or the enqueue made the file)."""
+        return self._read_queue_file(lambda store: store.export_schema(), None, NoQueueError)
+
+    def _read_queue_file(self, read: Callable[[QueueStore], Any], otherwise: Any,
+                         unopenable: type[Exception]) -> Any:
+        """``read`` of a read-only open of the queue file; ``otherwise`` if opening it raises
+        ``unopenable``."""
         try:
             store = QueueStore(self.config.data_dir, self.name, readonly=True)
-        except NoQueueError:
-            return None
+        except unopenable:
+            return otherwise
         try:
-            return store.export_schema()
+            return read(store)
         finally:
             store.close()
 
