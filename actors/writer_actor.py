@@ -52,6 +52,17 @@ def distinct_posts(rows: pa.Table) -> pa.Table:
     return rows.take(np.sort(first.to_numpy()))
 
 
+def label_counts(labelled: pa.Table | None) -> dict[str, int]:
+    """How many rows carry each value of ``label`` (none for a list-valued label)."""
+    if labelled is None or "label" not in labelled.column_names:
+        return {}
+    try:
+        counts = pc.value_counts(labelled.column("label")).to_pylist()
+    except pa.ArrowNotImplementedError:  # e.g. a list-valued label: no distribution
+        return {}
+    return {str(c["values"]): c["counts"] for c in counts if c["values"] is not None}
+
+
 MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
 
 
@@ -104,7 +115,7 @@ class WriterActor:
         """The result rows of one ``classify`` call (or a part of one)."""
         if not table.num_rows:
             return
-        self._tally(table)
+        self._note_provenance(table)
         self.stats.result_rows += table.num_rows
         table = self._fitted(table)  # a type clash stops the run at the first call, not batch
         for key, expected, part in claim_runs(table):
@@ -121,7 +132,8 @@ class WriterActor:
             labelled, failed = self._split(rows)
             # Not awaited here: the QueueActor runs this caller's calls in order, and
             # _settle() collects the answers before any export or the end of the run.
-            self.completing.append(self.queue.complete.remote(key[0], key[1], labelled, failed))
+            self.completing.append((self.queue.complete.remote(key[0], key[1], labelled, failed),
+                                    label_counts(labelled)))
             self.unexported_rows += 0 if labelled is None else labelled.num_rows
         if len(self.completing) >= MAX_UNSETTLED:
             self._settle()
@@ -167,32 +179,23 @@ class WriterActor:
         import ray
 
         pending, self.completing = self.completing, []
-        for res in ray.get(pending):
-            if res["accepted"]:
-                self.stats.completed_batches += 1
-            else:
+        answers = ray.get([ref for ref, _ in pending])
+        for res, (_, counts) in zip(answers, pending):
+            if not res["accepted"]:
                 self.stats.stale_batches += 1
+                continue
+            self.stats.completed_batches += 1
+            for label, n in counts.items():  # the labels of completed batches only
+                self.stats.label_counts[label] = self.stats.label_counts.get(label, 0) + n
 
-    def _tally(self, table: pa.Table) -> None:
-        """Label distribution and provenance of the successful rows (counted as they arrive;
-        a stale batch's rows, rare, are counted too)."""
-        ok = table.filter(table.column("was_successfully_labeled"))
-        if not ok.num_rows:
+    def _note_provenance(self, table: pa.Table) -> None:
+        """The classifier and model, from the first successful row."""
+        if self.stats.provenance:
             return
-        if not self.stats.provenance:
+        ok = table.filter(table.column("was_successfully_labeled"))
+        if ok.num_rows:
             self.stats.provenance = {k: ok.column(k)[0].as_py() or ""
                                      for k in ("classifier", "model")}
-        if "label" not in ok.column_names:
-            return
-        try:
-            counts = pc.value_counts(ok.column("label")).to_pylist()
-        except pa.ArrowNotImplementedError:  # e.g. a list-valued label: no distribution
-            return
-        for item in counts:
-            if item["values"] is not None:
-                key = str(item["values"])
-                self.stats.label_counts[key] = self.stats.label_counts.get(key, 0) \
-                    + item["counts"]
 
     def _export(self) -> None:
         self._settle()

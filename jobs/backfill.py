@@ -24,7 +24,7 @@ from jobs.cli.stages import run_command
 from jobs.config import ConfigError, load_config
 from jobs.stages.errors import RunStopped
 from jobs.stages.preflight import PreflightErrors
-from jobs.stages.ray_setup import interrupt_on_sigterm
+from jobs.stages.ray_setup import interrupt_on_sigterm, release_ray
 from queue_store import QueueFileError
 
 
@@ -67,5 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def cli() -> int:
+    """The ``backfill`` command (``python -m jobs.backfill``): ``main``, then Ray let go of
+    before the process exits (``release_ray``)."""
+    try:
+        return main()
+    finally:
+        release_ray()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -127,6 +127,22 @@ def test_bypass_write_clears_the_output_without_writing_it(tmp_path, capsys):
     store.close()
 
 
+def test_bypass_write_with_no_terminal_to_ask_is_refused_before_anything(tmp_path, capsys):
+    """Refused like any other preflight problem: one line, no banner or plan printed first,
+    nothing cleared."""
+    cfg, _, store = _half_done(tmp_path)
+    before = _counts(store)
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "--write-cache", "all", "--clear-queue",
+                 "--bypass-write"]) == 2
+    got = capsys.readouterr()
+    assert got.out == "" and got.err.splitlines() == [
+        "error: clearing asks for confirmation and there is no terminal to ask on: pass "
+        "--yes to clear (nothing was deleted)"], got
+    assert _counts(store) == before
+    store.close()
+
+
 def test_clearing_empty_queues_says_so(tmp_path, capsys):
     """Nothing queued any more: the clear says it cleared nothing (it printed a bare
     ``cleared `` before)."""

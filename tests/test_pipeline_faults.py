@@ -4,7 +4,9 @@ process, a classifier that cannot be built, a SIGKILLed or SIGTERMed driver reru
 twice at once."""
 from __future__ import annotations
 
+import ast
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,9 +135,10 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
     """Ctrl-C or SIGTERM mid-run: one ``interrupted:`` line and no traceback, the partial
     summary, every completed label exported, every claim handed back."""
     write_posts(tmp_path, 3000, days=2)
-    go_on = tmp_path / "go-on"  # each classifier actor labels 2 calls, then waits for it
+    go_on = tmp_path / "go-on"  # each classifier actor labels 7 calls, then waits for it
+    # 7 calls of 40 posts: two queue batches of 100 completed and most of a third labelled
     cfg = write_config(tmp_path, {"type": PLUGIN, "params": {
-        "hold_after_calls": 2, "hold_until_file": str(go_on)}})
+        "hold_after_calls": 7, "hold_until_file": str(go_on)}}, batch_size=40)
     address = ray_session.get_runtime_context().gcs_address
     proc = _cli(cfg, address, "-r", "posts", "--add-to-queue", "-i", "g",
                 "--run-integrations")
@@ -157,6 +160,11 @@ def test_an_interrupt_hands_claims_back_exports_what_was_labelled_and_says_so(
     assert lines == [x for x in lines if x.startswith("interrupted:")] and len(lines) == 1, err
     assert "claims were handed back" in lines[0] and "Traceback" not in err
     assert "\ninference: ml_inference_intergroup" in out and "labelled" in out, out
+    # The distribution is of what was labelled, not of results that came for batches the
+    # interrupt left unfinished (handed back, labelled again by the rerun).
+    [labelled] = re.findall(r"^labelled +(\d+)$", out, re.M)
+    [shares] = re.findall(r"^label_distribution +(\{.*\})$", out, re.M)
+    assert sum(ast.literal_eval(shares).values()) == int(labelled), out
     st = queue_status(tmp_path / "data")
     assert st.processing_posts == 0 and st.pending_posts > 0  # claimable at once
     assert st.output_rows_unexported == 0 and st.output_rows_exported >= 200  # exported

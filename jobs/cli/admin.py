@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 from classifiers.scrub import scrub
 from jobs.config import BackfillConfig, ConfigError
+from jobs.stages.preflight import check_can_ask
 from queue_store import QueueStore, queue_path
 
 
@@ -103,10 +104,8 @@ def clear_queues(config: BackfillConfig, names: list[str], inputs: bool, outputs
     print("\n".join(plan + missing), file=out)
     if not plan:
         return
+    check_can_ask(yes, ask)
     if not yes:
-        if not ask.isatty():
-            raise ConfigError("clearing asks for confirmation and there is no terminal to ask "
-                              "on: pass --yes to clear (nothing was deleted)")
         print("delete all of this? type yes: ", end="", file=out, flush=True)
         if ask.readline().strip().lower() != "yes":
             print("nothing was deleted", file=out)

@@ -8,9 +8,10 @@ Ray up).
 from __future__ import annotations
 
 import os
+import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from classifiers.registry import ClassifierConfigError
 from classifiers.registry import preflight as classifier_preflight
@@ -182,6 +183,13 @@ def check_hash_final(name: str, classifier_type: str, params: dict[str, Any]) ->
             "what config_hash does not hold, such as an API key)")
 
 
+def check_can_ask(yes: bool, ask: TextIO) -> None:
+    """Clearing without ``--yes`` asks on a terminal; with none to ask on, it is refused."""
+    if not yes and not ask.isatty():
+        raise ConfigError("clearing asks for confirmation and there is no terminal to ask "
+                          "on: pass --yes to clear (nothing was deleted)")
+
+
 def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
                  cache_names: list[str], start: date | None, end: date | None) -> Any:
     """Everything the chosen stages need; returns the selected posts files (or None) and,
@@ -202,6 +210,8 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
             problems.check(classifier_preflight, clf.type, clf.params)
         else:  # queued now, built later: what config_hash holds must be there already
             problems.check(check_hash_final, name, clf.type, clf.params)
+    if args.write_cache and args.bypass_write:  # it asks before clearing: can it?
+        problems.check(check_can_ask, args.yes, sys.stdin)
     files = feeds = None
     if args.add_to_queue:
         from jobs.posts.source import find_post_files

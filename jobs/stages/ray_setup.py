@@ -82,6 +82,7 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = Fals
                 ray.init(address=address, **kwargs)
         else:
             _start_local(ray, kwargs, config.ray.start_attempts, verbose)
+        _connected.append(ray)
         if not quiet:
             print(f"ray: {ray_where(ray)}", file=sys.stderr)
         if not verbose:
@@ -196,6 +197,29 @@ def _stderr_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+_connected: list[Any] = []  # Ray, once ensure_ray connected it (not someone before it)
+
+
+def release_ray() -> None:
+    """After a command's last line: disconnect from the Ray ``ensure_ray`` connected (a local
+    one of this command's own is stopped). Ray's listeners stop before its processes do, so
+    the teardown adds nothing after our last line (at exit Ray would print what its raylet
+    says of workers it stops); a Ctrl-C during the (bounded) teardown is ignored instead of
+    ending in a traceback. A Ray connected before the command (a notebook's) is left."""
+    if not _connected:
+        return
+    ray = _connected.pop()
+    if not ray.is_initialized():
+        return
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        ray.shutdown()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def interrupt_on_sigterm(signum: int, frame: object) -> None:
