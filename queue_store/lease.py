@@ -6,6 +6,8 @@ from the job's ``QueueConfig`` (this layer holds no defaults).
   the posts the ledger has not seen for that config_hash, ``batch_size`` per batch.
 - ``remember(uris, config_hash)`` — record posts labelled elsewhere in the ledger, queue
   nothing.
+- ``adopt(from_hash, config_hash)`` — pending batches of a provisional config_hash (queued
+  before what it names was there) queued for ``config_hash``, as if enqueued for it.
 - ``claim(max_batches, lease_seconds, owner, config_hash)`` — lease pending batches of one
   config_hash (reaps first).
 - ``extend(leases, lease_seconds)`` — heartbeat: push the expiry of leases still held.
@@ -33,8 +35,8 @@ import pyarrow.compute as pc
 from queue_store import codec
 from queue_store.fingerprint import fingerprints
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import (ClaimedBatch, CompleteResult, EnqueueResult, EnqueueSession,
-                                InvalidPost, ReapResult)
+from queue_store.models import (AdoptResult, ClaimedBatch, CompleteResult, EnqueueResult,
+                                EnqueueSession, InvalidPost, ReapResult)
 from queue_store.queue_file import QueueFile
 from queue_store.rows.shapes import POST_COLUMNS
 from queue_store.rows.typed import to_ipc
@@ -93,6 +95,64 @@ class LeaseCore(QueueFile):
             self.ledger.add(c, keys[new], checks[new], vid, self._next_seq(c))
         self.merge_ledger()
         return int(new.sum())
+
+    def adopt(self, from_hash: str, config_hash: str) -> AdoptResult:
+        """Queue the pending batches of ``from_hash`` for ``config_hash`` instead, as an
+        enqueue for it would: the ledger records their posts for ``config_hash``, and a post
+        it already holds for ``config_hash`` (queued for both) is dropped, so it is labelled
+        once. For ``--classifier-later``: ``from_hash`` was computed before a model or file
+        the config names was there. One transaction; a batch leased meanwhile stays (no run
+        labels ``from_hash``: its classifier could not be built)."""
+        result = AdoptResult()
+        t = self.tables["input"]
+        pending = f"SELECT id, payload, metadata FROM {t} WHERE status = 'pending' AND version = ?"
+        if self.conn.execute(f"{pending} LIMIT 1", (from_hash,)).fetchone() is None:
+            return result  # nothing to adopt: no write transaction
+        with self._transaction() as c:
+            vid, seq = self._vid(c, config_hash), self._next_seq(c)
+            for page in self._pages(c, pending, (from_hash,)):
+                keys, checks = [], []
+                for batch_id, payload, metadata in page:
+                    kept = self._adopt_batch(c, batch_id, payload, metadata, vid,
+                                             config_hash, result)
+                    if kept is not None:
+                        keys.append(kept[0])
+                        checks.append(kept[1])
+                if keys:  # one ledger run per page
+                    self.ledger.add(c, np.concatenate(keys), np.concatenate(checks), vid, seq)
+        self.merge_ledger()
+        return result
+
+    def _adopt_batch(self, c: Any, batch_id: int, payload: bytes, metadata: str, vid: int,
+                     config_hash: str, result: AdoptResult
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        """One batch of ``adopt``: re-stamped, less the posts already queued for
+        ``config_hash``; returns the fingerprints of the posts it keeps (None: none, or a
+        batch that cannot be decoded — re-stamped as it is, for the run to dead-letter)."""
+        t = self.tables["input"]
+        try:
+            posts = codec.loads_posts(payload)
+        except codec.PayloadError:
+            c.execute(f"UPDATE {t} SET version = ? WHERE id = ?", (config_hash, batch_id))
+            result.batches += 1
+            return None
+        keys, checks = fingerprints(posts.column("uri").cast(pa.string()))
+        known = self.ledger.lookup(c, keys, checks, vid).same
+        result.already_queued += int(known.sum())
+        if known.all():
+            self._delete(c, "input", batch_id)
+            return None
+        if known.any():
+            posts = pa.Table.from_batches([posts.filter(pa.array(~known))])
+            meta = {**codec.loads(metadata), "actual_batch_size": posts.num_rows}
+            c.execute(f"UPDATE {t} SET version = ?, payload = ?, metadata = ?, n_posts = ? "
+                      "WHERE id = ?", (config_hash, codec.dumps_posts(posts), codec.dumps(meta),
+                                       posts.num_rows, batch_id))
+        else:
+            c.execute(f"UPDATE {t} SET version = ? WHERE id = ?", (config_hash, batch_id))
+        result.batches += 1
+        result.posts += posts.num_rows
+        return keys[~known], checks[~known]
 
     def merge_ledger(self) -> int:
         """Merge the ledger's runs while a tier has ``FANOUT`` of them (outside any

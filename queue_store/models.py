@@ -59,6 +59,13 @@ class CompleteResult(BaseModel):
     dead_lettered: int = 0
 
 
+class AdoptResult(BaseModel):
+    """What ``adopt`` moved to the config_hash that can label it."""
+    batches: int = 0
+    posts: int = 0
+    already_queued: int = 0  # queued for that config_hash too: dropped, labelled once
+
+
 class ReapResult(BaseModel):
     requeued_batches: int = 0
     dead_lettered_batches: int = 0

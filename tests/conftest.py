@@ -53,8 +53,10 @@ def ray_session():
     if not ray.is_initialized():
         # Workers import the test plugins (tests.plugins) the way a user's plugin is imported.
         root = str(Path(__file__).resolve().parents[1])
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=500_000_000,
-                 runtime_env={"env_vars": {"PYTHONPATH": root}})
+        # address="local": a Ray of the session's own, even where other Rays run on the host
+        # (ray.init() alone would join one of them).
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=500_000_000, runtime_env={"env_vars": {"PYTHONPATH": root}})
     yield ray
     ray.shutdown()
 

@@ -99,6 +99,26 @@ def export_killed_mid_upload(data_dir: str, out_uri: str, endpoint: str, die_at:
     export_output(store, Location.of(out_uri, ObjectStore(endpoint_url=endpoint)), 1000)
 
 
+def adopt_killed_at(data_dir: str, from_hash: str, config_hash: str, batch_no: str) -> None:
+    """``adopt`` from_hash's batches for config_hash, SIGKILLed as it comes to its
+    ``batch_no``-th batch, inside the transaction (past a page, the page's ledger run file
+    is written but not yet named by a commit)."""
+    import signal
+
+    from queue_store.lease import LeaseCore
+
+    real, seen = LeaseCore._adopt_batch, [0]
+
+    def dying(self, *args, **kwargs):
+        seen[0] += 1
+        if seen[0] == int(batch_no):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *args, **kwargs)
+
+    LeaseCore._adopt_batch = dying
+    Store(data_dir, NAME).adopt(from_hash, config_hash)
+
+
 def compact_killed_at(data_dir: str, out_dir: str, step: str) -> None:
     """Compact the output and SIGKILL this process at ``step``: ``writing`` (one new file
     written), ``swapped`` (new files visible, old ones hidden), ``deleting`` (some old files

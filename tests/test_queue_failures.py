@@ -109,3 +109,39 @@ def test_clear_keeps_rows_added_after_the_export(tmp_path):
     assert store.clear_exported() == 1
     st = store.status()
     assert (st.output_rows_exported, st.output_rows_unexported) == (0, 10)
+
+
+@pytest.mark.parametrize("batch_no", [40, 300])  # mid-page; past a page (its ledger run written)
+def test_adopt_killed_mid_way_moves_nothing_and_a_rerun_moves_each_post_once(tmp_path,
+                                                                            batch_no):
+    """Posts queued under a provisional config_hash (``--classifier-later``), some of them
+    also queued for the real one: SIGKILL inside ``adopt`` leaves the queue as it was (one
+    transaction; a ledger run file it wrote is not part of the ledger), and the next adopt
+    queues every post exactly once for the real hash, the ledger knowing each."""
+    store = Store(tmp_path, NAME)
+    posts = make_posts(40_000)
+    store.enqueue(posts, batch_size=100, config_hash="early")
+    store.enqueue(posts[:5_000], batch_size=100, config_hash="real", relabel=True)
+    before = store.pending_versions()
+    proc = spawn_queue_proc("adopt_killed_at", str(tmp_path), "early", "real", str(batch_no))
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert store.pending_versions() == before  # nothing moved
+    named = {run.name for run in store.ledger.runs(store.conn)}
+    unnamed = {p.name for p in store.ledger.folder.iterdir()} - named
+    assert len(unnamed) == (batch_no > 256)  # pages of 256 batches: the first page's run file
+    got = store.adopt("early", "real")
+    assert (got.posts, got.already_queued) == (35_000, 5_000)
+    assert store.pending_versions() == {"real": 40_000}
+    uris = [u for b in store.claim(max_batches=10_000, lease_seconds=60, owner="check",
+                                   config_hash="real") for u in posts_of_uris(b)]
+    assert len(uris) == len(set(uris)) == 40_000
+    again = store.enqueue(posts, batch_size=100, config_hash="real")
+    assert (again.enqueued_posts, again.skipped_known) == (0, 40_000)
+    assert store.ledger.verify(store.conn) >= 40_000
+    named = {run.name for run in store.ledger.runs(store.conn)}
+    assert {p.name for p in store.ledger.folder.iterdir()} == named  # the killed one's: gone
+    store.close()
+
+
+def posts_of_uris(batch: ClaimedBatch) -> list[str]:
+    return [p["uri"] for p in posts_of(batch)]

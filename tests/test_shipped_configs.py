@@ -5,6 +5,7 @@ real cluster in test_cluster.py."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -171,12 +172,57 @@ def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(ray_session
     assert _output(tmp_path, "ml_inference_intergroup").num_rows == demo.num_rows
 
 
+def test_a_model_that_comes_later_labels_what_was_queued_before_it_once(
+        ray_session, tmp_path, capsys, tiny_models):
+    """ime.yaml, its model folder swapped for one that is not there yet: --classifier-later
+    queues the posts under the config_hash computed without the weights. Once the model is
+    in place, the next command queues those posts for the hash it computes (each once — the
+    same posts enqueued again are known) and labels every post exactly once."""
+    import shutil
+
+    from tests.queue_helpers import Store
+
+    posts = _posts(tmp_path, n=60)
+    model = tmp_path / "models" / "ime"
+    common = ["--config", str(CONFIGS / "ime.yaml"), "--data-dir", str(tmp_path / "data"),
+              "--set", f"posts.path={posts}", "--set", f"output_dir={tmp_path / 'out'}",
+              "--set", f"integrations.ml_inference_ime.classifier.params.model={model}",
+              "-r", "posts", "--add-to-queue", "-i", "all", "--quiet"]
+    assert main([*common, "--classifier-later"]) == 0, capsys.readouterr().err
+    [summary] = (tmp_path / "data" / "runs").glob("*.json")  # the enqueue's
+    queued = json.loads(summary.read_text())
+    capsys.readouterr()
+    early = queued["config_hash"]
+    store = Store(tmp_path / "data", "ml_inference_ime")
+    assert list(store.pending_versions()) == [early]
+    shutil.copytree(tiny_models["multi"], model)  # the model arrives
+    out, err = _run(capsys, CONFIGS / "ime.yaml", tmp_path, "--set",
+                    f"integrations.ml_inference_ime.classifier.params.model={model}")
+    now = load_config(CONFIGS / "ime.yaml", str(tmp_path / "data"), [
+        f"integrations.ml_inference_ime.classifier.params.model={model}"]
+        ).integrations["ml_inference_ime"].classifier.config_hash
+    assert now != early
+    # The run (starting beside the enqueue) or the enqueue, whichever came first, adopted
+    # them; the enqueue then knew every post.
+    [adopted] = re.findall(r"^adopted_deferred +(\d+)$", out, re.M)
+    assert int(adopted) == queued["enqueued"], out
+    enqueue = out.split("\ninference: ")[0]
+    assert re.search(rf"^skipped_known +{queued['enqueued']}$", enqueue, re.M), out
+    table = _output(tmp_path, "ml_inference_ime")
+    uris = table.column("uri").to_pylist()
+    assert len(uris) == len(set(uris)) == queued["enqueued"]
+    assert set(table.column("config_hash").to_pylist()) == {now}
+    st = store.status()
+    assert st.pending_posts == st.processing_posts == st.dead_posts == 0
+    store.close()
+
+
 def test_an_enqueue_for_a_classifier_that_cannot_be_built_is_refused(tmp_path, capsys,
                                                                     monkeypatch):
     """ime.yaml as shipped (no model folder) and perspective.yaml without its key: enqueue-only
     is refused with the lines a run would print, nothing queued. With --classifier-later the
-    key may come later — the posts are queued under the config_hash the run computes once the
-    key is set — but a model that config_hash holds may not."""
+    key may come later: the posts are queued under the config_hash the run computes once the
+    key is set."""
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
     _posts(tmp_path, n=60)
     for config, needle in (("ime.yaml", "model"), ("perspective.yaml", "PERSPECTIVE_API_KEY")):
@@ -187,13 +233,9 @@ def test_an_enqueue_for_a_classifier_that_cannot_be_built_is_refused(tmp_path, c
         [line] = [x for x in err.splitlines() if x.strip()]
         assert got == 2 and line.startswith("error: ") and needle in line, err
         assert not (tmp_path / "data" / "queue").exists()
-    later = ["--config", str(CONFIGS / "ime.yaml"), "--data-dir", str(tmp_path / "data"), "--set",
-             f"posts.path={tmp_path / 'posts'}", "-r", "posts", "--add-to-queue", "-i", "all",
-             "--quiet", "--classifier-later"]
-    assert main(later) == 2
-    assert "is part of config_hash" in capsys.readouterr().err
-    assert not (tmp_path / "data" / "queue").exists()
-    later[1] = str(CONFIGS / "perspective.yaml")
+    later = ["--config", str(CONFIGS / "perspective.yaml"), "--data-dir", str(tmp_path / "data"),
+             "--set", f"posts.path={tmp_path / 'posts'}", "-r", "posts", "--add-to-queue", "-i",
+             "all", "--quiet", "--classifier-later"]
     assert main(later) == 0, capsys.readouterr().err
     monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)  # the key arrives; a run's config_hash:
     config = load_config(CONFIGS / "perspective.yaml", str(tmp_path / "data"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
@@ -118,3 +119,29 @@ def test_a_plugins_source_or_declared_version_is_part_of_config_hash(tmp_path, m
     declared = fresh_hash()
     module.write_text(body.format(extra="    version = '2'\n", value="c") + "# tidied\n")
     assert fresh_hash() == declared != edited  # the declared version decides
+
+
+def test_what_is_not_there_yet_is_named_and_its_hashes_are_known_once_it_is(tmp_path,
+                                                                            tiny_models):
+    """A missing model folder, or a hub id not in the cache, is not there yet; the hash
+    computed then is among the deferred hashes of the same config once the model is there —
+    and not of another model's config."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from classifiers.config_hash import deferred_hashes, not_there_yet
+    from tests.hf_cache import put_in_cache
+
+    kind = "hf_sequence_classification"
+    folder = {"model": str(tmp_path / "later" / "model")}
+    hub = {"model": "backfill-tests/arrives-later"}
+    early = {k: config_hash(kind, p) for k, p in (("folder", folder), ("hub", hub))}
+    assert not_there_yet(kind, folder) == not_there_yet(kind, hub) == ["model"]
+    assert deferred_hashes(kind, folder) == []  # nothing there that could be missing
+    shutil.copytree(tiny_models["single"], folder["model"])
+    put_in_cache(tiny_models["single"], hub["model"], Path(HF_HUB_CACHE))
+    for key, params in (("folder", folder), ("hub", hub)):
+        assert not_there_yet(kind, params) == []
+        assert config_hash(kind, params) != early[key]
+        assert early[key] in deferred_hashes(kind, params)
+    other = {"model": tiny_models["multi"]}
+    assert not set(early.values()) & set(deferred_hashes(kind, other))

@@ -1,7 +1,8 @@
 """The queue store as one system: a ``hypothesis`` state machine interleaves enqueues of
 overlapping posts under several versions (relabels too), claims, completes with failures,
 nacks, crashes (claims lost, a connection dropped mid-transaction, a process killed
-mid-merge or mid-compaction), reaps, clears of the input and output queues, exports, queue
+mid-merge or mid-compaction), reaps, posts queued before their model and adopted once it
+comes, clears of the input and output queues, exports, queue
 and output compactions, a label column that appears part-way, a damaged ledger and its
 rebuild — and after every step checks against a reference model that every valid post is in
 exactly one place per version, every exported (uri, config_hash) is in the parquet output
@@ -37,6 +38,7 @@ from tests.conftest import make_posts
 
 SOAK = int(os.environ.get("BACKFILL_SOAK", "0"))
 VERSIONS = ("A", "B")
+EARLY = "A-before-its-model"  # A's config_hash while its model was not there yet
 MAX_ATTEMPTS = 2
 LEASE_S = 30.0
 # 16 valid posts over two days, and two invalid ones (too short, no timestamp).
@@ -82,6 +84,7 @@ class WholeSystem(RuleBasedStateMachine):
         self.reaped: list = []
         self.extra = False  # the label column "score" exists from now on
         self.damaged = False
+        self.adopted: set[str] = set()  # posts moved from EARLY to A (placed nowhere under EARLY)
         RAN["sequences"] += 1
 
     def _open(self) -> Store:
@@ -107,9 +110,9 @@ class WholeSystem(RuleBasedStateMachine):
         posts = [POSTS[i] for i in picks]
         expected = []
         for uri in dict.fromkeys(p["uri"] for p in posts):
-            if uri not in VALID or (uri, version) in self.place:
+            if uri not in VALID or self._known(uri, version):
                 continue
-            if not relabel and any((uri, v) in self.place for v in VERSIONS):
+            if not relabel and any(self._known(uri, v) for v in (*VERSIONS, EARLY)):
                 continue
             expected.append(uri)
         got = self.store.enqueue(posts, batch_size=batch_size, config_hash=version,
@@ -117,6 +120,30 @@ class WholeSystem(RuleBasedStateMachine):
         assert got.enqueued_posts == len(expected), (got, expected)
         for uri in expected:
             self.place[(uri, version)] = "queued"
+
+    @precondition(lambda self: not self.damaged)
+    @rule(picks=st.lists(st.integers(0, len(POSTS) - 1), min_size=1, max_size=12),
+          relabel=st.booleans(), batch_size=st.integers(1, 5))
+    def enqueue_before_the_model(self, picks: list[int], relabel: bool, batch_size: int) -> None:
+        """``--classifier-later``: A's posts queued under the hash computed without A's model
+        (no run claims it)."""
+        self.enqueue(picks, EARLY, relabel, batch_size)
+
+    @precondition(lambda self: not self.damaged)
+    @rule()
+    def the_model_arrives(self) -> None:
+        """A command with A's model in place adopts what was queued before it: each post
+        queued for A once (one already queued or labelled for A is dropped)."""
+        self.store.adopt(EARLY, "A")
+        for (uri, version), where in list(self.place.items()):
+            if version == EARLY and where == "queued":
+                del self.place[(uri, EARLY)]
+                self.adopted.add(uri)  # the ledger still knows it under EARLY
+                self.place.setdefault((uri, "A"), "queued")
+
+    def _known(self, uri: str, version: str) -> bool:
+        """Would the ledger call this post queued before for ``version``?"""
+        return (uri, version) in self.place or (version == EARLY and uri in self.adopted)
 
     @precondition(lambda self: not self.damaged)
     @rule(picks=st.lists(st.integers(0, 15), min_size=1, max_size=8),
@@ -338,6 +365,7 @@ class WholeSystem(RuleBasedStateMachine):
         self.store.rebuild_ledger(output_uris(Location.of(self.out)))
         self.store.verify_ledger()
         self.damaged = False
+        self.adopted = set()  # rebuilt from what is queued and exported: EARLY holds nothing
 
     # -- the invariants ----------------------------------------------------------------------
     @invariant()

@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "damaged' error); waits for enqueues, runs may go on")
     p.add_argument("--classifier-later", action="store_true",
                    help="with --add-to-queue and no --run-integrations: queue although the "
-                        "classifier cannot be built yet (its API key comes later); a model or "
-                        "file that config_hash holds must be in place already")
+                        "classifier cannot be built yet (its model, a file or its API key "
+                        "comes later); the first run with them in place labels those posts")
     p.add_argument("--relabel-other-versions", action="store_true",
                    help="with --add-to-queue: also enqueue posts queued or labelled by another "
                         "config_hash (their old rows stay, told apart by config_hash)")

@@ -14,7 +14,7 @@ enqueue claims each chunk as soon as it is committed.
 from __future__ import annotations
 
 import time
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -85,6 +85,19 @@ def remember_output(store: QueueStore, root: Location, batch_rows: int = 100_000
     store.set_flag(SEEDED)
 
 
+def adopt_deferred(store: QueueStore, classifier: Any) -> int:
+    """Posts queued with ``--classifier-later`` before a model or file the classifier's
+    config_hash holds was there (under the hash computed then) are queued for the hash
+    computed now that everything is there, each post once (``QueueStore.adopt``); returns how
+    many. Nothing while something is still missing: the hash now is itself such a hash."""
+    from classifiers.config_hash import deferred_hashes, not_there_yet
+
+    if not_there_yet(classifier.type, classifier.params):
+        return 0
+    return sum(store.adopt(earlier, classifier.config_hash).posts
+               for earlier in deferred_hashes(classifier.type, classifier.params))
+
+
 def rebuild_ledger(store: QueueStore, root: Location) -> int:
     """The queue's ledger written anew from its queue file and the parquet output at ``root``
     (``--rebuild-ledger``); returns the entries written."""
@@ -137,6 +150,7 @@ class Target:
             started = time.perf_counter()
             remember_output(store, config.output_location(name))
             summary.step_s["seed_from_output"] = time.perf_counter() - started
+            summary.adopted_deferred = adopt_deferred(store, integ.classifier)
         except BaseException:
             store.close()
             raise

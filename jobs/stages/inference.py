@@ -25,6 +25,7 @@ from actors.writer_actor import WriterActor
 from classifiers.scrub import register_secret
 from jobs.config import BackfillConfig
 from jobs.stages.admission import Background, Together, pool_caps
+from jobs.stages.enqueue import adopt_deferred
 from jobs.stages.errors import PipelineActorDied, RunStopped, true_cause
 from jobs.stages.progress import Progress
 from jobs.stages.ray_setup import (check_resources, driver_node_strategy, ensure_ray,
@@ -32,7 +33,7 @@ from jobs.stages.ray_setup import (check_resources, driver_node_strategy, ensure
 from jobs.stages.run_guard import RunGuard
 from jobs.stages.summary import RunSummary
 from jobs.stages.summary import new_run_id, now_iso
-from queue_store import NoQueueError, QueueFileError, QueueStore
+from queue_store import NoQueueError, QueueFileError, QueueStore, queue_path
 from queue_store.lease_holder import LeaseHolder
 
 __all__ = ["run_integrations", "PipelineActorDied"]
@@ -145,6 +146,7 @@ class InferenceRun:
         self.summary.started_at = now_iso()
         if not feeding:
             self.stream_waves = 0
+        self.summary.adopted_deferred = self._adopt_deferred()
         self._start_actors(feeding=feeding)
         pipe = self.config.pipeline
         self.guard = RunGuard(self.ray, self.queue, self.monitor, self.writer,
@@ -276,6 +278,18 @@ class InferenceRun:
             if claimed == claimed_before and not ray.get(queue.claimable_posts.remote()):
                 return
             claimed_before = claimed
+
+    def _adopt_deferred(self) -> int:
+        """Posts an enqueue with ``--classifier-later`` queued before this classifier's model
+        or files were there: this run's to label (``enqueue.adopt_deferred``)."""
+        if not queue_path(self.config.data_dir, self.name).exists():
+            return 0
+        store = QueueStore(self.config.data_dir, self.name,
+                           max_attempts=self.config.queue.max_attempts)
+        try:
+            return adopt_deferred(store, self.integ.classifier)
+        finally:
+            store.close()
 
     def _pending_on_disk(self) -> bool:
         """Posts of this run's config_hash wait in the queue file (a read of the file, without

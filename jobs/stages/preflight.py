@@ -169,20 +169,6 @@ def check_queue_file(config: BackfillConfig, name: str, ledger: bool = False) ->
         store.close()
 
 
-def check_hash_final(name: str, classifier_type: str, params: dict[str, Any]) -> None:
-    """``--classifier-later``: the config_hash the posts are queued under must be the one the
-    later run computes, so what it holds (a model, a file) must be in place now."""
-    from classifiers.config_hash import not_there_yet
-
-    missing = not_there_yet(classifier_type, params)
-    if missing:
-        raise ConfigError(
-            f"integration {name!r}: {', '.join(missing)} is not there yet and is part of "
-            "config_hash, so posts queued now would wait for another version than the one a "
-            "run labels once it is; put it in place first (--classifier-later defers only "
-            "what config_hash does not hold, such as an API key)")
-
-
 def check_can_ask(yes: bool, ask: TextIO) -> None:
     """Clearing without ``--yes`` asks on a terminal; with none to ask on, it is refused."""
     if not yes and not ask.isatty():
@@ -204,12 +190,13 @@ def check_stages(config: BackfillConfig, args: Any, integrations: list[str],
     if args.run_integrations or args.write_cache:
         for name in touched:
             problems.check(check_output, config, name)
-    for name in integrations if args.run_integrations or args.add_to_queue else []:
+    # --classifier-later: queued now, built later (a model or file config_hash holds that is
+    # not there yet makes a provisional hash, which the run adopts: enqueue.adopt_deferred).
+    later = args.classifier_later and not args.run_integrations
+    for name in integrations if (args.run_integrations or args.add_to_queue) and not later \
+            else []:
         clf = config.integrations[name].classifier
-        if args.run_integrations or not args.classifier_later:
-            problems.check(classifier_preflight, clf.type, clf.params)
-        else:  # queued now, built later: what config_hash holds must be there already
-            problems.check(check_hash_final, name, clf.type, clf.params)
+        problems.check(classifier_preflight, clf.type, clf.params)
     if args.write_cache and args.bypass_write:  # it asks before clearing: can it?
         problems.check(check_can_ask, args.yes, sys.stdin)
     files = feeds = None

@@ -38,6 +38,8 @@ class RunSummary(BaseModel):
     skipped_duplicate: int = 0         # repeats within this run's input
     skipped_other_version: int = 0     # queued or labelled for another config_hash
     relabelled: int = 0                # other-version posts queued again (--relabel-...)
+    adopted_deferred: int = 0          # queued by --classifier-later before a model or file
+                                       # config_hash holds was there: now of this config_hash
     rejected_invalid: int = 0
     sampled_out: int = 0       # enqueue: left out by --sample-records
     outside_window: int = 0    # enqueue: older than --backfill-period/--backfill-duration
