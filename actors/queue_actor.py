@@ -118,9 +118,7 @@ class QueueActor(StageReports):
         if not force and now - self._reaped_at < REAP_EVERY_S:
             return False
         self._reaped_at = now
-        got = self.store.reap()
-        self.stats.reaped_dead_holder_batches += got.dead_holder_batches
-        return got.requeued_batches > 0
+        return self.store.reap().requeued_batches > 0
 
     def queue_status(self) -> Any:
         return self.store.status(self.config_hash)
@@ -166,6 +164,7 @@ class QueueActor(StageReports):
     def get_stats(self) -> QueueStats:
         return self.stats.model_copy(update={
             "in_flight_batches": len(self.outstanding),
+            "reaped_dead_holder_batches": self.store.reaped.dead_holder_batches,
             "remaining_posts": self.store.remaining_posts(self.config_hash),
             "cpu_s": time.process_time() - self.cpu_at_start})
 

@@ -117,8 +117,9 @@ class RayConfig(Strict):
     logging_level: int | str | None = None
     temp_dir: str | None = Field(None, alias="_temp_dir")
     system_config: dict[str, Any] | None = Field(None, alias="_system_config")
-    # Not for ray.init: a local Ray whose raylet does not register within Ray's fixed 30 s
-    # (a loaded machine) is stopped and started again, this many starts in all.
+    # Not for ray.init: a local Ray whose raylet does not register within Ray's 30 s (a
+    # loaded machine; RAY_raylet_start_wait_time_s gives each start more) is stopped and
+    # started again, this many starts in all.
     start_attempts: int = Field(3, ge=1)
 
     def init_kwargs(self) -> dict[str, Any]:

@@ -205,13 +205,14 @@ class LeaseCore(QueueFile):
         lease_id = uuid.uuid4().hex
         t = self.tables["input"]
         with self._transaction() as c:
-            self._reap(c, now)
+            reaped = self._reap(c, now)
             rows = c.execute(
                 f"UPDATE {t} SET status = 'processing', lease_id = ?, lease_owner = ?, "
                 "lease_expires = ?, attempt = attempt + 1 "
                 f"WHERE id IN (SELECT id FROM {t} WHERE status = 'pending' AND version = ? "
                 "ORDER BY id LIMIT ?) RETURNING id, payload, attempt, n_posts",
                 (lease_id, owner, now + lease_seconds, config_hash, max_batches)).fetchall()
+        self._count_reaped(reaped)
         return [ClaimedBatch.model_construct(batch_id=batch_id, lease_id=lease_id,
                                              attempt=attempt, n_posts=n_posts,
                                              config_hash=config_hash, payload=payload)
@@ -300,9 +301,16 @@ class LeaseCore(QueueFile):
 
     def reap(self) -> ReapResult:
         """Return expired leases, and those of provably dead holders, to pending (or dead
-        letters once max_attempts is used)."""
+        letters once max_attempts is used). ``claim`` reaps the same way first; ``reaped``
+        sums what every committed reap of this open store took back."""
         with self._transaction() as c:
-            return self._reap(c, self.clock())
+            result = self._reap(c, self.clock())
+        self._count_reaped(result)
+        return result
+
+    def _count_reaped(self, result: ReapResult) -> None:
+        for field in ReapResult.model_fields:
+            setattr(self.reaped, field, getattr(self.reaped, field) + getattr(result, field))
 
     def _reap(self, c: Any, now: float) -> ReapResult:
         expired = self._leased(c, "lease_expires < ?", (now,))

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from queue_store import codec
 from queue_store.fingerprint import fingerprints
 from queue_store.ledger import MAX_VID, Ledger
+from queue_store.models import ReapResult
 from queue_store.rows.shapes import post_of
 from queue_store.schema import (BUSY_TIMEOUT_MS, QueueFileError, connect, file_identity,
                                 storage_error, table_names)
@@ -64,6 +65,7 @@ class QueueFile:
                                            busy_ms=int(busy_timeout_s * 1000))
         self.identity = file_identity(self.path)
         self.ledger = Ledger(self.path.with_suffix(".ledger"), self.tables["ledger_runs"])
+        self.reaped = ReapResult()  # what this open store's reaps took back (LeaseCore.reap)
 
     def close(self) -> None:
         self.conn.close()

@@ -95,6 +95,25 @@ def test_leases_of_a_dead_holder_are_reaped_at_once(tmp_path):
     assert live[0].batch_id in taken  # reclaimed at once, not after the hour-long lease
 
 
+@pytest.mark.slow
+def test_a_dead_holders_leases_taken_back_by_a_runs_first_claim_are_counted(tmp_path):
+    """A run whose first step is a claim (posts pending on disk) takes a dead run's leases
+    back inside that claim; its summary still says how many (it said 0 when only ``reap``
+    counted)."""
+    from actors.queue_actor import QueueActor
+
+    store, proc, leases = fifty_posts_and_a_claimer(tmp_path, "claim_as_this_process")
+    assert proc.wait(timeout=60) == 0  # the holder exits; its hour-long leases stay
+    actor = QueueActor(str(tmp_path), NAME, 3, 60.0, LeaseHolder.this_process("r").encode(),
+                       "")
+    try:
+        claimed = actor.next_batches(10)
+        assert len(claimed) == 5  # the 2 pending batches and the dead holder's 3
+        assert actor.get_stats().reaped_dead_holder_batches == 3
+    finally:
+        actor.stop()
+
+
 def test_remote_or_live_holders_are_left_to_expiry():
     other_host = LeaseHolder(host="another-node", pid=1, started=0.0)
     assert not other_host.provably_dead()

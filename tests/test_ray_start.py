@@ -1,7 +1,8 @@
 """A machine too busy for Ray to start: the job's own local Ray is started again (bounded),
 what each failed start left is stopped, and the command ends with one line naming the cause.
 Ray's start fails here exactly as under load — its GCS answers the raylet's registration
-late (Ray's own ``testing_asio_delay_us`` hook, 40 s), past the 30 s Ray waits for it."""
+late (Ray's own ``testing_asio_delay_us`` hook), past the 30 s Ray waits for it; those 30 s
+run on a clock ten times fast (``tests/fast_ray_clock_proc.py``), 3 s each."""
 from __future__ import annotations
 
 import os
@@ -20,16 +21,21 @@ from tests.pipeline_helpers import PLUGIN
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-LATE_REGISTRATION = "NodeInfoGcsService.grpc_server.RegisterNode=40000000:40000000"
+# 12 s late: past the 3 s each check of it waits here (see the test), for each start.
+LATE_REGISTRATION = "NodeInfoGcsService.grpc_server.RegisterNode=12000000:12000000"
 
 
 def test_a_local_ray_that_cannot_start_in_time_is_retried_then_named_in_one_line(tmp_path):
     cfg = write_config(tmp_path, {"type": PLUGIN}, posts=write_posts(tmp_path, 50, days=1))
-    env = dict(os.environ, RAY_testing_asio_delay_us=LATE_REGISTRATION, PYTHONPATH=str(ROOT))
+    # Ray's check of the registration waits 3 s (its own setting); its 30 s loop around the
+    # checks runs on the fast clock: each start gives up after ~3 s, as Ray's own 30 s would.
+    env = dict(os.environ, RAY_testing_asio_delay_us=LATE_REGISTRATION, PYTHONPATH=str(ROOT),
+               RAY_raylet_start_wait_time_s="3")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.backfill", "--config", str(cfg), "-r", "posts",
-         "--add-to-queue", "-i", "g", "--run-integrations", "--set", "ray.start_attempts=2"],
+        [sys.executable, "-m", "tests.fast_ray_clock_proc", "--config", str(cfg), "-r",
+         "posts", "--add-to-queue", "-i", "g", "--run-integrations", "--set",
+         "ray.start_attempts=2"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     gcs_seen: list[int] = []  # each start's GCS, in order
@@ -70,8 +76,9 @@ def test_a_local_ray_that_cannot_start_in_time_is_retried_then_named_in_one_line
                             "average ") and again.endswith("starting it again (2 of 2)"), again
     [error] = [x for x in lines if x.startswith("error: ")]
     assert error.startswith("error: the local Ray did not start: 2 start(s), each given "
-                            "Ray's fixed 30 s"), error
+                            "Ray's 30 s"), error
     assert f"on {os.cpu_count()} cores" in error and "ray.start_attempts=4" in error
+    assert "RAY_raylet_start_wait_time_s=120" in error
     assert "--address" in error and lines == [again, error], lines
     assert len(gcs_seen) == 2 and overlap == [], (gcs_seen, overlap)  # the first was stopped
     assert not (tmp_path / "data" / "queue").exists()  # nothing was queued
@@ -79,8 +86,8 @@ def test_a_local_ray_that_cannot_start_in_time_is_retried_then_named_in_one_line
 
 def test_a_local_ray_held_up_longer_than_the_lost_limit_is_waited_for(tmp_path):
     """The job's own local Ray, its QueueActor frozen (SIGSTOP, as a loaded machine holds a
-    process up) for twice ``cluster_lost_after_s``: its GCS and raylet are alive, so the run
-    is slow, not lost — it waits, goes on when the actor does, and labels each post once."""
+    process up) for over twice ``cluster_lost_after_s``: its GCS and raylet are alive, so the
+    run is slow, not lost — it waits, goes on when the actor does, and labels each post once."""
     import pyarrow.dataset as pads
 
     posts = write_posts(tmp_path, 600, days=1)
@@ -90,7 +97,7 @@ def test_a_local_ray_held_up_longer_than_the_lost_limit_is_waited_for(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.backfill", "--config", str(cfg), "-r", "posts",
          "--add-to-queue", "-i", "g", "--run-integrations", "--write-cache", "all", "--quiet",
-         "--set", "pipeline.cluster_lost_after_s=5"],
+         "--set", "pipeline.cluster_lost_after_s=2"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -109,7 +116,7 @@ def test_a_local_ray_held_up_longer_than_the_lost_limit_is_waited_for(tmp_path):
                     pass
         time.sleep(2)  # the run is under way
         queue_actor.suspend()
-        time.sleep(10)  # twice the lost limit without an answer
+        time.sleep(5)  # two and a half times the lost limit without an answer
         queue_actor.resume()
         out, err = proc.communicate(timeout=240)
     finally:

@@ -94,14 +94,25 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = Fals
     return ray
 
 
-# What Ray raises when the raylet it started has not registered within its fixed 30 s.
+# What Ray raises when the raylet it started has not registered in time: Ray waits 30 s, or
+# longer when ``RAY_raylet_start_wait_time_s`` (Ray's own setting, read from the environment
+# the process starts with) says so — each of its checks waits that long.
 SLOW_START = "timed out during startup"
+START_WAIT_ENV = "RAY_raylet_start_wait_time_s"
+
+
+def ray_start_wait_s() -> float:
+    """How long Ray gives its raylet to register before it gives up on a start."""
+    try:
+        return max(30.0, float(os.environ.get(START_WAIT_ENV, 30)))
+    except ValueError:
+        return 30.0
 
 
 def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int, verbose: bool) -> None:
     """``ray.init`` of a local Ray, started again (``attempts`` starts in all) when it does not
     come up in time; what a failed start left running is stopped, by PID, first."""
-    t0 = time.monotonic()
+    t0, wait = time.monotonic(), ray_start_wait_s()
     for attempt in range(1, attempts + 1):
         before = _own_processes()
         try:
@@ -113,14 +124,16 @@ def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int, verbose: bool)
                 raise
             _stop_started_since(before)
             if attempt < attempts:
-                print(f"ray: the local Ray did not come up within Ray's 30 s "
+                print(f"ray: the local Ray did not come up within Ray's {wait:g} s "
                       f"({machine_load()}); starting it again ({attempt + 1} of {attempts})",
                       file=sys.stderr)
     raise RunStopped(
-        f"the local Ray did not start: {attempts} start(s), each given Ray's fixed 30 s, "
+        f"the local Ray did not start: {attempts} start(s), each given Ray's {wait:g} s, "
         f"{time.monotonic() - t0:.0f} s in all ({machine_load()}): this machine is too busy "
-        "to start Ray now; rerun when it is quieter, give it more starts (--set "
-        f"ray.start_attempts={attempts * 2}), or join a Ray that is running (--address)", 1)
+        "to start Ray now; rerun when it is quieter, give each start more time "
+        f"({START_WAIT_ENV}={max(120, int(wait) * 2)} in the command's environment) or more "
+        f"starts (--set ray.start_attempts={attempts * 2}), or join a Ray that is running "
+        "(--address)", 1)
 
 
 def machine_load() -> str:
