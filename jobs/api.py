@@ -37,7 +37,11 @@ class CommandEnded(Exception):
 
 
 def _config(config: BackfillConfig | str | Path) -> BackfillConfig:
-    return config if isinstance(config, BackfillConfig) else load_config(config)
+    """The config as a command uses it: loaded from its file, or a copy of the object whose
+    config_hash is computed now (each call is a command of its own)."""
+    if isinstance(config, BackfillConfig):
+        return config.for_a_new_command()
+    return load_config(config)
 
 
 def run(config: BackfillConfig | str | Path, stages: Sequence[str] = STAGES,

@@ -186,6 +186,15 @@ class BackfillConfig(Strict):
         """A posts folder or gold file, local or in an object store."""
         return Location.of(where, self.object_store)
 
+    def for_a_new_command(self) -> "BackfillConfig":
+        """A copy whose classifiers compute their config_hash anew: one command's stages share
+        one hash, but a model or file may have arrived since an earlier command (a notebook
+        keeps one config object for many) computed it."""
+        fresh = self.model_copy(deep=True)
+        for integ in fresh.integrations.values():
+            integ.classifier.__dict__.pop("config_hash", None)
+        return fresh
+
     def resolve_integration(self, name_or_code: str) -> tuple[str, IntegrationConfig]:
         """Accept a full name or a short code (``-i g``)."""
         if name_or_code in self.integrations:

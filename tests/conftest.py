@@ -1,7 +1,9 @@
 """Shared fixtures. Environment is set before anything imports Ray or transformers."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # A Hugging Face cache of the test session's own (never the user's): tests put models in it
 # under real hub ids; Ray workers started by the session inherit it.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="backfill-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

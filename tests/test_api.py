@@ -51,3 +51,28 @@ def test_open_labels_before_any_output_says_what_to_run(tmp_path):
     cfg = write_config(tmp_path, {"type": PLUGIN})
     with pytest.raises(LookupError, match="no labels of ml_inference_intergroup under .* yet"):
         open_labels(cfg, NAME)
+
+
+def test_one_config_object_follows_a_model_that_arrives_between_calls(ray_session, tmp_path,
+                                                                      tiny_models):
+    """A notebook keeps one config object: its config_hash was computed while the model
+    folder was missing (the hash a --classifier-later enqueue would queue under); once the
+    model is there, the next call labels under the model's own hash, not the stale one."""
+    import shutil
+
+    from jobs.config import load_config
+
+    model = tmp_path / "models" / "single"
+    path = write_config(tmp_path, {"type": "hf_sequence_classification",
+                                   "params": {"model": str(model)}},
+                        posts=write_posts(tmp_path, 200, days=1))
+    cfg = load_config(path)
+    before = cfg.integrations[NAME].classifier.config_hash  # as an earlier call computes it
+    shutil.copytree(tiny_models["single"], model)  # the model arrives
+    [_, inferred, _] = run(cfg, integrations=["g"])
+    real = load_config(path).integrations[NAME].classifier.config_hash
+    assert real != before and inferred.config_hash == real
+    table = open_labels(cfg, "g").to_table()
+    uris = table.column("uri").to_pylist()
+    assert len(uris) == len(set(uris)) == inferred.labelled > 150
+    assert set(table.column("config_hash").to_pylist()) == {real}
