@@ -54,8 +54,25 @@ def batches_to_table(batches: list[ClaimedBatch], queue: Any) -> pa.Table:
 POLL_SECONDS = 0.2
 
 
-def pull_from_queue(queue: Any, batches_per_claim: int, wait_for_retries: bool = True
-                    ) -> Iterator[pa.Table]:
+def pull_from_queue(queue: Any, block_bytes: int, most_batches: int | None,
+                    wait_for_retries: bool = True) -> Iterator[pa.Table]:
+    """A read task: claim, turn the claims into rows, yield them; until nothing is claimable.
+
+    Each claim takes as many batches as fill Ray Data's block in one QueueActor call (one
+    transaction): Ray Data hands a block on once what was yielded into it exceeds
+    ``block_bytes``, so the task claims what is still missing from the block it is filling,
+    judged by the bytes its earlier batches took (one batch before it has seen any;
+    ``most_batches`` caps a claim). A block holds about the batches it held when each claim
+    took one (its leases held as long), for a fraction of the calls."""
+    cpu_at_start = time.thread_time()
+    try:
+        yield from _claims(queue, block_bytes, most_batches, wait_for_retries)
+    finally:
+        queue.report_read_task.remote(time.thread_time() - cpu_at_start)  # figures only
+
+
+def _claims(queue: Any, block_bytes: int, most_batches: int | None,
+            wait_for_retries: bool) -> Iterator[pa.Table]:
     import ray
 
     # Before its first claim a task holds nothing, so it may wait: for the enqueue running
@@ -65,16 +82,31 @@ def pull_from_queue(queue: Any, batches_per_claim: int, wait_for_retries: bool =
         time.sleep(POLL_SECONDS)
     if state == "done":
         return
-    while batches := ray.get(queue.next_batches.remote(batches_per_claim)):
-        yield batches_to_table(batches, queue)
+    claimed_bytes = claimed_batches = 0  # what this task's claims took, as rows
+    in_block = 0  # bytes yielded into the block Ray Data is filling
+    while True:
+        wanted = 1 if not claimed_batches else max(
+            1, -(-(block_bytes - in_block + 1) * claimed_batches // claimed_bytes))
+        batches = ray.get(queue.next_batches.remote(min(wanted, most_batches or wanted)))
+        if not batches:
+            return
+        table = batches_to_table(batches, queue)
+        if table.num_rows:
+            claimed_bytes += table.nbytes
+            claimed_batches += len(batches)
+        in_block += table.nbytes
+        if in_block > block_bytes:  # Ray Data hands this block on
+            in_block = 0
+        yield table
 
 
 class QueueDatasource(Datasource):
-    def __init__(self, queue: Any, read_tasks: int, batches_per_claim: int,
-                 waves: int, wait_for_retries: bool) -> None:
+    def __init__(self, queue: Any, read_tasks: int, block_bytes: int,
+                 most_batches: int | None, waves: int, wait_for_retries: bool) -> None:
         self.queue = queue
         self.read_tasks = read_tasks
-        self.batches_per_claim = batches_per_claim
+        self.block_bytes = block_bytes  # Ray Data's target block size (the job sets it)
+        self.most_batches = most_batches
         self.waves = waves
         # Only later waves can claim a retry (whole-block mapping), so only then may a read
         # task wait for one; the waves added for a streamed enqueue do not change that.
@@ -85,8 +117,8 @@ class QueueDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        queue, per_claim = self.queue, self.batches_per_claim
         meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-        pull = functools.partial(pull_from_queue, queue, per_claim, self.wait_for_retries)
+        pull = functools.partial(pull_from_queue, self.queue, self.block_bytes,
+                                 self.most_batches, self.wait_for_retries)
         return [ReadTask(pull, meta, schema=CLAIM_SCHEMA)
                 for _ in range(self.read_tasks * self.waves)]

@@ -37,6 +37,7 @@ class StageReports:
         self.stage_cpu: dict[str, tuple[int, float]] = {}
         self.actors: dict[str, str] = {}  # actor -> "loading" | "ready"
         self.waiting: dict[str, dict[str, str]] = {}  # actor -> its classifier's status()
+        self.read_cpu_s = 0.0
 
     @reports
     def journal_begin(self, key: str, n_posts: int) -> BlockState | None:
@@ -72,6 +73,11 @@ class StageReports:
         self.stage_cpu[actor] = (posts, outside_classify_s)
 
     @reports
+    def report_read_task(self, cpu_s: float) -> None:
+        """A read task's CPU seconds (its thread: claiming, rows, blocks), as it ends."""
+        self.read_cpu_s += cpu_s
+
+    @reports
     def report_waiting(self, actor: str, status: dict[str, str]) -> None:
         self.waiting[actor] = {k: scrub(v)[:300] for k, v in status.items()}
 
@@ -88,4 +94,5 @@ class StageReports:
                           stage_us_per_post=round(cpu / posts * 1e6, 2) if posts else None,
                           actors_loading=states.count("loading"),
                           actors_ready=states.count("ready"), waiting_on=waiting,
+                          read_tasks_cpu_s=self.read_cpu_s,
                           cpu_s=time.thread_time())  # the thread that serves it

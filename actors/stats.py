@@ -63,3 +63,4 @@ class StageStats(BaseModel):
     actors_ready: int = 0
     waiting_on: dict[str, str] = Field(default_factory=dict)  # e.g. rate_limit, last_error
     cpu_s: float = 0.0  # CPU time of the QueueActor thread serving the stage's reports
+    read_tasks_cpu_s: float = 0.0  # the read tasks' own, summed as each ended

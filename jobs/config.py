@@ -49,7 +49,10 @@ class QueueConfig(Strict):
 class PipelineConfig(Strict):
     read_tasks: int = Field(2, ge=1)
     read_task_num_cpus: float = Field(0.25, ge=0)
-    batches_per_claim: int = Field(1, ge=1)
+    # At most this many queue batches per claim; None: as many as fill one read block, in one
+    # QueueActor call and transaction (measured at 1M posts: the QueueActor's CPU per post
+    # 13.9 -> 9.8 us against one batch per claim, the blocks unchanged).
+    batches_per_claim: int | None = Field(None, ge=1)
     # Ray Data's block size: smaller blocks hand claims on (and bring results back) sooner,
     # so progress moves and leases are held shortly; larger ones cost less per post.
     # Measured (constant classifier, 50k posts): 64 KiB 2.0k, 256 KiB 5.3k, 512 KiB 8.4k,

@@ -1,7 +1,9 @@
 """One pass, one actor pool: retries run on the classifier actors that failed them (no new
-pool, no model reload), and those actors start while the same command's enqueue runs;
-nothing lost or duplicated."""
+pool, no model reload), and those actors start while the same command's enqueue runs; its
+read tasks claim a block's batches in one call; nothing lost or duplicated."""
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -101,3 +103,85 @@ def test_without_whole_block_mapping_retries_fall_back_to_a_pass(ray_session, tm
     summary = run_inference(config, NAME, quiet=True)
     assert summary.retried == len(posts[::7]) and summary.labelled == 300
     _assert_each_post_once(tmp_path, posts)
+
+
+def _read_task_of_a_run(ray_session, tmp_path, lease_seconds: float):
+    """A real QueueActor (as a run starts it, its leases naming this process) and
+    ``pull_from_queue`` — a read task's body — run here."""
+    from actors.queue_actor import QueueActor
+    from actors.stage_reports import OPTIONS
+    from queue_store.lease_holder import LeaseHolder
+
+    config = pipeline_config(tmp_path)
+    holder = LeaseHolder.this_process("read-task-test").encode()
+    queue = ray_session.remote(**OPTIONS)(QueueActor).options(num_cpus=0).remote(
+        str(tmp_path), NAME, 3, lease_seconds, holder,
+        config.integrations[NAME].classifier.config_hash)
+    return config, queue
+
+
+def _blocks_as_ray_data_cuts_them(tables, block_bytes: int) -> list[int]:
+    """Rows per block: Ray Data hands a block on once what was yielded into it exceeds
+    ``block_bytes``."""
+    blocks, rows, size = [], 0, 0
+    for table in tables:
+        rows, size = rows + table.num_rows, size + table.nbytes
+        if size > block_bytes:
+            blocks, rows, size = blocks + [rows], 0, 0
+    return blocks + ([rows] if rows else [])
+
+
+@pytest.mark.slow
+def test_a_read_task_claims_a_whole_block_in_one_call(ray_session, tmp_path):
+    """Each claim after the first takes what is missing from the block Ray Data is filling
+    (one QueueActor call, one transaction), and the blocks are those that claiming one batch
+    at a time made; every batch claimed once."""
+    import pyarrow.compute as pc
+
+    from actors.queue_datasource import pull_from_queue
+
+    config, queue = _read_task_of_a_run(ray_session, tmp_path, 60)
+    posts = make_posts(4000)
+    enqueue(tmp_path, posts, batch_size=100, config=config)  # 40 batches
+    try:
+        one = next(pull_from_queue(queue, 1, 1))  # a claim of one batch: its size
+        ray_session.get(queue.release_outstanding.remote())
+        block_bytes = int(one.nbytes * 5.5)  # a block: six batches
+        claims = list(pull_from_queue(queue, block_bytes, None))
+    finally:
+        ray_session.get(queue.release_outstanding.remote())
+        ray_session.kill(queue)
+    batches = [set(t.column("batch_id").to_pylist()) for t in claims]
+    assert sum(len(b) for b in batches) == 40 and len(set().union(*batches)) == 40
+    assert len(claims) <= 40 // 6 + 2 and max(len(b) for b in batches) >= 5  # was 40 calls
+    one_at_a_time = [t.filter(pc.equal(t.column("batch_id"), b))
+                     for t in claims for b in sorted(set(t.column("batch_id").to_pylist()))]
+    assert (_blocks_as_ray_data_cuts_them(claims, block_bytes)
+            == _blocks_as_ray_data_cuts_them(one_at_a_time, block_bytes))
+
+
+@pytest.mark.slow
+def test_a_queue_actor_killed_holding_multi_batch_claims_loses_and_repeats_nothing(
+        ray_session, tmp_path):
+    """A run's QueueActor is killed while its read task holds two claims of several batches
+    each (nothing labelled yet): once those leases run out, the next run labels every post
+    exactly once and leaves nothing pending or leased."""
+    from actors.queue_datasource import pull_from_queue
+
+    config, queue = _read_task_of_a_run(ray_session, tmp_path, 2)
+    posts = make_posts(3000)
+    enqueue(tmp_path, posts, batch_size=100, config=config)
+    read = pull_from_queue(queue, 100_000, None)
+    held = [next(read), next(read)]
+    assert len(set(held[1].column("batch_id").to_pylist())) > 1  # a claim of several batches
+    ray_session.kill(queue)  # mid-read: the claims are never completed nor handed back
+    status = queue_status(tmp_path)
+    assert status.processing_posts == sum(t.num_rows for t in held)
+    # Their holder (this process) is alive, so nothing reaps them before they run out: wait
+    # past their 2 s (a busier machine only waits longer).
+    time.sleep(2.5)
+    summary = run_inference(config, NAME, quiet=True)
+    assert summary.labelled == len(posts)
+    _assert_each_post_once(tmp_path, posts)
+    status = queue_status(tmp_path)
+    assert status.pending_posts == status.processing_posts == 0

@@ -320,7 +320,8 @@ class InferenceRun:
         waves += self.stream_waves  # each chunk committed while a read task waits may end one
         self.stream_waves = 0  # a later pass runs after the feed has ended
         ds = ray.data.read_datasource(
-            QueueDatasource(self.queue, pipe.read_tasks, pipe.batches_per_claim, waves=waves,
+            QueueDatasource(self.queue, pipe.read_tasks, pipe.read_block_bytes,
+                            pipe.batches_per_claim, waves=waves,
                             wait_for_retries=map_whole_blocks is not None),
             override_num_blocks=pipe.read_tasks, concurrency=pipe.read_tasks,
             num_cpus=pipe.read_task_num_cpus)

@@ -70,7 +70,7 @@ class RunSummary(BaseModel):
     label_distribution: dict[str, int] = Field(default_factory=dict)
     pending_other_versions: int = 0    # queued for another config_hash: not this run's
     stopped_claiming: str | None = None  # why the run stopped claiming early, if it did
-    role_cpu_s: dict[str, float] = Field(default_factory=dict)  # the run's one-of-a-kind actors
+    role_cpu_s: dict[str, float] = Field(default_factory=dict)  # one-of-a-kind actors; read tasks
     step_s: dict[str, float] = Field(default_factory=dict)  # enqueue: seconds per step
     resolved_config: dict[str, Any] = Field(default_factory=dict)  # paths absolute
 
@@ -94,7 +94,8 @@ class RunSummary(BaseModel):
         self.label_distribution = dict(writer.label_counts)
         self.role_cpu_s = {"queue_actor": round(queue.cpu_s, 3),
                            "writer_actor": round(writer.cpu_s, 3),
-                           "stage_reports": round(stage.cpu_s, 3)}
+                           "stage_reports": round(stage.cpu_s, 3),
+                           "read_tasks": round(stage.read_tasks_cpu_s, 3)}
         if status is not None:
             self.pending_left = status.pending_posts
             self.pending_other_versions = status.pending_other_versions
