@@ -96,11 +96,27 @@ def _wait_for_progress(data_dir, proc, deadline_s=120):
         time.sleep(0.1)
 
 
+def _wait_until_the_actors_of_other_jobs_are_gone(ray, deadline_s: float = 120) -> None:
+    """Until Ray has ended the pipeline actors of drivers that died (it does so once it sees
+    a driver gone): none of them may finish a dead run's work behind a rerun's back."""
+    import ray._private.state
+
+    ours, deadline = ray.get_runtime_context().get_job_id(), time.monotonic() + deadline_s
+    while [a for a in ray._private.state.actors().values()
+           if a["State"] != "DEAD" and a["JobID"] != ours
+           and (a["ActorClassName"] in ("QueueActor", "WriterActor")
+                or "ClassifierStage" in a["ActorClassName"])]:
+        assert time.monotonic() < deadline, "a dead driver's actors were never ended"
+        time.sleep(0.2)
+
+
 def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_session,
                                                                           tmp_path):
     posts = make_posts(4000)
-    slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {"delay_s": 0.3}},
-                           batch_size=250)
+    go_on = tmp_path / "go-on"  # each classifier actor labels 4 calls, then waits for it
+    slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {
+        "delay_s": 0.3, "hold_after_calls": 4, "hold_until_file": str(go_on)}},
+        batch_size=250)
     enqueue(tmp_path, posts, batch_size=500, config=slow)
     slow.queue.lease_seconds = 60  # the default: the rerun must not wait for it
     slow.pipeline.read_block_bytes = 16_384  # a block per claim: results come in steadily
@@ -110,7 +126,12 @@ def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_s
     _wait_for_progress(tmp_path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The dead run's actors hold its claims (its classifier waits) until Ray ends them; had
+    # they gone on, they could finish the claims themselves and leave the rerun none to take
+    # back (seen: reaped_dead_holder_batches 0, every post still labelled once).
+    _wait_until_the_actors_of_other_jobs_are_gone(ray_session)
     assert queue_status(tmp_path).processing_posts > 0  # its leases are still there, unexpired
+    go_on.touch()
     t0 = time.monotonic()
     rerun = run_inference(slow, NAME)  # the same command: no sleep, no SQL, one rerun
     assert rerun.reaped_dead_holder_batches > 0
