@@ -4,9 +4,13 @@ and day) rewritten into files of about ``target_rows`` rows, swapped in atomical
 For a partition folder ``partition_date=D`` the new files are written (and fsynced) into a
 hidden sibling folder, which dataset readers ignore; then the two folders are exchanged with one
 ``renameat2(RENAME_EXCHANGE)`` — a reader lists either all the old files or all the new ones,
-never both and never neither — and the old files, now in the hidden folder, are deleted. A crash
-at any step leaves one complete set visible; the next compaction deletes what a crash left
-hidden. A file that an export wrote into the partition after it was read (a run started
+never both and never neither — and the old files, now in the hidden folder, are deleted. A
+reader that opened the partition's folder just before the exchange lists the hidden one: a
+``REPLACED`` marker is put there before any old file goes, so such a reader finds a name that
+is not in the partition and fails loudly (``FileNotFoundError``; read again) instead of seeing
+the partition empty. The emptied folder, holding only its marker, stays until the next
+compaction, which deletes it with whatever a crash left hidden. A crash at any step leaves one
+complete set visible. A file that an export wrote into the partition after it was read (a run started
 meanwhile) is moved back, never deleted. Rows are copied as they are (``config_hash`` and
 every column kept), so versions stay apart. The new files carry every column of the whole
 output (a label column that appeared part-way through a backfill: null where a row had none),
@@ -33,6 +37,7 @@ from queue_store.schema import QueueBusyError
 from queue_store.store import QueueStore
 
 HIDDEN = ".compact-"  # new files being written, or old files being deleted (dot: ignored)
+REPLACED = "replaced-by-compaction"  # left in a replaced partition's folder (see above)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -42,7 +47,7 @@ class CompactOutputStats(BaseModel):
     files_before: int = 0    # in those partitions
     files_after: int = 0
     rows: int = 0
-    leftovers_removed: int = 0  # hidden folders an earlier crash left
+    leftovers_removed: int = 0  # hidden folders an earlier compaction or crash left
 
 
 def exchange(a: Path, b: Path) -> None:
@@ -88,12 +93,19 @@ def compact_output(store: QueueStore, out: Location, target_rows: int) -> Compac
         late = [f for f in _visible(hidden) if f.name not in {x.name for x in files}]
         for f in late:  # exported after we listed the partition: keep it
             os.replace(f, part / f.name)
-        shutil.rmtree(hidden)
+        _retire(hidden)
         stats.partitions += 1
         stats.files_before += len(files)
         stats.files_after += written + len(late)
         stats.rows += rows
     return stats
+
+
+def _retire(folder: Path) -> None:
+    """Delete a swapped-out partition's old files, its ``REPLACED`` marker put there first."""
+    (folder / REPLACED).touch()
+    for f in _visible(folder):
+        f.unlink()
 
 
 def _visible(folder: Path) -> list[Path]:

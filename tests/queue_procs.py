@@ -149,12 +149,12 @@ def compact_killed_at(data_dir: str, out_dir: str, step: str) -> None:
 
         compaction.exchange = exchange_then_die
     else:
-        def rmtree_part_way(path, *args, **kwargs):
-            victims = sorted(os.listdir(path))
-            os.remove(os.path.join(path, victims[0]))
+        def retire_part_way(folder):
+            victims = sorted(os.listdir(folder))
+            os.remove(os.path.join(folder, victims[0]))
             die()
 
-        compaction.shutil = type("S", (), {"rmtree": staticmethod(rmtree_part_way)})
+        compaction._retire = retire_part_way
     store = Store(data_dir, NAME)
     compaction.compact_output(store, Location.of(out_dir), 1000)
 

@@ -4,6 +4,7 @@ visible, the next compaction finishes the job, a concurrent reader never sees a 
 a partition written to meanwhile loses nothing."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from queue_store import QueueBusyError
 from tests.queue_helpers import NAME, Store, complete, export_output, posts_of, spawn_queue_proc
-from queue_store.compaction import HIDDEN, compact_output
+from queue_store.compaction import HIDDEN, REPLACED, compact_output
 from queue_store.location import Location
 from tests.conftest import make_posts
 
@@ -68,7 +69,10 @@ def test_sigkill_at_each_step_leaves_one_copy_and_the_next_compaction_finishes(t
     stats = compact_output(store, Location.of(out), 1000)
     rows = _rows(out)
     assert len(rows) == len(set(rows)) == POSTS and stats.leftovers_removed >= 1
-    assert len(_files(out)) == 3 and not list(out.glob(HIDDEN + "*"))
+    # No old copy is left; the partitions it replaced keep only their marker (for readers
+    # that opened them just before the swap) until the next compaction.
+    left = [f for f in out.glob(HIDDEN + "*/*") if f.name != REPLACED]
+    assert len(_files(out)) == 3 and not left, left
     store.close()
 
 
@@ -97,9 +101,38 @@ def test_a_file_exported_into_a_partition_during_compaction_is_kept(tmp_path, mo
     store.close()
 
 
-def test_a_concurrent_reader_never_sees_a_row_twice(tmp_path):
+def test_a_reader_that_opened_a_partition_just_before_the_swap_finds_no_empty_partition(
+        tmp_path, monkeypatch):
+    """A listing of a partition's folder opened just before the swap and read after the old
+    files went (as a reader stalled there would) names something that is not in the partition
+    — the reader fails loudly and reads again — instead of an empty partition (it listed
+    nothing before: that reader silently lost the partition's rows)."""
+    import queue_store.compaction as compaction
+
     store, out = _exported(tmp_path)
-    seen: list[int] = []
+    real, opened = compaction.exchange, []
+
+    def open_then_exchange(hidden: Path, part: Path) -> None:
+        opened.append((part, os.scandir(part)))  # the folder is opened here, read later
+        real(hidden, part)
+
+    monkeypatch.setattr(compaction, "exchange", open_then_exchange)
+    compact_output(store, Location.of(out), 1000)
+    for part, listing in opened:
+        names = [e.name for e in listing if not e.name.startswith((".", "_"))]
+        assert names, f"{part.name} listed empty"
+        assert not [n for n in names if (part / n).exists()]  # opening any of them fails
+    assert len(_rows(out)) == POSTS
+    store.close()
+
+
+def test_a_concurrent_reader_never_sees_a_row_twice_or_a_partition_missing(tmp_path):
+    """A reader hammering the output while it is compacted three times: each read it
+    completes holds every row once; a read that raced a swap fails loudly instead (once seen:
+    a reader that opened a partition's folder just before the swap listed it empty after the
+    old files went, and got 2,000 of the 3,000 rows without an error)."""
+    store, out = _exported(tmp_path)
+    reads: list[tuple[int, int]] = []  # (rows, distinct) of each completed read
     stop = threading.Event()
 
     def read() -> None:
@@ -107,9 +140,8 @@ def test_a_concurrent_reader_never_sees_a_row_twice(tmp_path):
             try:
                 rows = _rows(out)
             except (FileNotFoundError, OSError):
-                continue  # a file deleted between listing and reading: no row twice
-            seen.append(len(rows) - len(set(rows)))
-            assert len(rows) == POSTS
+                continue  # a file gone between listing and reading: a loud, retryable miss
+            reads.append((len(rows), len(set(rows))))
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -119,7 +151,7 @@ def test_a_concurrent_reader_never_sees_a_row_twice(tmp_path):
     finally:
         stop.set()
         reader.join()
-    assert seen and set(seen) == {0}
+    assert reads and set(reads) == {(POSTS, POSTS)}, sorted(set(reads))
     store.close()
 
 

@@ -312,7 +312,7 @@ class WholeSystem(RuleBasedStateMachine):
             return
         patch = ({"before the swap": mock.patch.object(compaction, "exchange",
                                                        side_effect=OSError("killed")),
-                  "after the swap": mock.patch.object(compaction.shutil, "rmtree",
+                  "after the swap": mock.patch.object(compaction, "_retire",
                                                       side_effect=OSError("killed"))}
                  .get(crash) if crash else None)
         if patch is None:
