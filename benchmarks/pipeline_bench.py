@@ -9,9 +9,10 @@ enqueue:  the CLI's enqueue stage alone on 1M posts (no Ray): posts/s and second
 scale:    N posts through one command (enqueue streaming into inference → parquet) with the
           no-op ``constant`` classifier: posts/s, CPU per post of each one-of-a-kind role
           (driver, QueueActor, WriterActor, StageReports thread) and of the read tasks summed,
-          peak private memory per process role; against the old tool's whole flow on the same posts, and — at ``--plain``
-          posts — a plain Ray Data job (read_parquet → map_batches(the same classifier, same
-          actor pool and batch size) → write_parquet), run alternately with ours.
+          peak private memory per process role; against the old tool's whole flow on the same
+          posts, and — at ``--plain`` posts — a plain Ray Data job (read_parquet →
+          map_batches(the same classifier, same actor pool and batch size) → write_parquet),
+          run alternately with ours.
 emulated: classifier actors that only wait (``benchmarks/emulated.py``: each labels at most R
           posts/s, no CPU), so the pipeline's own cost shows as lost throughput; split, by
           the labels' timestamps, into the time to the first label (fixed cost) and the rate

@@ -10,8 +10,8 @@ reader that opened the partition's folder just before the exchange lists the hid
 is not in the partition and fails loudly (``FileNotFoundError``; read again) instead of seeing
 the partition empty. The emptied folder, holding only its marker, stays until the next
 compaction, which deletes it with whatever a crash left hidden. A crash at any step leaves one
-complete set visible. A file that an export wrote into the partition after it was read (a run started
-meanwhile) is moved back, never deleted. Rows are copied as they are (``config_hash`` and
+complete set visible. A file that an export wrote into the partition after it was read (a run
+started meanwhile) is moved back, never deleted. Rows are copied as they are (``config_hash`` and
 every column kept), so versions stay apart. The new files carry every column of the whole
 output (a label column that appeared part-way through a backfill: null where a row had none),
 and a partition whose files lack one is rewritten too, so after a compaction every file has
@@ -36,7 +36,7 @@ from queue_store.location import Location, unified_schema
 from queue_store.schema import QueueBusyError
 from queue_store.store import QueueStore
 
-HIDDEN = ".compact-"  # new files being written, or old files being deleted (dot: ignored)
+HIDDEN = ".compact-"  # new files being written, old ones being deleted, or a REPLACED marker
 REPLACED = "replaced-by-compaction"  # left in a replaced partition's folder (see above)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

@@ -99,10 +99,10 @@ def _wait_for_progress(data_dir, proc, deadline_s=120):
 def _wait_until_the_actors_of_other_jobs_are_gone(ray, deadline_s: float = 120) -> None:
     """Until Ray has ended the pipeline actors of drivers that died (it does so once it sees
     a driver gone): none of them may finish a dead run's work behind a rerun's back."""
-    import ray._private.state
+    from ray._private import state
 
     ours, deadline = ray.get_runtime_context().get_job_id(), time.monotonic() + deadline_s
-    while [a for a in ray._private.state.actors().values()
+    while [a for a in state.actors().values()
            if a["State"] != "DEAD" and a["JobID"] != ours
            and (a["ActorClassName"] in ("QueueActor", "WriterActor")
                 or "ClassifierStage" in a["ActorClassName"])]:
