@@ -15,7 +15,7 @@ class KeywordClassifier:
     def __init__(self, poison_marker: str = POISON, crash_marker_file: str | None = None,
                  delay_s: float = 0.0, kill_marker: str | None = None,
                  fail_init: str | None = None, hold_after_calls: int | None = None,
-                 hold_until_file: str | None = None):
+                 hold_until_file: str | None = None, hold_marker: str | None = None):
         if fail_init:
             raise FileNotFoundError(fail_init)
         self.poison_marker = poison_marker
@@ -26,11 +26,15 @@ class KeywordClassifier:
         # that is mid-way (labels written, claims held) for as long as a test needs.
         self.hold_after_calls = hold_after_calls
         self.hold_until_file = hold_until_file
+        # Or each call with a text holding this marker waits so (the posts that stay in
+        # flight chosen by the test, whatever the blocks' order across actors).
+        self.hold_marker = hold_marker
         self.calls = 0
 
     def classify(self, texts):
         self.calls += 1
-        if self.hold_after_calls is not None and self.calls > self.hold_after_calls:
+        if ((self.hold_after_calls is not None and self.calls > self.hold_after_calls)
+                or (self.hold_marker and any(self.hold_marker in t for t in texts))):
             while not Path(self.hold_until_file).exists():
                 time.sleep(0.05)
         if self.kill_marker and any(self.kill_marker in t for t in texts):

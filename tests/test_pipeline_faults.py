@@ -113,9 +113,15 @@ def _wait_until_the_actors_of_other_jobs_are_gone(ray, deadline_s: float = 120) 
 def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_session,
                                                                           tmp_path):
     posts = make_posts(4000)
-    go_on = tmp_path / "go-on"  # each classifier actor labels 4 calls, then waits for it
+    # The posts of the queue's batches 4 to 7 wait for go_on: batch 0's blocks reach the
+    # actors before any of them, so it completes whichever actors they went to (holding each
+    # actor after some calls instead, no batch completed when its blocks were spread over
+    # both actors: seen in CI, "driver never got going").
+    for post in posts[2000:]:
+        post["text"] += " HOLD"
+    go_on = tmp_path / "go-on"
     slow = pipeline_config(tmp_path, {"type": PLUGIN, "params": {
-        "delay_s": 0.3, "hold_after_calls": 4, "hold_until_file": str(go_on)}},
+        "delay_s": 0.3, "hold_marker": "HOLD", "hold_until_file": str(go_on)}},
         batch_size=250)
     enqueue(tmp_path, posts, batch_size=500, config=slow)
     slow.queue.lease_seconds = 60  # the default: the rerun must not wait for it
