@@ -19,6 +19,7 @@ from typing import Any
 from actors.stage_reports import StageReports
 from actors.stats import QueueStats
 from queue_store import ClaimedBatch, QueueStore
+from queue_store.models import Ack, StagedOutput
 from queue_store.schema import QueueFileError
 
 # The heartbeat gives up on one renewal after a quarter of a lease (and tries again at its
@@ -144,18 +145,20 @@ class QueueActor(StageReports):
         return kept
 
     # -- write side ------------------------------------------------------------------------
-    def complete(self, batch_id: int, lease_id: str, labelled: Any,
-                 failed: list[tuple[dict, str]]) -> dict[str, Any]:
-        """Fenced ack of one batch: its typed output rows and its failed posts."""
-        result = self.store.complete(batch_id, lease_id, labelled, failed)
+    def complete(self, acks: list[Ack], output: StagedOutput | None) -> dict[str, Any]:
+        """Fenced ack of a claim's batches and the record of their labelled file, all or
+        none (``QueueStore.complete``)."""
+        result = self.store.complete(acks, output)
         with self._lock:
-            if self.outstanding.get(batch_id) == lease_id:
-                del self.outstanding[batch_id]
+            for a in acks:
+                if result.accepted or a.batch_id in result.lost:
+                    if self.outstanding.get(a.batch_id) == a.lease_id:
+                        del self.outstanding[a.batch_id]
         if not result.accepted:
-            self.stats.stale_completions += 1
+            self.stats.stale_completions += len(result.lost)
         else:
             self.stats.labelled += result.labelled
-            self.stats.failed += len(failed)
+            self.stats.failed += sum(len(a.failed) for a in acks)
             self.stats.retried += result.retried
             self.stats.dead_lettered += result.dead_lettered
         return result.model_dump()

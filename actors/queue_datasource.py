@@ -36,17 +36,22 @@ def batches_to_table(batches: list[ClaimedBatch], queue: Any) -> pa.Table:
     letters through one fenced call to ``queue``."""
     import ray
 
-    parts = []
+    decoded = []
     for claim in batches:
         try:
-            posts = codec.loads_posts(claim.payload)
+            decoded.append((claim, codec.loads_posts(claim.payload)))
         except codec.PayloadError as exc:
             ray.get(queue.bury_undecodable.remote(claim.batch_id, claim.lease_id, str(exc)))
-            continue
+    claim_posts = {}  # per lease (one per QueueActor call): the posts of its decoded batches
+    for claim, posts in decoded:
+        claim_posts[claim.lease_id] = claim_posts.get(claim.lease_id, 0) + posts.num_rows
+    parts = []
+    for claim, posts in decoded:
         n = posts.num_rows
         parts.append(pa.RecordBatch.from_arrays(
             [*posts.columns, pa.array(np.full(n, claim.batch_id, np.int64)),
-             pa.array([claim.lease_id] * n, pa.string()), pa.array(np.full(n, n, np.int64))],
+             pa.array([claim.lease_id] * n, pa.string()), pa.array(np.full(n, n, np.int64)),
+             pa.array(np.full(n, claim_posts[claim.lease_id], np.int64))],
             schema=CLAIM_SCHEMA))
     return pa.Table.from_batches(parts, schema=CLAIM_SCHEMA)
 

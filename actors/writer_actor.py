@@ -1,9 +1,17 @@
-"""WriterActor: turns the result stream into fenced completions and parquet files.
+"""WriterActor: turns the result stream into labelled parquet files and fenced completions.
 
 Classifier actors send it each ``classify`` call's result rows. Rows are grouped per (batch,
-lease); once every post of a batch has a result, one fenced ``complete`` goes to the
-QueueActor. The output queue is exported to parquet every ``export_rows`` completed rows or
-``export_every_seconds``, and at the end.
+lease); once every post of every batch one claim took has a result, the claim's labelled rows
+are written once, as a staged parquet file per post day (``queue_store.staging``), and one
+fenced ``complete`` goes to the QueueActor: it acks the claim's batches and records the file
+in one transaction. A batch whose results are all in waits at most ``complete_within_s`` for
+the rest of its claim (a thread of the writer's own checks), then completes with the batches
+done so far: a slow model's labels still leave every few seconds. Recorded files are
+published (moved to their final names in the output) every ``export_rows`` rows or
+``export_every_seconds``, and at the end; a crash leaves them recorded, and the next command
+publishes them. Staged files no commit names (a crash before the commit; a commit fenced
+out, whose file the writer deletes at once) are garbage: the writer deletes those of dead
+runs when it starts and when it finishes.
 
 A labelled row whose values cannot take the integration's fixed column types is not a post's
 failure but the run's: no retry can change a type. The writer reports it to the StageReports
@@ -14,8 +22,9 @@ disk's sake (full, read-only) is reported the same way, with the path and the er
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,14 +34,19 @@ from actors.classifier_stage import fixed_type_clash
 from actors.stats import WriterStats
 from queue_store.location import Location
 from queue_store import QueueStore, export_output
+from queue_store.models import Ack, StagedOutput
 from queue_store.rows.column_types import concat_conformed, merge_schema
 from queue_store.rows.shapes import CONTROL, POST_COLUMNS, STATUS, post_of
 from queue_store.rows.typed import fit_rows
+from queue_store.staging import collect_garbage, discard, stage
+
+T = TypeVar("T")
 
 
-def claim_runs(table: pa.Table) -> Iterator[tuple[tuple[int, str], int, pa.Table]]:
-    """``((batch_id, lease_id), batch_posts, rows)`` for each run of rows answering one claim
-    (a block holds whole batches in order, and a batch may continue in the next block)."""
+def claim_runs(table: pa.Table) -> Iterator[tuple[tuple[int, str], int, int, pa.Table]]:
+    """``((batch_id, lease_id), batch_posts, claim_posts, rows)`` for each run of rows
+    answering one claimed batch (a block holds whole batches in order, and a batch may
+    continue in the next block)."""
     ids = table.column("batch_id").to_numpy()
     leases = pc.dictionary_encode(table.column("lease_id")).combine_chunks().indices.to_numpy()
     cuts = np.flatnonzero((ids[1:] != ids[:-1]) | (leases[1:] != leases[:-1])) + 1
@@ -40,7 +54,8 @@ def claim_runs(table: pa.Table) -> Iterator[tuple[tuple[int, str], int, pa.Table
     for start, end in zip(bounds, bounds[1:]):
         first = table.slice(start, 1)
         key = (first.column("batch_id")[0].as_py(), first.column("lease_id")[0].as_py())
-        yield key, first.column("batch_posts")[0].as_py(), table.slice(start, end - start)
+        yield (key, first.column("batch_posts")[0].as_py(),
+               first.column("claim_posts")[0].as_py(), table.slice(start, end - start))
 
 
 def distinct_posts(rows: pa.Table) -> pa.Table:
@@ -84,41 +99,52 @@ def storage_message(out_dir: str, exc: OSError) -> str:
     code = f"errno {exc.errno}, " if exc.errno else ""
     return (f"cannot write parquet under {where}: {exc.strerror or exc} ({code}"
             f"{type(exc).__name__}); free space or fix the folder's permissions, then "
-            "rerun: labels already completed stay in the queue file and are exported then")
+            "rerun: labels already completed stay recorded and are published then")
 
 
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, max_attempts: int,
                  out: Location, export_rows: int, export_every_seconds: float,
-                 monitor: Any) -> None:
+                 monitor: Any, run_id: str, complete_within_s: float) -> None:
         fixed_mmap_threshold()
 
         self.queue = queue  # completions go through the QueueActor (one fenced call each)
         self.monitor = monitor
         self.integration = integration
-        # Exports and column types on a connection of the writer's own: they are rare, and
-        # their transactions are as fenced as anyone's.
+        self.run_id = run_id  # its staged files' folder
+        # Publishing and column types on a connection of the writer's own: they are rare,
+        # and their transactions are as fenced as anyone's.
         self.store = QueueStore(data_dir, integration, max_attempts=max_attempts)
         self.out = out  # a local folder or an object store
         self.out_dir = str(out)
         self.export_rows = export_rows
         self.export_every_seconds = export_every_seconds
         self.open: dict[tuple[int, str], dict[str, Any]] = {}
-        self.completing: list[Any] = []
-        self.unexported_rows = 0
+        self.claims: dict[str, dict[str, Any]] = {}  # lease → its batches complete so far
+        self.completing: list[tuple[Any, dict[str, Any]]] = []
+        self.unpublished_rows = 0
         self.last_export = time.monotonic()
         self.stats = WriterStats()
         self.schema = self.store.export_schema()  # the integration's fixed column types
+        self._storage(lambda: collect_garbage(self.store, self.out, keep=run_id))
+        self.complete_within_s = complete_within_s
+        self._lock = threading.Lock()  # the claims, between consume and the waiting thread
+        self._stop = threading.Event()
+        threading.Thread(target=self._complete_waiting, daemon=True).start()
         self.cpu_at_start = time.process_time()  # after imports and set-up
 
     def consume(self, table: pa.Table) -> None:
         """The result rows of one ``classify`` call (or a part of one)."""
         if not table.num_rows:
             return
+        with self._lock:
+            self._consume(table)
+
+    def _consume(self, table: pa.Table) -> None:
         self._note_provenance(table)
         self.stats.result_rows += table.num_rows
         table = self._fitted(table)  # a type clash stops the run at the first call, not batch
-        for key, expected, part in claim_runs(table):
+        for key, expected, claim_posts, part in claim_runs(table):
             group = self.open.setdefault(key, {"expected": expected, "parts": [], "rows": 0})
             group["parts"].append(part)
             group["rows"] += part.num_rows
@@ -129,17 +155,57 @@ class WriterActor:
                 group["parts"], group["rows"] = [rows], rows.num_rows
                 continue
             del self.open[key]
-            labelled, failed = self._split(rows)
-            # Not awaited here: the QueueActor runs this caller's calls in order, and
-            # _settle() collects the answers before any export or the end of the run.
-            self.completing.append((self.queue.complete.remote(key[0], key[1], labelled, failed),
-                                    label_counts(labelled)))
-            self.unexported_rows += 0 if labelled is None else labelled.num_rows
+            claim = self.claims.setdefault(key[1], {"expected": claim_posts, "posts": 0,
+                                                    "batches": [], "since": None})
+            claim["batches"].append((key[0], rows))
+            claim["posts"] += rows.num_rows
+            claim["since"] = claim["since"] or time.monotonic()
+            if claim["posts"] >= claim["expected"]:  # every batch of the claim: one file
+                del self.claims[key[1]]
+                self._complete(key[1], claim["batches"])
         if len(self.completing) >= MAX_UNSETTLED:
             self._settle()
-        if (self.unexported_rows >= self.export_rows
+        if (self.unpublished_rows >= self.export_rows
                 or time.monotonic() - self.last_export >= self.export_every_seconds):
             self._export()
+
+    def _complete_waiting(self) -> None:
+        """Complete the batches that waited ``complete_within_s`` for the rest of their
+        claim (the others complete later, with another file)."""
+        while not self._stop.wait(min(self.complete_within_s / 4, 0.5)):
+            with self._lock:
+                self._complete_done_batches(time.monotonic() - self.complete_within_s)
+
+    def _complete_done_batches(self, waited_since: float) -> None:
+        """Complete the batches with all their results of each claim whose first such batch
+        has waited since ``waited_since`` or before."""
+        for lease_id, claim in self.claims.items():
+            if claim["batches"] and claim["since"] <= waited_since:
+                batches, claim["batches"], claim["since"] = claim["batches"], [], None
+                self._complete(lease_id, batches)
+
+    def _complete(self, lease_id: str, batches: list[tuple[int, pa.Table]]) -> None:
+        """Stage the labelled rows of a claim's batches as one file, then send the fenced
+        completion that records it. Not awaited here: the QueueActor runs this caller's calls
+        in order, and ``_settle`` collects the answers before any publish or the end."""
+        acks, labelled, counts = [], [], {}
+        for batch_id, rows in batches:
+            done, failed = self._split(rows)
+            acks.append(Ack(batch_id=batch_id, lease_id=lease_id, failed=failed,
+                            labelled=0 if done is None else done.num_rows))
+            if done is not None:
+                labelled.append(done)
+                for label, n in label_counts(done).items():
+                    counts[label] = counts.get(label, 0) + n
+        staged = self._stage(acks, labelled) if labelled else None
+        self.completing.append((self.queue.complete.remote(acks, staged), {
+            "lease_id": lease_id, "batches": batches, "staged": staged, "counts": counts}))
+        self.unpublished_rows += staged.rows if staged else 0
+
+    def _stage(self, acks: list[Ack], tables: list[pa.Table]) -> StagedOutput:
+        staged, self.schema = self._storage(
+            lambda: stage(self.store, self.out, self.run_id, acks, tables))
+        return staged
 
     def _fitted(self, table: pa.Table) -> pa.Table:
         """A call's result rows with their label columns cast to the integration's fixed types
@@ -175,18 +241,40 @@ class WriterActor:
 
         ray.get(self.monitor.report_fatal.remote(message, exit_code))
 
+    def _storage(self, write: Callable[[], T]) -> T:
+        """``write()`` to the output; a refusal of the disk or the store stops the run."""
+        try:
+            return write()
+        except OSError as exc:
+            message = storage_message(self.out_dir, exc)
+            self._report_fatal(message, 1)
+            raise OSError(exc.errno, message) from None
+
     def _settle(self) -> None:
+        """Collect the answers of the completions in flight. One fenced out because a lease
+        was lost: its staged file is deleted, and the claim's batches still held are
+        completed again without the lost ones (their posts are another run's now)."""
         import ray
 
-        pending, self.completing = self.completing, []
-        answers = ray.get([ref for ref, _ in pending])
-        for res, (_, counts) in zip(answers, pending):
-            if not res["accepted"]:
-                self.stats.stale_batches += 1
-                continue
-            self.stats.completed_batches += 1
-            for label, n in counts.items():  # the labels of completed batches only
-                self.stats.label_counts[label] = self.stats.label_counts.get(label, 0) + n
+        while self.completing:
+            pending, self.completing = self.completing, []
+            answers = ray.get([ref for ref, _ in pending])
+            for res, sent in zip(answers, pending):
+                sent = sent[1]
+                if res["accepted"]:
+                    self.stats.completed_batches += len(sent["batches"])
+                    for label, n in sent["counts"].items():  # labels of completed batches
+                        self.stats.label_counts[label] = (
+                            self.stats.label_counts.get(label, 0) + n)
+                    continue
+                if sent["staged"] is not None:
+                    self._storage(lambda: discard(self.out, sent["staged"]))
+                    self.unpublished_rows -= sent["staged"].rows
+                lost = set(res["lost"]) or {b for b, _ in sent["batches"]}
+                self.stats.stale_batches += len(lost)
+                kept = [(b, rows) for b, rows in sent["batches"] if b not in lost]
+                if kept:
+                    self._complete(sent["lease_id"], kept)
 
     def _note_provenance(self, table: pa.Table) -> None:
         """The classifier and model, from the first successful row."""
@@ -198,26 +286,35 @@ class WriterActor:
                                      for k in ("classifier", "model")}
 
     def _export(self) -> None:
+        """Publish the recorded files (and export an older queue file's output rows)."""
         self._settle()
-        try:
-            stats = export_output(self.store, self.out, self.export_rows)
-        except OSError as exc:
-            message = storage_message(self.out_dir, exc)
-            self._report_fatal(message, 1)
-            raise OSError(exc.errno, message) from None
+        stats = self._storage(lambda: export_output(self.store, self.out, self.export_rows))
         self.stats.exported_rows += stats.rows
         self.stats.parquet_files += stats.files
         self.stats.export_dead_lettered += stats.dead_lettered
-        self.unexported_rows = 0
+        self.unpublished_rows = 0
         self.last_export = time.monotonic()
         self.schema = self.store.export_schema()  # an export may have fixed open columns
 
     def get_stats(self) -> WriterStats:
-        return self.stats.model_copy(update={"open_batches": len(self.open),
-                                             "cpu_s": time.process_time() - self.cpu_at_start})
+        with self._lock:
+            return self._stats()
+
+    def _stats(self) -> WriterStats:
+        return self.stats.model_copy(update={
+            "open_batches": len(self.open) + sum(len(c["batches"])
+                                                 for c in self.claims.values()),
+            "cpu_s": time.process_time() - self.cpu_at_start})
 
     def finish(self) -> WriterStats:
-        """Final export; batches still open here had results lost in flight (their leases
-        expire and a later run redoes them)."""
-        self._export()
-        return self.get_stats()
+        """Complete every batch with all its results, then the final publish; batches still
+        open here had results lost in flight (their leases are handed back, or expire, and a
+        later run redoes them)."""
+        self._stop.set()
+        with self._lock:
+            self._complete_done_batches(float("inf"))
+            self._export()
+            # What dead runs staged and never committed, also of those whose leases this
+            # run's claims took back after it started.
+            self._storage(lambda: collect_garbage(self.store, self.out, keep=self.run_id))
+            return self._stats()

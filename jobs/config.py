@@ -58,6 +58,10 @@ class PipelineConfig(Strict):
     # Measured (constant classifier, 50k posts): 64 KiB 2.0k, 256 KiB 5.3k, 512 KiB 8.4k,
     # 1 MiB 7.9k posts/s. A model-bound run can take smaller blocks at no cost.
     read_block_bytes: int = Field(512 << 10, ge=1024)
+    # A claim's batches complete together, as one labelled file, once all have results; a
+    # batch whose results are all in waits at most this long for the others (a slow model,
+    # a block split over actors), then completes with those done so far.
+    complete_within_s: float = Field(2.0, gt=0)
     export_rows: int = Field(50_000, ge=1)
     compact_rows: int = Field(1_000_000, ge=1)  # rows per file --compact-output writes
     export_every_seconds: float = Field(60, gt=0)

@@ -1,10 +1,19 @@
-"""Export bookkeeping: which output rows went to which parquet files (``parquet.export_output``
-drives it).
+"""The output's bookkeeping: the labelled files completions recorded (``staging`` writes and
+publishes them) and, for queue files written before labels went straight to parquet, the
+output rows they hold and their exports (``parquet.export_output`` drives both).
 
-An export is *planned* (rows tagged with a new export id), then its files are written under
-names derived from that id, then it is marked *written*. A crash anywhere leaves a planned
-export that the next ``plan_export`` returns again: the rerun rewrites the same file names
-with the same rows, so nothing is duplicated. Only rows of written exports are ever cleared.
+A recorded file is *staged* (committed with its batches, not yet visible) until it is
+*published* (moved to its final name), then kept as a marker: its row count, its name.
+
+- ``staged(limit)`` — recorded files not published yet, oldest first;
+- ``mark_published(ids)``; ``staging_owners()`` — what a staging garbage collection may not
+  delete (files recorded, and runs holding leases, in one snapshot).
+
+Old output rows: an export is *planned* (rows tagged with a new export id), then its files
+are written under names derived from that id, then it is marked *written*. A crash anywhere
+leaves a planned export that the next ``plan_export`` returns again: the rerun rewrites the
+same file names with the same rows, so nothing is duplicated. Only rows of written exports
+are ever cleared.
 
 - ``plan_export(max_rows)`` — reserve about ``max_rows`` unexported rows (or resume a plan);
 - ``export_rows(export_id)`` — its stored rows, in pages;
@@ -19,7 +28,9 @@ from typing import Iterator, Sequence
 
 import pyarrow as pa
 
-from queue_store.models import ExportPlan
+from queue_store.lease_holder import LeaseHolder
+from queue_store.models import ExportPlan, StagedOutput, StagedRecord
+from queue_store import codec
 from queue_store.queue_file import QueueFile
 from queue_store.rows.column_types import merge_schema
 from queue_store.rows.shapes import post_of
@@ -27,6 +38,37 @@ from queue_store.rows.typed import from_ipc, to_ipc
 
 
 class ExportBook(QueueFile):
+    # -- recorded files ---------------------------------------------------------------------
+    def staged(self, limit: int = 256) -> list[StagedRecord]:
+        """Up to ``limit`` recorded files not published yet, oldest first."""
+        if not self.records_files:
+            return []
+        return [StagedRecord(id=i, version=v, output=StagedOutput(
+                    stem=stem, files=codec.loads(files), rows=n))
+                for i, v, stem, files, n in self.conn.execute(
+                    f"SELECT id, version, stem, files, n_rows FROM {self.tables['files']} "
+                    "WHERE state = 'staged' ORDER BY id LIMIT ?", (limit,))]
+
+    def mark_published(self, ids: Sequence[int]) -> None:
+        with self._transaction() as c:
+            c.executemany(f"UPDATE {self.tables['files']} SET state = 'published' WHERE id = ?",
+                          [(i,) for i in ids])
+
+    def staging_owners(self) -> tuple[set[str], set[str]]:
+        """``(run ids holding leases, staged paths recorded and not published)``, read in one
+        snapshot: a staged file in neither is garbage (no commit can name it any more). A run
+        that provably died (``LeaseHolder``) holds nothing: its leases are reaped, never
+        used again."""
+        with self._snapshot() as c:
+            owners = c.execute(f"SELECT DISTINCT lease_owner FROM {self.tables['input']} "
+                               "WHERE status = 'processing'").fetchall()
+            recorded = c.execute(f"SELECT files FROM {self.tables['files']} WHERE state = "
+                                 "'staged'").fetchall() if self.records_files else []
+        runs = {h.run_id for (o,) in owners
+                if (h := LeaseHolder.parse(o)) is not None and not h.provably_dead()}
+        return runs, {path for (files,) in recorded for path in codec.loads(files).values()}
+
+    # -- output rows of older queue files ---------------------------------------------------
     def plan_export(self, max_rows: int) -> ExportPlan | None:
         """Reserve up to ~max_rows unexported rows (whole output rows); resumes a crashed plan."""
         t = self.tables
@@ -115,16 +157,20 @@ class ExportBook(QueueFile):
                       (export_id,))
 
     def clear_exported(self) -> int:
-        """Delete output rows whose parquet is written; rows added since then survive."""
+        """Delete the markers of published files and the output rows whose parquet is
+        written (their files stay); what was recorded or added since survives. Returns how
+        many markers and rows went."""
         t = self.tables
         with self._transaction() as c:
-            return c.execute(f"DELETE FROM {t['output']} WHERE export_id IN "
-                             f"(SELECT id FROM {t['exports']} WHERE state = 'written')").rowcount
+            n = c.execute(f"DELETE FROM {t['files']} WHERE state = 'published'").rowcount
+            return n + c.execute(f"DELETE FROM {t['output']} WHERE export_id IN (SELECT id "
+                                 f"FROM {t['exports']} WHERE state = 'written')").rowcount
 
-    def busy_exporting(self) -> str | None:
+    def busy_exporting(self, unpublished: bool = True) -> str | None:
         """Why the parquet output may change under a compaction now (None: it may not): batches
-        leased by a run, or an export planned and not finished (a crash's is finished by the
-        next export)."""
+        leased by a run, an export planned and not finished (a crash's is finished by the
+        next export), or — with ``unpublished`` — labelled files recorded and not yet
+        published (the next publish moves them in)."""
         held = self._leased_batches()
         if held:
             return f"{held} batch(es) are leased by a run"
@@ -132,4 +178,9 @@ class ExportBook(QueueFile):
                                     "state = 'planned'").fetchone()[0]
         if planned:
             return f"{planned} export(s) are unfinished (--write-cache finishes them)"
+        staged = self.conn.execute(f"SELECT COUNT(*) FROM {self.tables['files']} WHERE state "
+                                   "= 'staged'").fetchone()[0] if self.records_files else 0
+        if staged and unpublished:
+            return (f"{staged} labelled file(s) are not published yet (--write-cache "
+                    "publishes them)")
         return None

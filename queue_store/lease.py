@@ -11,8 +11,8 @@ from the job's ``QueueConfig`` (this layer holds no defaults).
 - ``claim(max_batches, lease_seconds, owner, config_hash)`` — lease pending batches of one
   config_hash (reaps first).
 - ``extend(leases, lease_seconds)`` — heartbeat: push the expiry of leases still held.
-- ``complete(batch_id, lease_id, labelled, failed)`` — fenced ack: typed output rows, retries
-  (or dead letters at ``max_attempts``) and the batch's removal.
+- ``complete(acks, output)`` — fenced ack of batches, all or none: their labelled rows'
+  staged parquet recorded, retries (or dead letters at ``max_attempts``), the batches removed.
 - ``fail(batch_id, lease_id, reason)`` — fenced nack: the batch back to pending (dead at max).
 - ``release(batch_id, lease_id)`` — fenced undo of a claim: pending again, attempt not spent.
 - ``bury_undecodable(batch_id, lease_id, reason)`` — fenced: a damaged batch to dead letters.
@@ -35,11 +35,9 @@ import pyarrow.compute as pc
 from queue_store import codec
 from queue_store.fingerprint import fingerprints
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import (AdoptResult, ClaimedBatch, CompleteResult, EnqueueResult,
-                                EnqueueSession, InvalidPost, ReapResult)
+from queue_store.models import (Ack, AdoptResult, ClaimedBatch, CompleteResult, EnqueueResult,
+                                EnqueueSession, InvalidPost, ReapResult, StagedOutput)
 from queue_store.queue_file import QueueFile
-from queue_store.rows.shapes import POST_COLUMNS
-from queue_store.rows.typed import to_ipc
 from queue_store.rows.validation import Validated, as_post_table, split_valid
 
 
@@ -230,43 +228,53 @@ class LeaseCore(QueueFile):
                           [(expires, b, lease) for b, lease in leases])
             return c.total_changes - before
 
-    def complete(self, batch_id: int, lease_id: str, labelled: pa.Table | None,
-                 failed: Sequence[tuple[dict, str]]) -> CompleteResult:
-        """Fenced ack: ``labelled`` holds one typed row per labelled post (the post's fields,
-        then its output columns), ``failed`` is ``(post, reason)`` per failed post.
+    def complete(self, acks: Sequence[Ack], output: StagedOutput | None = None
+                 ) -> CompleteResult:
+        """Fenced ack of claimed batches, all or none, in one transaction: ``output`` is the
+        staged parquet holding their labelled rows (``staging.stage``; None: nothing was
+        labelled), each ack says how many of its batch's posts the file holds and which
+        failed. Every batch must be accounted for whole (its stored ``n_posts``), and the
+        file must hold exactly the acks' labelled posts.
 
-        Together they must account for each of the batch's posts once (its stored
-        ``n_posts``; the payload is not decoded again). The rows are stored as one Arrow
-        IPC stream; failed posts go back as a retry batch, or to dead letters at
-        ``max_attempts``. Returns ``accepted=False`` and writes nothing when ``lease_id`` no
-        longer holds the batch."""
-        n_labelled = 0 if labelled is None else labelled.num_rows
-        missing = [f for f in POST_COLUMNS if n_labelled and f not in labelled.column_names]
-        if missing:
-            raise ValueError(f"complete({batch_id}): labelled rows lack {missing}")
+        The file is recorded for publishing (``staging.publish``), failed posts go back as a
+        retry batch (or to dead letters at ``max_attempts``), the batches are removed.
+        When a lease no longer holds one of the batches, nothing is written: ``accepted`` is
+        False and ``lost`` names those batches."""
+        labelled = sum(a.labelled for a in acks)
+        if labelled != (output.rows if output else 0):
+            raise ValueError(f"complete: the acks account for {labelled} labelled posts, the "
+                             f"staged file holds {output.rows if output else 0}")
         t = self.tables
         with self._transaction() as c:
-            row = self._held(c, batch_id, lease_id, "attempt, n_posts, version")
-            if row is None:
-                return CompleteResult(accepted=False)
-            attempt, n_posts, config_hash = row
-            if n_labelled + len(failed) != n_posts:
-                raise ValueError(f"complete({batch_id}) must account for each of its "
-                                 f"{n_posts} posts once: got {n_labelled} labelled and "
-                                 f"{len(failed)} failed")
-            uris = [*(labelled.column("uri").chunks if n_labelled else []),
-                    pa.array([post["uri"] for post, _ in failed], pa.string())]
-            if pc.count_distinct(pa.chunked_array(uris, pa.string())).as_py() != n_posts:
-                raise ValueError(f"complete({batch_id}) names a post twice")
-            if n_labelled:
-                c.execute(f"INSERT INTO {t['output']} (batch_id, version, payload, n_rows, "
-                          "created_at) VALUES (?, ?, ?, ?, ?)",
-                          (batch_id, config_hash, to_ipc(labelled), n_labelled, self.clock()))
-            retried, dead = self._retry_or_bury(c, batch_id, list(failed), attempt,
-                                                config_hash)
-            self._delete(c, "input", batch_id)
-        return CompleteResult(accepted=True, labelled=n_labelled, retried=retried,
-                              dead_lettered=dead)
+            held = {a.batch_id: self._held(c, a.batch_id, a.lease_id, "attempt, n_posts, version")
+                    for a in acks}
+            lost = [b for b, row in held.items() if row is None]
+            if lost or len(held) != len(acks):
+                return CompleteResult(accepted=False, lost=lost)
+            result = CompleteResult(accepted=True, labelled=labelled)
+            versions = {row[2] for row in held.values()}
+            if len(versions) > 1:
+                raise ValueError(f"complete: the batches were queued for {len(versions)} "
+                                 "config_hashes; one completion labels one")
+            for a in acks:
+                attempt, n_posts, config_hash = held[a.batch_id]
+                if a.labelled + len(a.failed) != n_posts:
+                    raise ValueError(f"complete({a.batch_id}) must account for each of its "
+                                     f"{n_posts} posts once: got {a.labelled} labelled and "
+                                     f"{len(a.failed)} failed")
+                if len({post["uri"] for post, _ in a.failed}) != len(a.failed):
+                    raise ValueError(f"complete({a.batch_id}) names a post twice")
+                retried, dead = self._retry_or_bury(c, a.batch_id, list(a.failed), attempt,
+                                                    config_hash)
+                result.retried += retried
+                result.dead_lettered += dead
+                self._delete(c, "input", a.batch_id)
+            if output is not None and output.rows:
+                c.execute(f"INSERT INTO {t['files']} (version, state, stem, files, n_rows, "
+                          "created_at) VALUES (?, 'staged', ?, ?, ?, ?)",
+                          (versions.pop(), output.stem, codec.dumps(output.files), output.rows,
+                           self.clock()))
+        return result
 
     def fail(self, batch_id: int, lease_id: str, reason: str) -> bool:
         """Fenced nack of a whole batch: back to pending, or dead once max_attempts is used."""

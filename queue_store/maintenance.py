@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from queue_store.exports import ExportBook
 from queue_store.lease import LeaseCore
 from queue_store.lease_holder import LeaseHolder
-from queue_store.models import ClearResult, CompactResult
+from queue_store.models import ClearResult, CompactResult, StagedOutput
 from queue_store.queue_file import sqlite_errors
 from queue_store.rows.typed import from_ipc
 from queue_store.schema import QueueBusyError
@@ -44,23 +44,35 @@ class Maintenance(LeaseCore, ExportBook):
             c.execute(f"DELETE FROM {t['dead']}")
         return result
 
-    def clear_output(self) -> ClearResult:
-        """Delete every output row — exported ones (their parquet stays) and ones not yet
-        exported (their labels are lost: their posts are forgotten in the ledger, so a later
-        enqueue queues them again). Refused while leased or with an unfinished export."""
+    def clear_output(self, staged_uris: Callable[[StagedOutput], pa.Array] | None = None
+                     ) -> ClearResult:
+        """Delete the output queue: the markers of published files (their parquet stays), the
+        labelled files recorded and not yet published and the output rows an older queue file
+        holds, exported or not. What was never published is lost: its posts are forgotten in
+        the ledger, so a later enqueue queues them again (``staged_uris`` reads a recorded
+        file's uris; without it, such files refuse the clear; their staged files are left to
+        ``staging.collect_garbage``). Refused while leased or with an unfinished export."""
         t = self.tables
         with self._transaction() as c:
             self._refuse_if_leased(c)
-            busy = self.busy_exporting()  # leases refused above: an unfinished export
+            # Leases refused above: an unfinished export, or files it cannot forget the
+            # posts of.
+            busy = self.busy_exporting(unpublished=staged_uris is None)
             if busy:
                 raise QueueBusyError(f"queue file {self.path}: {busy}")
             result = ClearResult()
             for page in self._output_uris(c, "export_id IS NULL"):
                 result.unexported_rows += self._forget(c, page)
+            for record in self.staged(limit=-1) if staged_uris else ():
+                result.unexported_rows += self._forget(c, [(staged_uris(record.output),
+                                                            record.version)])
             result.exported_rows = c.execute(
                 f"SELECT COALESCE(SUM(n_rows), 0) FROM {t['output']} WHERE export_id IS NOT "
-                "NULL").fetchone()[0]
+                "NULL").fetchone()[0] + c.execute(
+                f"SELECT COALESCE(SUM(n_rows), 0) FROM {t['files']} WHERE state = 'published'"
+                ).fetchone()[0]
             c.execute(f"DELETE FROM {t['output']}")
+            c.execute(f"DELETE FROM {t['files']}")
         return result
 
     def _output_uris(self, c: Any, where: str = "1") -> Iterator[Uris]:
@@ -129,6 +141,11 @@ class Maintenance(LeaseCore, ExportBook):
         t = self.tables
         written = 0
         with self._transaction() as c:
+            staged = c.execute(f"SELECT COUNT(*) FROM {t['files']} WHERE state = 'staged'"
+                               ).fetchone()[0]
+            if staged:  # their posts are in neither the queue file nor the output yet
+                raise QueueBusyError(f"queue file {self.path}: {staged} labelled file(s) are "
+                                     "not published yet; publish them first (--write-cache)")
             old = [name for (name,) in c.execute(f"SELECT name FROM {t['ledger_runs']}")]
             seq = self._next_seq(c)
             pages = chain(self._batch_uris(c), self._output_uris(c), self._dead_uris(c),

@@ -52,11 +52,33 @@ class ClaimedBatch(BaseModel):
     payload: bytes = Field(repr=False)
 
 
+class Ack(BaseModel):
+    """One claimed batch's answer in a ``complete``: how many of its posts the completion's
+    labelled file holds, and ``(post, reason)`` for each of its failed posts."""
+
+    batch_id: int
+    lease_id: str
+    labelled: int = 0
+    failed: list[tuple[dict, str]] = Field(default_factory=list)
+
+
+class StagedOutput(BaseModel):
+    """A completion's labelled rows as parquet written to a staging place, not yet visible
+    to readers: one file per post day (``files``: day → the staged file's path or URI),
+    published under ``<output>/partition_date=<day>/<stem>.parquet``."""
+
+    stem: str
+    files: dict[str, str]
+    rows: int
+
+
 class CompleteResult(BaseModel):
     accepted: bool
     labelled: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    # Not accepted: the batches whose lease was lost (the others are still held).
+    lost: list[int] = Field(default_factory=list)
 
 
 class AdoptResult(BaseModel):
@@ -113,6 +135,14 @@ class QueueStatus(BaseModel):
     output_rows_unexported: int = 0
     file_bytes: int = 0    # the queue file and its WAL on disk
     ledger_bytes: int = 0  # the ledger's run files beside it
+
+
+class StagedRecord(BaseModel):
+    """A committed completion's file, not yet published (``QueueStore.staged``)."""
+
+    id: int
+    version: str
+    output: StagedOutput
 
 
 class ExportPlan(BaseModel):

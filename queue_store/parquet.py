@@ -1,4 +1,5 @@
-"""Write the output queue to a hive-partitioned parquet dataset, crash-safely.
+"""Make the output queue the hive-partitioned parquet dataset, crash-safely: recorded labelled
+files published (``staging``), output rows of older queue files written out.
 
 Layout: ``<out>/partition_date=YYYY-MM-DD/<file_stem>.parquet`` with the post's date, in a
 local folder or an object store (``location.py``). Each file appears whole (a temp name
@@ -21,6 +22,7 @@ from queue_store.location import Location
 from queue_store.rows.column_types import (EXPORT_ERRORS, concat_conformed, conform,
                                            strings_for_nulls)
 from queue_store.rows.typed import from_ipc
+from queue_store.staging import publish
 from queue_store.store import QueueStore
 
 class ExportStats(BaseModel):
@@ -61,8 +63,9 @@ def salvage(rows: Iterable[tuple[int, bytes]], schema: pa.Schema | None
 
 def export_output(store: QueueStore, out: Location | str | Path, max_rows: int
                   ) -> ExportStats:
-    """Export every unexported output row, about ``max_rows`` per file
-    (``PipelineConfig.export_rows``); resumes (rewrites) a crashed export first.
+    """Publish every recorded labelled file (``staging.publish``), then export every output
+    row an older queue file holds, about ``max_rows`` per file (``PipelineConfig.export_rows``);
+    resumes (rewrites) a crashed export first.
 
     Every file keeps the column types the queue file holds (the first rows to give a column
     a type fixed it). A chunk that cannot be converted to them is split until the rows at
@@ -70,7 +73,8 @@ def export_output(store: QueueStore, out: Location | str | Path, max_rows: int
     row can jam the export.
     """
     out = out if isinstance(out, Location) else Location.of(out)  # a path: a local folder
-    stats = ExportStats()
+    published = publish(store, out)
+    stats = ExportStats(files=published.files, rows=published.rows)
     schema = store.export_schema()
     while (plan := store.plan_export(max_rows)) is not None:
         rows = list(store.export_rows(plan.export_id))

@@ -64,6 +64,11 @@ class QueueFile:
         self.conn, self.store_id = connect(self.path, integration, readonly,
                                            busy_ms=int(busy_timeout_s * 1000))
         self.identity = file_identity(self.path)
+        # A queue file of this format written before completions recorded files, opened
+        # read-only, has no files table (a writable open adds it): it records none.
+        self.records_files = not readonly or self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            (self.tables["files"],)).fetchone() is not None
         self.ledger = Ledger(self.path.with_suffix(".ledger"), self.tables["ledger_runs"])
         self.reaped = ReapResult()  # what this open store's reaps took back (LeaseCore.reap)
 

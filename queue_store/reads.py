@@ -53,6 +53,14 @@ class StatusReads(QueueFile):
                 st.output_rows_exported = n
             else:
                 st.output_rows_unexported = n
+        if self.records_files:  # the labelled files completions recorded
+            for state, n in self.conn.execute(
+                    f"SELECT state, COALESCE(SUM(n_rows), 0) FROM {t['files']} WHERE {mine} "
+                    "GROUP BY state", args):
+                if state == "published":
+                    st.output_rows_exported += n
+                else:
+                    st.output_rows_unexported += n
         st.file_bytes, st.ledger_bytes = self.file_bytes(), self.ledger.bytes_on_disk()
         return st
 

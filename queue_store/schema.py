@@ -53,6 +53,7 @@ def table_names(integration: str) -> dict[str, str]:
         "output": f"output_{name}",
         "dead": f"dead_{name}",
         "exports": f"exports_{name}",
+        "files": f"files_{name}",
         "versions": f"versions_{name}",
         "ledger_runs": f"ledger_runs_{name}",
     }
@@ -106,6 +107,21 @@ def _ddl(t: dict[str, str]) -> list[str]:
             state TEXT NOT NULL CHECK (state IN ('planned','written')),
             n_rows INTEGER NOT NULL,
             created_at REAL NOT NULL)""",
+        # The labelled files of completions (``StagedOutput``): a file is recorded by the
+        # transaction that completes its batches, staged until it is published into the
+        # output, then kept as a marker of what the output holds (``output`` rows are only
+        # those of queue files written before: still exported). Added to older files of
+        # this format when they are opened for writing.
+        f"""CREATE TABLE IF NOT EXISTS {t['files']} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            version TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('staged','published')),
+            stem TEXT NOT NULL UNIQUE,
+            files TEXT NOT NULL,
+            n_rows INTEGER NOT NULL,
+            created_at REAL NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS {t['files']}_staged ON {t['files']}(id) "
+        "WHERE state = 'staged'",
         # The config_hashes posts were queued for, as the small ids ledger entries carry.
         f"""CREATE TABLE IF NOT EXISTS {t['versions']} (
             vid INTEGER PRIMARY KEY,

@@ -3,11 +3,14 @@ parquet output as they are on disk: the checker of the whole-system tests and of
 campaign (``benchmarks/kill_campaign.py``). Small data only: it holds every uri in memory."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from queue_store import codec
 from queue_store.location import Location
@@ -24,7 +27,8 @@ class Places:
     pending: Counter = field(default_factory=Counter)
     leased: Counter = field(default_factory=Counter)
     dead: Counter = field(default_factory=Counter)
-    unexported: Counter = field(default_factory=Counter)  # output rows not in a written export
+    # Output rows not in a written export, and the rows of recorded files not yet published.
+    unexported: Counter = field(default_factory=Counter)
     parquet: Counter = field(default_factory=Counter)     # rows in the visible parquet files
     planned_exports: int = 0
     rows: dict[Key, dict[str, Any]] = field(default_factory=dict)  # output rows' values
@@ -77,6 +81,16 @@ def places(queue_file: Path, integration: str, output: Path | str | None) -> Pla
                     if export_id not in written:
                         found.unexported[key] += 1
                     found.rows[key] = row
+            files = t["files"] if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = ?", (t["files"],)).fetchone() else None
+            for version, where in conn.execute(
+                    f"SELECT version, files FROM {files} WHERE state = 'staged'") if files else ():
+                for staged in json.loads(where).values():  # recorded, not yet published
+                    if not Path(staged).is_file():  # moved to its final name already
+                        continue
+                    for row in pq.read_table(staged).to_pylist():
+                        found.unexported[(row["uri"], version)] += 1
+                        found.rows[(row["uri"], version)] = row
         finally:
             conn.close()
     if output is not None:

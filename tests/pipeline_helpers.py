@@ -15,13 +15,16 @@ NAME = "ml_inference_intergroup"
 PLUGIN = "tests.plugins:KeywordClassifier"
 
 
-def pipeline_config(data_dir: Path, classifier: dict | None = None, **integ: Any) -> BackfillConfig:
+def pipeline_config(data_dir: Path, classifier: dict | None = None, top: dict | None = None,
+                    **integ: Any) -> BackfillConfig:
+    """``top``: more of the config's top-level keys (``output_dir``, ``object_store``)."""
     raw = {
         "data_dir": str(data_dir),
         "queue": {"batch_size": 500, "lease_seconds": 3, "max_attempts": 3},
         "pipeline": {"no_progress_timeout_s": 120, "export_rows": 2000},
         "integrations": {NAME: {"code": "g", "batch_size": 250, "num_cpus": 0.5,
                                 "classifier": classifier or {"type": PLUGIN}, **integ}},
+        **(top or {}),
     }
     return parse_config(raw)
 

@@ -14,8 +14,11 @@ from jobs.config import PipelineConfig, QueueConfig
 from queue_store import ClaimedBatch, CompleteResult, ExportStats, QueueStore, codec
 from queue_store import export_output as _export_output
 from queue_store.fingerprint import fingerprints
+from queue_store.location import Location
+from queue_store.models import Ack
 from queue_store.rows.shapes import POST_COLUMNS
-from queue_store.rows.typed import typed_columns
+from queue_store.rows.typed import to_ipc, typed_columns
+from queue_store.staging import stage
 from tests.conftest import make_posts
 
 Q = QueueConfig()  # the shipped defaults: the one place they are written is the config model
@@ -59,11 +62,13 @@ def posts_of(batch: ClaimedBatch) -> list[dict[str, Any]]:
 
 
 def complete(store: QueueStore, batch: Any, labels: dict[str, dict[str, Any]],
-             failures: dict[str, str] | None = None) -> CompleteResult:
-    """``labels``: uri → that post's label columns; ``failures``: uri → reason."""
+             failures: dict[str, str] | None = None, out: Any = None) -> CompleteResult:
+    """``labels``: uri → that post's label columns; ``failures``: uri → reason. The labelled
+    rows are staged under ``out`` (default: the data_dir's output of the integration), as
+    the WriterActor stages them, and recorded by the completion."""
     posts = {p["uri"]: p for p in posts_of(batch)}
     done = [uri for uri in labels if uri in posts] + [u for u in labels if u not in posts]
-    table = None
+    staged = None
     if done:
         names, arrays, misfits = typed_columns([labels[u] for u in done])
         assert not misfits, misfits
@@ -71,7 +76,31 @@ def complete(store: QueueStore, batch: Any, labels: dict[str, dict[str, Any]],
                    for c in POST_COLUMNS}
         table = pa.table({**columns, **dict(zip(names, arrays))})
     failed = [(posts.get(u, {"uri": u}), reason) for u, reason in (failures or {}).items()]
-    return store.complete(batch.batch_id, batch.lease_id, table, failed)
+    acks = [Ack(batch_id=batch.batch_id, lease_id=batch.lease_id, labelled=len(done),
+                failed=failed)]
+    if done:
+        where = out or store.path.parent.parent / store.integration
+        staged, _ = stage(store, Location.of(where), "tests", acks, [table])
+    return store.complete(acks, staged)
+
+
+def complete_as_before(store: QueueStore, batch: Any, labels: dict[str, dict[str, Any]]
+                       ) -> None:
+    """A completion as queue files written before labels went straight to parquet hold it:
+    the labelled rows stored in the queue file as one output row, the batch removed (what
+    ``export_output`` still exports from such files)."""
+    posts = {p["uri"]: p for p in posts_of(batch)}
+    names, arrays, misfits = typed_columns([labels[u] for u in labels])
+    assert not misfits and set(labels) == set(posts), misfits
+    columns = {c: pa.array([posts[u][c] for u in labels], pa.string()) for c in POST_COLUMNS}
+    table = pa.table({**columns, **dict(zip(names, arrays))})
+    t = store.tables
+    with store.conn:  # one transaction, as the old completion was
+        store.conn.execute("BEGIN IMMEDIATE")
+        store.conn.execute(f"INSERT INTO {t['output']} (batch_id, version, payload, n_rows, "
+                           f"created_at) SELECT id, version, ?, ?, 0 FROM {t['input']} "
+                           "WHERE id = ?", (to_ipc(table), table.num_rows, batch.batch_id))
+        store.conn.execute(f"DELETE FROM {t['input']} WHERE id = ?", (batch.batch_id,))
 
 
 NAME = "ml_inference_intergroup"

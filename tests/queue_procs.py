@@ -159,5 +159,67 @@ def compact_killed_at(data_dir: str, out_dir: str, step: str) -> None:
     compaction.compact_output(store, Location.of(out_dir), 1000)
 
 
+def label_killed_at(data_dir: str, out_uri: str, endpoint: str, config_hash: str,
+                    step: str) -> None:
+    """Label every queued batch as the WriterActor does — claim, stage the claim's labelled
+    rows, complete (acks and the file's record, one transaction), publish — and SIGKILL this
+    process at ``step`` of the second claim: ``staged`` (its file written, not committed),
+    ``committed`` (recorded, not published), ``mid-publish`` (one of its day files moved,
+    the rest not, nothing marked) or ``mid-upload`` (its staged upload half sent)."""
+    import signal
+
+    import pyarrow as pa
+
+    import queue_store.location as location
+    import queue_store.staging as staging
+    from queue_store import codec, export_output
+    from queue_store.lease_holder import LeaseHolder
+    from queue_store.location import Location, ObjectStore
+    from queue_store.models import Ack
+
+    def die(*_: object, **__: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    out = Location.of(out_uri, ObjectStore(endpoint_url=endpoint or None))
+    store = Store(data_dir, NAME)
+    owner = LeaseHolder.this_process("killed-run")
+    claims = 0
+    while batches := store.claim(max_batches=2, lease_seconds=3600, owner=owner.encode(),
+                                 config_hash=config_hash):
+        claims += 1
+        dying = claims == 2
+        tables = [codec.loads_posts(b.payload) for b in batches]
+        tables = [pa.Table.from_batches([t]) for t in tables]
+        rows = [t.append_column("label", pa.array(["x"] * t.num_rows)) for t in tables]
+        if dying and step == "mid-upload":
+            real = location.pq.write_table
+
+            def half_then_die(table, where, filesystem=None, **kwargs):
+                buf = pa.BufferOutputStream()
+                real(table, buf, **kwargs)
+                stream = filesystem.open_output_stream(where)  # held open: never completed
+                stream.write(buf.getvalue()[:1000])
+                die()
+            location.pq.write_table = half_then_die
+        acks = [Ack(batch_id=b.batch_id, lease_id=b.lease_id, labelled=t.num_rows)
+                for b, t in zip(batches, tables)]
+        staged, _ = staging.stage(store, out, owner.run_id, acks, rows)
+        if dying and step == "staged":
+            die()
+        store.complete(acks, staged)
+        if dying and step == "committed":
+            die()
+        if dying and step == "mid-publish":
+            real_move, moved = staging._move, [0]
+
+            def move_then_die(*args: object) -> None:
+                if moved[0]:
+                    die()
+                moved[0] += 1
+                real_move(*args)
+            staging._move = move_then_die
+        export_output(store, out, 1000)
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])

@@ -119,11 +119,14 @@ def test_a_queue_leased_by_a_run_that_died_is_cleared(tmp_path, capsys):
 def test_bypass_write_clears_the_output_without_writing_it(tmp_path, capsys):
     cfg, _, store = _half_done(tmp_path)
     files = sorted((tmp_path / "data" / NAME).rglob("*.parquet"))
+    staged = tmp_path / "data" / ".staging" / NAME  # labels recorded, never published
+    assert list(staged.rglob("*.parquet"))
     assert main(["--config", str(cfg), "--write-cache", "all", "--clear-queue",
                  "--bypass-write", "--yes"]) == 0
     st = store.status()
     assert st.output_rows_unexported == st.output_rows_exported == 0
     assert sorted((tmp_path / "data" / NAME).rglob("*.parquet")) == files  # nothing written
+    assert list(staged.rglob("*.parquet")) == []  # their labels are gone, as said
     store.close()
 
 

@@ -28,8 +28,12 @@ def _labelled(store: Store, n: int, start: int = 0) -> None:
 
 
 def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeypatch):
+    """The labelled file of a completion dies half-written (a full disk): no partial file is
+    left, staged or final, nothing is completed, and the completion can be made again."""
     store = Store(tmp_path, NAME)
-    _labelled(store, 300)
+    store.enqueue(make_posts(300, days=2), batch_size=300)
+    [b] = store.claim(1)
+    labels = {p["uri"]: {"label": 1} for p in posts_of(b)}
     real_write = location.pq.write_table
 
     def dies_half_way(table, where, **kwargs):
@@ -38,11 +42,13 @@ def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeyp
 
     monkeypatch.setattr(location.pq, "write_table", dies_half_way)
     with pytest.raises(OSError, match="No space left"):
-        export_output(store, tmp_path / "out")
+        complete(store, b, labels, out=tmp_path / "out")
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    assert files == []  # no partial file at the final path, no temp file left
+    assert files == []  # no partial file at the staged path, no temp file left
+    assert store.status().processing_posts == 300  # nothing completed: still claimed
     monkeypatch.setattr(location.pq, "write_table", real_write)
-    assert export_output(store, tmp_path / "out").rows == 300  # the export is retried
+    assert complete(store, b, labels, out=tmp_path / "out").accepted  # made again
+    assert export_output(store, tmp_path / "out").rows == 300
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert sorted(table.column("uri").to_pylist()) == sorted(
         p["uri"] for p in make_posts(300, days=2))

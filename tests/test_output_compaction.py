@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from queue_store import QueueBusyError
-from tests.queue_helpers import NAME, Store, complete, export_output, posts_of, spawn_queue_proc
+from tests.queue_helpers import NAME, Store, complete, complete_as_before, export_output, posts_of, spawn_queue_proc
 from queue_store.compaction import HIDDEN, REPLACED, compact_output
 from queue_store.location import Location
 from tests.conftest import make_posts
@@ -28,7 +28,7 @@ def _exported(tmp_path, n: int = POSTS, per_export: int = 250) -> tuple[Store, P
     out = tmp_path / "out"
     while batches := store.claim(max_batches=2):
         for b in batches:
-            complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)})
+            complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)}, out=out)
         export_output(store, out, per_export)
     return store, out
 
@@ -162,11 +162,17 @@ def test_refused_while_leased_or_an_export_is_unfinished_and_for_object_stores(t
     with pytest.raises(QueueBusyError, match="leased by a run"):
         compact_output(store, Location.of(out), 1000)
     complete(store, held, {p["uri"]: {"label": "intergroup"} for p in posts_of(held)})
-    store.plan_export(1000)  # a crashed export: planned, never written
+    with pytest.raises(QueueBusyError, match="not published"):  # recorded, not yet moved
+        compact_output(store, Location.of(out), 1000)
+    export_output(store, out)  # publishes it
+    store.enqueue(make_posts(10, start=POSTS + 10), batch_size=10)
+    [old] = store.claim()  # output rows of an older queue file, and its crashed export
+    complete_as_before(store, old, {p["uri"]: {"label": "intergroup"} for p in posts_of(old)})
+    store.plan_export(1000)  # planned, never written
     with pytest.raises(QueueBusyError, match="unfinished"):
         compact_output(store, Location.of(out), 1000)
     export_output(store, out)  # finishes it
-    assert compact_output(store, Location.of(out), 1000).rows == POSTS + 10
+    assert compact_output(store, Location.of(out), 1000).rows == POSTS + 20
     with pytest.raises(ValueError, match="needs a local folder"):
         compact_output(store, Location.of("s3://bucket/out"), 1000)
     store.close()
@@ -181,7 +187,8 @@ def test_compact_output_verb_finishes_exports_then_compacts(tmp_path, capsys):
     store, out = _exported(tmp_path / "data")
     store.enqueue(make_posts(10, start=POSTS), batch_size=10)
     [b] = store.claim()
-    complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)})  # not exported
+    complete(store, b, {p["uri"]: {"label": "intergroup"} for p in posts_of(b)},
+             out=out)  # recorded, not published
     store.close()
     (tmp_path / "data" / "out").rename(tmp_path / "data" / NAME)  # where output_dir puts it
     assert main(["--config", str(cfg), "--compact-output", "all"]) == 0

@@ -11,7 +11,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from queue_store import ClaimedBatch
-from tests.queue_helpers import Store, complete, export_output, fifty_posts_and_a_claimer, posts_of, spawn_queue_proc
+from tests.queue_helpers import Store, complete, complete_as_before, export_output, fifty_posts_and_a_claimer, posts_of, spawn_queue_proc
 from tests.conftest import make_posts
 
 NAME = "ml_inference_intergroup"
@@ -82,8 +82,8 @@ def _files(root: Path) -> set[str]:
 def test_export_crash_then_rerun_rewrites_same_files(tmp_path):
     store = Store(tmp_path, NAME)
     store.enqueue(make_posts(3000, days=5), batch_size=500)
-    for b in store.claim(10):
-        complete(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)}, {})
+    for b in store.claim(10):  # output rows, as a queue file written before holds them
+        complete_as_before(store, b, {p["uri"]: {"label": 1} for p in posts_of(b)})
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
         export_output(_CrashAfterWrite(store), out, max_rows=1000)

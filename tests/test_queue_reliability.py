@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from queue_store import codec
-from tests.queue_helpers import Store, complete, export_output, fifty_posts_and_a_claimer, posts_of, spawn_queue_proc
+from tests.queue_helpers import Store, complete, complete_as_before, export_output, fifty_posts_and_a_claimer, posts_of, spawn_queue_proc
 from queue_store.lease_holder import LeaseHolder
 from queue_store.schema import NoQueueError, QueueFileError
 from tests.conftest import make_posts
@@ -122,14 +122,17 @@ def test_remote_or_live_holders_are_left_to_expiry():
 
 
 def _label_then_export(store, *batches):
-    """One completed batch per list of labels (each batch typed as the stage types one)."""
+    """One completed batch per list of labels (each batch typed as the stage types one), held
+    as output rows the way queue files written before labels went straight to parquet hold
+    them (still exported)."""
     posts, start = [], 0
     for labels in batches:
         batch_posts = make_posts(len(labels), start=start)
         start += len(labels)
         store.enqueue(batch_posts, batch_size=len(labels))
         [b] = store.claim(1)
-        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(posts_of(b), labels)}, {})
+        complete_as_before(store, b, {p["uri"]: {"label": v}
+                                      for p, v in zip(posts_of(b), labels)})
         posts += batch_posts
     return posts
 
@@ -154,12 +157,14 @@ def test_an_export_chunk_of_int_and_text_labels_never_jams(tmp_path):
 
 
 def test_later_exports_keep_the_first_exports_types(tmp_path):
+    """An older queue file's output rows (see ``_label_then_export``)."""
     store = Store(tmp_path, NAME)
     for i, labels in enumerate(([1, 2], [0.5, 3], [None, 4])):
         posts = make_posts(2, start=10 * i)
         store.enqueue(posts)
         [b] = store.claim(1)
-        complete(store, b, {p["uri"]: {"label": v} for p, v in zip(posts_of(b), labels)}, {})
+        complete_as_before(store, b, {p["uri"]: {"label": v}
+                                      for p, v in zip(posts_of(b), labels)})
         export_output(store, tmp_path / "out")
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()
     assert table.schema.field("label").type == pa.int64()

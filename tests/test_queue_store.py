@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from queue_store import codec
+from queue_store.models import Ack
 from tests.queue_helpers import Store, complete, posts_of, queued_uris
 from queue_store.rows.validation import REASONS
 from tests.conftest import make_posts
@@ -123,8 +124,9 @@ def test_complete_must_cover_the_batch_exactly(store):
         complete(store, b, {u: {} for u in uris[1:]}, {})
     with pytest.raises(ValueError, match="got 5 labelled and 1 failed"):
         complete(store, b, {u: {} for u in uris}, {uris[0]: "x"})
+    twice = [({"uri": u}, "x") for u in [uris[0], *uris[:-1]]]  # 5 failures, one post twice
     with pytest.raises(ValueError, match="names a post twice"):
-        complete(store, b, {u: {} for u in uris[1:]}, {uris[1]: "x"})
+        store.complete([Ack(batch_id=b.batch_id, lease_id=b.lease_id, failed=twice)])
     st = store.status()
     assert st.processing_posts == 5 and st.output_rows_unexported == 0  # nothing written
 

@@ -13,6 +13,9 @@ from actors.writer_actor import claim_runs, distinct_posts
 from tests.pipeline_helpers import run_inference
 from tests.queue_helpers import Store, export_output, posts_of
 from queue_store.rows.typed import fit_rows, typed_columns
+from queue_store.location import Location
+from queue_store.models import Ack
+from queue_store.staging import stage
 from tests.pipeline_helpers import NAME, enqueue, pipeline_config, queue_status
 
 PLUGIN = "tests.plugins:OutputsInText"
@@ -43,9 +46,10 @@ def test_rows_that_do_not_fit_the_fixed_types_are_split_off():
 
 def test_a_result_delivered_twice_counts_once_and_runs_follow_claims():
     block = pa.table({"batch_id": [1, 1, 2, 2, 2], "lease_id": ["a", "a", "b", "b", "c"],
-                      "batch_posts": [2, 2, 3, 3, 1], "uri": ["u1", "u2", "u3", "u3", "u4"]})
-    runs = [(key, n, part.num_rows) for key, n, part in claim_runs(block)]
-    assert runs == [((1, "a"), 2, 2), ((2, "b"), 3, 2), ((2, "c"), 1, 1)]
+                      "batch_posts": [2, 2, 3, 3, 1], "claim_posts": [2, 2, 3, 3, 1],
+                      "uri": ["u1", "u2", "u3", "u3", "u4"]})
+    runs = [(key, n, m, part.num_rows) for key, n, m, part in claim_runs(block)]
+    assert runs == [((1, "a"), 2, 2, 2), ((2, "b"), 3, 3, 2), ((2, "c"), 1, 1, 1)]
     assert distinct_posts(block.slice(2, 2)).column("uri").to_pylist() == ["u3"]
 
 
@@ -53,15 +57,20 @@ def test_complete_is_fenced_and_counts_every_post_once(tmp_path, posts_factory):
     store = Store(tmp_path, NAME)
     store.enqueue(posts_factory(3), batch_size=3)
     [b] = store.claim(1)
-    rows = pa.Table.from_pylist([{**p, "label": v} for p, v in zip(posts_of(b)[:2], [1, 2])])
-    with pytest.raises(ValueError, match="lack"):
-        store.complete(b.batch_id, b.lease_id, rows.drop_columns(["text"]), [posts_of(b)[2]])
+    posts = posts_of(b)
+    rows = pa.Table.from_pylist([{**p, "label": v} for p, v in zip(posts[:2], [1, 2])])
+    def ack(lease_id=b.lease_id, **kw):
+        return Ack(batch_id=b.batch_id, lease_id=lease_id, **kw)
+    staged, _ = stage(store, Location.of(tmp_path / "out"), "tests", [ack()], [rows])
     with pytest.raises(ValueError, match="account for each"):
-        store.complete(b.batch_id, b.lease_id, rows, [])
+        store.complete([ack(labelled=2)], staged)
+    with pytest.raises(ValueError, match="the staged file holds 2"):
+        store.complete([ack(labelled=1, failed=[(posts[1], "x"), (posts[2], "x")])], staged)
     with pytest.raises(ValueError, match="twice"):
-        store.complete(b.batch_id, b.lease_id, rows, [(posts_of(b)[0], "again")])
-    assert not store.complete(b.batch_id, "stale-lease", rows, [(posts_of(b)[2], "x")]).accepted
-    res = store.complete(b.batch_id, b.lease_id, rows, [(posts_of(b)[2], "bad value")])
+        store.complete([ack(failed=[(posts[0], "x"), (posts[0], "again"), (posts[2], "x")])])
+    assert not store.complete([ack("stale-lease", labelled=2, failed=[(posts[2], "x")])],
+                              staged).accepted
+    res = store.complete([ack(labelled=2, failed=[(posts[2], "bad value")])], staged)
     assert (res.labelled, res.retried) == (2, 1)
     assert export_output(store, tmp_path / "out").rows == 2
     table = pads.dataset(tmp_path / "out", partitioning="hive").to_table()

@@ -28,11 +28,12 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 import queue_store.compaction as compaction
-from jobs.stages.enqueue import output_uris
+from jobs.stages.enqueue import rebuild_ledger
 from queue_store import QueueBusyError
 from tests.queue_helpers import NAME, Store, complete, export_output, posts_of
 from queue_store.ledger import LedgerDamaged
 from queue_store.location import Location
+from queue_store.staging import staged_uris
 from tests.audit import places
 from tests.conftest import make_posts
 
@@ -291,7 +292,7 @@ class WholeSystem(RuleBasedStateMachine):
             with pytest.raises(QueueBusyError):
                 self.store.clear_output()
             return
-        self.store.clear_output()
+        self.store.clear_output(staged_uris(Location.of(self.out)))  # as the CLI clears
         self.place = {k: w for k, w in self.place.items() if w != "output"}
 
     # -- maintenance and crashes -------------------------------------------------------------
@@ -310,6 +311,10 @@ class WholeSystem(RuleBasedStateMachine):
             with pytest.raises(QueueBusyError):
                 compaction.compact_output(self.store, Location.of(self.out), target_rows)
             return
+        if "output" in self.place.values():  # recorded files not published: refused, so
+            with pytest.raises(QueueBusyError, match="not published"):  # the CLI publishes
+                compaction.compact_output(self.store, Location.of(self.out), target_rows)
+            self.export(10)
         patch = ({"before the swap": mock.patch.object(compaction, "exchange",
                                                        side_effect=OSError("killed")),
                   "after the swap": mock.patch.object(compaction, "_retire",
@@ -362,7 +367,8 @@ class WholeSystem(RuleBasedStateMachine):
 
     @rule()
     def rebuild_ledger(self) -> None:
-        self.store.rebuild_ledger(output_uris(Location.of(self.out)))
+        rebuild_ledger(self.store, Location.of(self.out))  # --rebuild-ledger: publishes first
+        self.place = {k: "exported" if w == "output" else w for k, w in self.place.items()}
         self.store.verify_ledger()
         self.damaged = False
         self.adopted = set()  # rebuilt from what is queued and exported: EARLY holds nothing

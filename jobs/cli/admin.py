@@ -13,6 +13,7 @@ from classifiers.scrub import scrub
 from jobs.config import BackfillConfig, ConfigError
 from jobs.stages.preflight import check_can_ask
 from queue_store import QueueStore, queue_path
+from queue_store.staging import collect_garbage, staged_uris
 
 
 def _no_queue(config: BackfillConfig, name: str) -> str:
@@ -113,7 +114,10 @@ def clear_queues(config: BackfillConfig, names: list[str], inputs: bool, outputs
     for name, store in _stores(config, names, []):
         try:
             got = [store.clear_input()] if inputs else []
-            got += [store.clear_output()] if outputs else []
+            if outputs:
+                output = config.output_location(name)
+                got.append(store.clear_output(staged_uris(output)))
+                collect_garbage(store, output)  # the staged files of what was never published
         except ValueError as exc:  # leased by a live run, an unfinished export
             raise ConfigError(str(exc)) from None
         store.compact()

@@ -26,6 +26,7 @@ from jobs.stages.summary import RunSummary, new_run_id, now_iso
 from queue_store import EnqueueSession, QueueStore
 from queue_store.location import Location
 from queue_store.rows.validation import Validated, as_post_table, split_valid
+from queue_store.staging import publish
 
 SEEDED = "output_seeded"  # meta flag: the ledger knows every post in the parquet output
 
@@ -100,7 +101,9 @@ def adopt_deferred(store: QueueStore, classifier: Any) -> int:
 
 def rebuild_ledger(store: QueueStore, root: Location) -> int:
     """The queue's ledger written anew from its queue file and the parquet output at ``root``
-    (``--rebuild-ledger``); returns the entries written."""
+    (``--rebuild-ledger``), once the labelled files recorded in it are published; returns the
+    entries written."""
+    publish(store, root)
     entries = store.rebuild_ledger(output_uris(root))
     store.set_flag(SEEDED)
     return entries

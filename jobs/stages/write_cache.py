@@ -1,4 +1,5 @@
-"""Stage 4 alone: the output queue exported to parquet, exported rows cleared on request."""
+"""Stage 4 alone: the output queue published and exported to parquet, staged garbage deleted,
+exported rows and markers cleared on request."""
 from __future__ import annotations
 
 import time
@@ -6,6 +7,7 @@ import time
 from jobs.config import BackfillConfig
 from jobs.stages.summary import RunSummary, new_run_id, now_iso
 from queue_store import QueueStore, export_output
+from queue_store.staging import collect_garbage
 
 
 def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = False) -> RunSummary:
@@ -18,6 +20,7 @@ def write_cache(config: BackfillConfig, integration: str, clear_queue: bool = Fa
     store = QueueStore(config.data_dir, name, max_attempts=config.queue.max_attempts)
     try:
         stats = export_output(store, out, config.pipeline.export_rows)
+        collect_garbage(store, out)  # staged files no commit names (a run killed meanwhile)
         if clear_queue:
             store.clear_exported()
             store.compact()  # the cleared rows' pages back to the file system

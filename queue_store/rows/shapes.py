@@ -17,7 +17,9 @@ from typing import Any
 import pyarrow as pa
 
 POST_COLUMNS = ("uri", "text", "preprocessing_timestamp")
-CONTROL = ("batch_id", "lease_id", "batch_posts")  # which claim a row answers, and its size
+# Which claim a row answers: its batch and the batch's size, the lease, and the posts of
+# every batch that lease claimed (a claim is completed whole: one labelled file).
+CONTROL = ("batch_id", "lease_id", "batch_posts", "claim_posts")
 STATUS = ("was_successfully_labeled", "reason")
 LABEL_TIME = "label_timestamp"
 PROVENANCE = ("classifier", "model", "config_hash", "run_id")
@@ -27,7 +29,7 @@ RESERVED = frozenset({*POST_COLUMNS, *CONTROL, *STATUS, LABEL_TIME, *PROVENANCE,
 POST_SCHEMA = pa.schema([(name, pa.string()) for name in POST_COLUMNS])  # a queued batch
 CLAIM_SCHEMA = pa.schema([*((name, pa.string()) for name in POST_COLUMNS),
                           ("batch_id", pa.int64()), ("lease_id", pa.string()),
-                          ("batch_posts", pa.int64())])
+                          ("batch_posts", pa.int64()), ("claim_posts", pa.int64())])
 LABEL_TIME_TYPE = pa.timestamp("us", tz="UTC")
 
 
