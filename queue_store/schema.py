@@ -78,8 +78,18 @@ def _ddl(t: dict[str, str]) -> list[str]:
             created_at REAL NOT NULL)""",
         f"CREATE INDEX IF NOT EXISTS {t['input']}_pending ON {t['input']}(version, id) "
         "WHERE status = 'pending'",
-        f"CREATE INDEX IF NOT EXISTS {t['input']}_leased ON {t['input']}(lease_expires) "
-        "WHERE status = 'processing'",
+        # The leases, with their holders: every claim reaps, and asks who holds what, from
+        # this index alone. Read from the rows, each holder sits past its batch's payload
+        # (overflow pages to walk): measured 9.3 ms a claim with 500 batches leased, 45 us
+        # from the index. (Files made before had the index without the holder.)
+        f"DROP INDEX IF EXISTS {t['input']}_leased",
+        f"CREATE INDEX IF NOT EXISTS {t['input']}_leases ON {t['input']}(lease_expires, "
+        "lease_owner) WHERE status = 'processing'",
+        # The counts per version and state and the next expiry (status reads, a run's
+        # remaining posts, polled every second) from the index alone, not from rows behind
+        # their payloads: measured at 600 batches 38 ms -> 0.3 ms, and it grew with the queue.
+        f"CREATE INDEX IF NOT EXISTS {t['input']}_counts ON {t['input']}(version, status, "
+        "n_posts, lease_expires)",
         f"""CREATE TABLE IF NOT EXISTS {t['output']} (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             batch_id INTEGER NOT NULL,

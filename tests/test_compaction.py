@@ -34,8 +34,9 @@ def test_clearing_exported_rows_gives_their_pages_back(tmp_path):
     try:
         assert store.clear_exported() > 0
         res = store.compact()
-        # What is left is a page or two per table and index, whatever the posts were.
-        assert res.file_bytes_after <= 20 * PAGE_SIZE < res.file_bytes_before / 5, res
+        # What is left is about a page per table and index (18 of them) and the file's
+        # own, whatever the posts were.
+        assert res.file_bytes_after <= 24 * PAGE_SIZE < res.file_bytes_before / 5, res
         st = store.status()
         assert st.pending_posts == st.processing_posts == st.output_rows_unexported == 0
         assert st.file_bytes == res.file_bytes_after and st.ledger_bytes == res.ledger_bytes

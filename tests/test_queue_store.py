@@ -243,3 +243,34 @@ def test_release_undoes_a_claim_without_spending_an_attempt(store):
     assert not store.release(b.batch_id, b.lease_id)  # fenced: no longer held
     [again] = store.claim(1)
     assert again.batch_id == b.batch_id and again.attempt == 1
+
+
+def test_a_queue_file_with_the_old_lease_index_gets_the_covering_ones_when_opened(tmp_path):
+    """Files made before kept the lease index without the holder and no count index: the
+    next writable open replaces and adds them, nothing queued changes, and the reads that
+    every claim and every status poll make are answered from the indexes alone."""
+    store = Store(tmp_path, "ml_inference_intergroup")
+    store.enqueue(make_posts(300), batch_size=100)
+    [held] = store.claim()
+    t = store.tables["input"]
+    store.conn.execute(f"DROP INDEX {t}_leases")
+    store.conn.execute(f"DROP INDEX {t}_counts")
+    store.conn.execute(f"CREATE INDEX {t}_leased ON {t}(lease_expires) WHERE status = "
+                       "'processing'")  # as such a file has it
+    store.close()
+    store = Store(tmp_path, "ml_inference_intergroup")
+    names = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE "
+                                              "type = 'index'")}
+    assert {f"{t}_leases", f"{t}_counts"} <= names and f"{t}_leased" not in names
+    for query in (f"SELECT DISTINCT lease_owner FROM {t} WHERE status = 'processing' AND "
+                  "lease_expires >= 0",
+                  f"SELECT status, COUNT(*), SUM(n_posts) FROM {t} GROUP BY 1",
+                  f"SELECT MIN(lease_expires) FROM {t} WHERE status = 'processing' AND "
+                  "version = ''"):
+        steps = [r[3] for r in store.conn.execute(f"EXPLAIN QUERY PLAN {query}")]
+        reads = [s for s in steps if s.startswith((f"SCAN {t}", f"SEARCH {t}"))]
+        assert reads and all("INDEX" in s for s in reads), steps  # never the rows
+    st = store.status()
+    assert (st.pending_posts, st.processing_posts) == (200, 100)
+    assert store.release(held.batch_id, held.lease_id)
+    store.close()
