@@ -15,7 +15,10 @@
    is idempotent and every row is visible once.
 4. ``collect_garbage(store, out)`` deletes staged files no committed transaction names, of
    runs that hold no lease (a crash between staging and the commit; a commit fenced out):
-   no commit can name them any more.
+   no commit can name them any more. The files are listed first, then the leases and
+   records are read in one snapshot: a file listed was staged for batches its run leased,
+   so if that run holds no lease now, the file's commit either happened (it is recorded)
+   or can only be fenced out.
 """
 from __future__ import annotations
 
