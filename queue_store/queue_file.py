@@ -24,7 +24,7 @@ from queue_store.ledger import MAX_VID, Ledger
 from queue_store.models import ReapResult
 from queue_store.rows.shapes import post_of
 from queue_store.schema import (BUSY_TIMEOUT_MS, QueueFileError, connect, file_identity,
-                                storage_error, table_names)
+                                has_table, storage_error, table_names)
 
 
 def queue_path(data_dir: str | Path, integration: str) -> Path:
@@ -66,9 +66,7 @@ class QueueFile:
         self.identity = file_identity(self.path)
         # A queue file of this format written before completions recorded files, opened
         # read-only, has no files table (a writable open adds it): it records none.
-        self.records_files = not readonly or self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-            (self.tables["files"],)).fetchone() is not None
+        self.records_files = not readonly or has_table(self.conn, self.tables["files"])
         self.ledger = Ledger(self.path.with_suffix(".ledger"), self.tables["ledger_runs"])
         self.reaped = ReapResult()  # what this open store's reaps took back (LeaseCore.reap)
 

@@ -144,7 +144,7 @@ def _ddl(t: dict[str, str]) -> list[str]:
     ]
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                         (name,)).fetchone() is not None
 
@@ -153,10 +153,10 @@ def _check_format(conn: sqlite3.Connection, path: Path, t: dict[str, str]) -> bo
     """A file written in another layout is refused, naming the way out. Returns whether the
     queue's tables are there (False: a new file, or one another command is creating — its
     creator commits every table at once)."""
-    if not _has_table(conn, t["input"]):
+    if not has_table(conn, t["input"]):
         return False
     row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() \
-        if _has_table(conn, "meta") else None
+        if has_table(conn, "meta") else None
     found = row[0] if row else "1"
     if found != FORMAT:
         raise QueueFileError(

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from queue_store import codec
 from queue_store.location import Location
 from queue_store.rows.typed import from_ipc
-from queue_store.schema import table_names
+from queue_store.schema import has_table, table_names
 
 Key = tuple[str, str]  # (uri, config_hash)
 
@@ -81,8 +81,7 @@ def places(queue_file: Path, integration: str, output: Path | str | None) -> Pla
                     if export_id not in written:
                         found.unexported[key] += 1
                     found.rows[key] = row
-            files = t["files"] if conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = ?", (t["files"],)).fetchone() else None
+            files = t["files"] if has_table(conn, t["files"]) else None
             for version, where in conn.execute(
                     f"SELECT version, files FROM {files} WHERE state = 'staged'") if files else ():
                 for staged in json.loads(where).values():  # recorded, not yet published
