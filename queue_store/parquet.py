@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from queue_store.isolate import isolate_failures
@@ -22,7 +21,7 @@ from queue_store.location import Location
 from queue_store.rows.column_types import (EXPORT_ERRORS, concat_conformed, conform,
                                            strings_for_nulls)
 from queue_store.rows.typed import from_ipc
-from queue_store.staging import publish
+from queue_store.staging import by_post_day, publish
 from queue_store.store import QueueStore
 
 class ExportStats(BaseModel):
@@ -90,10 +89,7 @@ def export_output(store: QueueStore, out: Location | str | Path, max_rows: int
         if table.num_rows and table.schema != schema:
             schema = store.save_export_schema(table.schema)
         if table.num_rows:
-            # The post's day: both accepted timestamp forms start with YYYY-MM-DD.
-            day = pc.utf8_slice_codeunits(table.column("preprocessing_timestamp"), 0, 10)
-            for date in sorted(pc.unique(day).to_pylist()):
-                part = table.filter(pc.equal(day, date))
+            for date, part in by_post_day(table):
                 out.write_parquet(f"partition_date={date}/{plan.file_stem}.parquet", part)
                 stats.files += 1
                 stats.rows += part.num_rows

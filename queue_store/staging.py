@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,6 +58,15 @@ class StagedFileMissing(FileNotFoundError):
     """A recorded file is neither staged nor at its final name: its labels are gone."""
 
 
+def by_post_day(rows: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """``(YYYY-MM-DD, rows of that day)`` by the post's own date, in date order (the
+    output's partitions)."""
+    # Both accepted timestamp forms start with YYYY-MM-DD.
+    day = pc.utf8_slice_codeunits(rows.column("preprocessing_timestamp"), 0, 10)
+    for date in sorted(pc.unique(day).to_pylist()):
+        yield date, rows.filter(pc.equal(day, date))
+
+
 def stage(store: QueueStore, out: Location, run_id: str, acks: list[Ack],
           tables: list[pa.Table]) -> tuple[StagedOutput, pa.Schema]:
     """Write the labelled rows of the completion of ``acks`` (typed output rows, the post's
@@ -71,12 +80,10 @@ def stage(store: QueueStore, out: Location, run_id: str, acks: list[Ack],
         schema = store.save_export_schema(rows.schema)
         rows = conform(rows, schema, lenient=True)
     stem = f"part-{store.store_id}-{acks[0].lease_id[:16]}-{acks[0].batch_id}"
-    # The post's day: both accepted timestamp forms start with YYYY-MM-DD.
-    day = pc.utf8_slice_codeunits(rows.column("preprocessing_timestamp"), 0, 10)
     root, files = staging_root(out), {}
-    for date in sorted(pc.unique(day).to_pylist()):
+    for date, part in by_post_day(rows):
         relative = f"{run_id}/.{stem}.{date}.parquet"
-        root.write_parquet(relative, rows.filter(pc.equal(day, date)))
+        root.write_parquet(relative, part)
         files[date] = root.child(relative).uri
     return StagedOutput(stem=stem, files=files, rows=rows.num_rows), schema
 
