@@ -1,6 +1,7 @@
 """Hosted models through the whole exactly-once pipeline, against a local HTTP server."""
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,15 @@ def _params(server, **kw):
 
 def _files_hold(root: Path, needle: bytes) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def _all_cpus_free_within(ray, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def test_every_post_once_bad_answers_dead_lettered_key_nowhere(ray_session, tmp_path,
@@ -65,10 +75,18 @@ def test_rejected_key_stops_the_run_with_exit_2_and_leaves_posts_claimable(
         Store(tmp_path / "data", NAME).enqueue(make_posts(200), batch_size=100,
                                                     config_hash=version)
         t0 = time.monotonic()
-        code = main(["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
+        gc.disable()  # a process whose cycle collector has not run since (it runs when it likes)
+        try:
+            code = main(["--config", str(cfg), "-i", "g", "--run-integrations", "--quiet"])
+            # The stopped run's classifier actors are gone with it: a process that goes on
+            # (a notebook, a command's next integration) has the CPUs they held.
+            freed = _all_cpus_free_within(ray_session, 60)
+        finally:
+            gc.enable()
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "TEST_LLM_KEY" in err[0] and "401" in err[0]
     assert time.monotonic() - t0 < 120
+    assert freed, ray_session.available_resources()
     st = Store(tmp_path / "data", NAME).status()
     assert st.pending_posts == 200 and st.processing_posts == 0 and st.dead_posts == 0
     assert _files_hold(tmp_path, KEY.encode()) == []

@@ -9,6 +9,7 @@ end with a partial summary.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import time
@@ -253,8 +254,8 @@ class InferenceRun:
                 self.ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        if self.passes is not None:
-            self.passes.done.wait(15)
+        if self.passes is not None and self.passes.done.wait(15):
+            let_go(self.passes.error)
 
     # -- passes ----------------------------------------------------------------------------
     def _run_passes(self, first_pass_always: bool = False) -> None:
@@ -358,6 +359,30 @@ class InferenceRun:
             return read(store)
         finally:
             store.close()
+
+
+def let_go(exc: BaseException | None) -> None:
+    """Drop what a failed pass's exception holds beyond its message and traceback text: the
+    variables of its frames (and of the exceptions it arose from) hold Ray Data's executor
+    and with it the handles of the run's classifier actors, and an exception and its frames
+    form a cycle only Python's cycle collector frees. Until then those actors, and the CPUs
+    or GPUs they hold, outlive the run, and in a process that goes on (a notebook, the next
+    run of one command) the next run's actor pool waits for them."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            while frame is not None:  # its callers too: frames of a thread that has ended
+                try:
+                    frame.clear()
+                except RuntimeError:  # still running
+                    pass
+                frame = frame.f_back
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    gc.collect()  # and whatever else of the executor's only a cycle kept
 
 
 def _secrets(params: Any) -> dict[str, str]:
