@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from old_tool_baseline import old_tool_backfill, old_tool_insert  # noqa: E402
-from rss_sampler import RssSampler  # noqa: E402
+from rss_sampler import RssSampler, Sampler  # noqa: E402
 
 from jobs.config import parse_config  # noqa: E402
 from jobs.posts.source import find_post_files  # noqa: E402
@@ -89,15 +89,18 @@ def _pipeline(root: Path, posts: Path, classifier: dict, batch_size: int,
         enq["s"], enq["cpu_s"] = time.perf_counter() - t, time.thread_time() - cpu
 
     cpu0, t0, started = time.process_time(), time.perf_counter(), time.time()
+    sampling0 = Sampler.cpu_of_all()
     [run] = run_integrations(cfg, [NAME], quiet=True, feed=feed, feed_posts=files.good_rows)
     if isinstance(run, BaseException):
         raise run
     total, driver_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    sampling = Sampler.cpu_of_all() - sampling0
     n = max(run.labelled, 1)
     # The driver's own (Ray Data's executor, the run's threads) apart from the enqueue beside
-    # it (its thread's CPU: reading posts, the ledger, SQLite inserts).
-    roles = {"driver": driver_cpu - enq["cpu_s"], "enqueue_in_driver": enq["cpu_s"],
-             **run.role_cpu_s}
+    # it (its thread's CPU: reading posts, the ledger, SQLite inserts) and from this
+    # benchmark's samplers, threads of the same process (psutil over every process).
+    roles = {"driver": driver_cpu - enq["cpu_s"] - sampling, "enqueue_in_driver": enq["cpu_s"],
+             "samplers_in_driver": sampling, **run.role_cpu_s}
     return {"posts": run.labelled, "data_dir": str(data), "enqueue_s": round(enq["s"], 2),
             "enqueue_posts_per_s": round(enq["summary"].enqueued / enq["s"]),
             "total_s": round(total, 2), "posts_per_s": round(run.labelled / total),
