@@ -47,8 +47,11 @@ def test_request_rate_stays_within_the_budget(key):
         times = sorted(server.times)
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert rate <= 10 * 1.1, rate
-    for i in range(len(times) - 10):  # no burst: any 11 requests span at least ~1 s
-        assert times[i + 10] - times[i] >= 1.0 / 1.1
+    # No burst: any 21 requests span at least ~2 s. The times are the server's, which shares
+    # this process (and its GIL) with the client: a request held up on its way by 0.1 s
+    # shortens a window by as much, so the window is long enough for that to be noise.
+    for i in range(len(times) - 20):
+        assert times[i + 20] - times[i] >= 2.0 / 1.1, (i, times[i + 20] - times[i])
 
 
 def test_rejected_key_is_fatal_and_names_the_variable(key):
