@@ -226,11 +226,12 @@ class WriterActor:
         """A completed batch's labelled rows, in the integration's column types, and
         ``(post, reason)`` for its failed posts."""
         ok = rows.column("was_successfully_labeled")
-        if pc.all(ok, skip_nulls=False).as_py():  # the usual batch: nothing failed
-            return (rows.drop_columns([*CONTROL, *STATUS]) if rows.num_rows else None), []
-        failed = [(post_of(r), r["reason"]) for r in
-                  rows.filter(pc.invert(ok)).select([*POST_COLUMNS, "reason"]).to_pylist()]
-        done = rows.filter(ok).drop_columns([*CONTROL, *STATUS])  # cast once, on arrival
+        failed: list[tuple[dict, str]] = []
+        if not pc.all(ok, skip_nulls=False).as_py():  # the usual batch: nothing failed
+            failed = [(post_of(r), r["reason"]) for r in
+                      rows.filter(pc.invert(ok)).select([*POST_COLUMNS, "reason"]).to_pylist()]
+            rows = rows.filter(ok)
+        done = rows.drop_columns([*CONTROL, *STATUS])  # cast once, on arrival
         return (done if done.num_rows else None), failed
 
     def _clash(self, why: str) -> None:
