@@ -99,6 +99,7 @@ def ensure_ray(config: BackfillConfig, verbose: bool = False, quiet: bool = Fals
 # the process starts with) says so — each of its checks waits that long.
 SLOW_START = "timed out during startup"
 START_WAIT_ENV = "RAY_raylet_start_wait_time_s"
+STOP_WAIT_S = 10.0  # at most this long for a failed start's processes to end
 
 
 def ray_start_wait_s() -> float:
@@ -164,15 +165,19 @@ def _own_processes() -> set[tuple[int, float]]:
 
 def _stop_started_since(before: set[tuple[int, float]]) -> None:
     """SIGKILL this process's children that were not there before (a failed start's GCS,
-    raylet and helpers: ours, by PID)."""
+    raylet and helpers: ours, by PID), and wait until they have ended: a next start must not
+    begin beside them (on a busy machine a killed process takes a while to go)."""
     import psutil
 
+    killed = []
     for proc in psutil.Process().children(recursive=True):
         try:
             if (proc.pid, proc.create_time()) not in before:
                 proc.kill()
+                killed.append(proc)
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(killed, timeout=STOP_WAIT_S)  # children are reaped, others polled
 
 
 def ray_where(ray: Any) -> str:
