@@ -106,3 +106,15 @@ def qwen_in_cache(tiny_llm):
     from tests.hf_cache import put_in_cache
 
     return put_in_cache(tiny_llm["chat"], QWEN, Path(HF_HUB_CACHE))
+
+
+@pytest.fixture
+def inprocess(ray_session, monkeypatch):
+    """The session's Ray as the cluster a run sees, the run's actors and passes in this
+    process (``tests/twin.py``): for tests whose claims need no process of their own."""
+    from tests.twin import Twin
+
+    twin = Twin()
+    twin.install(monkeypatch)
+    yield ray_session
+    twin.close()

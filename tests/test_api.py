@@ -53,7 +53,7 @@ def test_open_labels_before_any_output_says_what_to_run(tmp_path):
         open_labels(cfg, NAME)
 
 
-def test_one_config_object_follows_a_model_that_arrives_between_calls(ray_session, tmp_path,
+def test_one_config_object_follows_a_model_that_arrives_between_calls(inprocess, tmp_path,
                                                                       tiny_models):
     """A notebook keeps one config object: its config_hash was computed while the model
     folder was missing (the hash a --classifier-later enqueue would queue under); once the

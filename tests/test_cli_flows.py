@@ -36,7 +36,7 @@ def _parquet_uris(tmp_path) -> list[str]:
         columns=["uri"]).column("uri").to_pylist()
 
 
-def test_stages_one_at_a_time_with_tiny_model(ray_session, tmp_path, capsys, tiny_models):
+def test_stages_one_at_a_time_with_tiny_model(inprocess, tmp_path, capsys, tiny_models):
     posts = write_posts(tmp_path, 600, days=6)
     cfg = str(write_config(tmp_path, {"type": "hf_sequence_classification",
                                       "params": {"model": tiny_models["single"]}}))
@@ -66,7 +66,7 @@ def test_stages_one_at_a_time_with_tiny_model(ray_session, tmp_path, capsys, tin
     assert Store(tmp_path / "data", NAME).status().pending_posts == 0
 
 
-def test_all_in_one_then_status_json_after_poison(ray_session, tmp_path, capsys):
+def test_all_in_one_then_status_json_after_poison(inprocess, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -93,7 +93,7 @@ def test_all_in_one_then_status_json_after_poison(ray_session, tmp_path, capsys)
     assert "0 expired" in _run(capsys, "--config", cfg, "--reap-stale")
 
 
-def test_clear_queue_keeps_rows_added_after_export(ray_session, tmp_path, capsys):
+def test_clear_queue_keeps_rows_added_after_export(inprocess, tmp_path, capsys):
     write_posts(tmp_path, 200, days=1)
     cfg = str(write_config(tmp_path, PLUGIN))
     _run(capsys, "--config", cfg, "-r", "posts", "--add-to-queue", "-i", "g",

@@ -120,7 +120,7 @@ def test_a_retry_waits_at_least_retry_after(key):
 
 
 @pytest.mark.slow
-def test_endless_rate_limits_end_in_dead_letters_not_a_stalled_run(ray_session, tmp_path,
+def test_endless_rate_limits_end_in_dead_letters_not_a_stalled_run(inprocess, tmp_path,
                                                                   monkeypatch):
     from tests.pipeline_helpers import run_inference
     from tests.pipeline_helpers import enqueue, pipeline_config
@@ -166,7 +166,7 @@ def _labels_by_version(tmp_path) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_relabel_after_a_config_change_labels_each_post_once_per_version(ray_session, tmp_path,
+def test_relabel_after_a_config_change_labels_each_post_once_per_version(inprocess, tmp_path,
                                                                         capsys):
     write_posts(tmp_path, 300, days=1)
     x = _relabel_config(tmp_path, "MARKER-X")
@@ -390,7 +390,7 @@ def test_a_full_data_disk_says_so(tmp_path, capsys, small_disk):
 
 
 @pytest.mark.slow
-def test_a_full_output_disk_names_the_path_and_the_errno(ray_session, tmp_path, capsys,
+def test_a_full_output_disk_names_the_path_and_the_errno(inprocess, tmp_path, capsys,
                                                         small_disk):
     import os
 

@@ -55,7 +55,7 @@ def test_parquet_write_failing_part_way_leaves_nothing_visible(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tmp_path,
+def test_clear_after_export_spares_a_row_that_arrived_in_between(inprocess, tmp_path,
                                                                  monkeypatch):
     """The CLI's write-cache exports, then clears; a batch completed between the two (by a
     run still going) must stay in the output queue for the next export."""
@@ -81,7 +81,7 @@ def test_clear_after_export_spares_a_row_that_arrived_in_between(ray_session, tm
 
 
 @pytest.mark.slow
-def test_final_export_writes_what_no_periodic_export_covered(ray_session, tmp_path):
+def test_final_export_writes_what_no_periodic_export_covered(inprocess, tmp_path):
     cfg = pipeline_config(tmp_path, batch_size=250)
     store = Store(tmp_path, NAME)
     store.enqueue(make_posts(1000), batch_size=250, config_hash=version_of(cfg))

@@ -40,7 +40,7 @@ def _all_cpus_free_within(ray, seconds: float) -> bool:
     return True
 
 
-def test_every_post_once_bad_answers_dead_lettered_key_nowhere(ray_session, tmp_path,
+def test_every_post_once_bad_answers_dead_lettered_key_nowhere(inprocess, tmp_path,
                                                               monkeypatch):
     monkeypatch.setenv("TEST_LLM_KEY", KEY)
     posts = make_posts(300)

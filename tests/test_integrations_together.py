@@ -91,7 +91,7 @@ def _count_reads(monkeypatch) -> dict[str, list]:
 
 
 def test_two_integrations_in_one_command_each_output_complete_and_once(
-        ray_session, tmp_path, capsys, monkeypatch):
+        inprocess, tmp_path, capsys, monkeypatch):
     posts = write_posts(tmp_path, 400, days=2)
     files = sorted(str(p) for p in posts.rglob("*.parquet"))
     # The keyword run takes at least 4 x 1 s; the valence run a fraction of that.
@@ -125,7 +125,7 @@ def test_two_integrations_in_one_command_each_output_complete_and_once(
         assert row.split()[1] == row.split()[2] == str(len(expected)) and row.endswith("ok")
 
 
-def test_a_rejected_key_stops_only_its_own_integration(ray_session, tmp_path, capsys,
+def test_a_rejected_key_stops_only_its_own_integration(inprocess, tmp_path, capsys,
                                                        monkeypatch):
     monkeypatch.setenv("TEST_LLM_KEY", KEY)
     posts = write_posts(tmp_path, 300, days=1)

@@ -35,7 +35,7 @@ def _staged(root) -> list:
 
 
 @pytest.mark.parametrize("step", ["staged", "committed", "mid-publish"])
-def test_a_run_killed_at_each_step_of_the_commit_is_finished_by_the_rerun(ray_session, tmp_path,
+def test_a_run_killed_at_each_step_of_the_commit_is_finished_by_the_rerun(inprocess, tmp_path,
                                                                           step):
     cfg = pipeline_config(tmp_path)
     root = tmp_path / NAME  # the output (the config's default: data_dir/<integration>)
@@ -62,7 +62,7 @@ def test_a_run_killed_at_each_step_of_the_commit_is_finished_by_the_rerun(ray_se
 
 
 def test_a_run_killed_mid_upload_to_an_object_store_is_finished_by_the_rerun(
-        ray_session, s3_endpoint, tmp_path):
+        inprocess, s3_endpoint, tmp_path):
     bucket = s3_endpoint.bucket()
     out_uri = f"s3://{bucket}/labels/{NAME}"
     cfg = pipeline_config(tmp_path, top={"output_dir": f"s3://{bucket}/labels",
@@ -88,7 +88,7 @@ def test_a_run_killed_mid_upload_to_an_object_store_is_finished_by_the_rerun(
     assert objects(staged) == [] and len(objects(NAME)) > 0
 
 
-def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(ray_session,
+def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(inprocess,
                                                                               tmp_path):
     """The writer's completion of a two-batch claim is fenced out because another run took
     one batch over (its lease expired meanwhile): nothing of the claim is committed, its

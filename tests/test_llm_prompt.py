@@ -170,7 +170,7 @@ def test_clear_errors_before_any_weights_load(tiny_llm, params, needle):
 
 
 @pytest.mark.slow
-def test_pipeline_with_llm_prompt_writes_integer_labels_and_probabilities(ray_session,
+def test_pipeline_with_llm_prompt_writes_integer_labels_and_probabilities(inprocess,
                                                                           tmp_path, tiny_llm):
     import pyarrow as pa
 

@@ -37,7 +37,7 @@ def _objects(server, prefix: str) -> list[str]:
 
 @pytest.mark.slow
 def test_posts_from_s3_labels_to_s3_each_once_read_back_with_pyarrow_and_duckdb(
-        ray_session, s3_endpoint, tmp_path, capsys):
+        inprocess, s3_endpoint, tmp_path, capsys):
     import duckdb
 
     bucket = s3_endpoint.bucket()

@@ -53,7 +53,7 @@ def test_end_to_end_tiny_model_each_post_once(ray_session, tmp_path, tiny_models
     print(f"\nend-to-end tiny model: {summary.posts_per_s} posts/s over {summary.duration_s}s")
 
 
-def test_poison_post_dead_lettered_batch_mates_labelled(ray_session, tmp_path):
+def test_poison_post_dead_lettered_batch_mates_labelled(inprocess, tmp_path):
     posts = make_posts(1000)
     posts[123]["text"] = "this post is POISON for the model"
     cfg = pipeline_config(tmp_path)
@@ -81,7 +81,7 @@ def test_classifier_actor_killed_once_loses_nothing(ray_session, tmp_path):
     assert summary.labelled == 2000 and summary.dead_lettered == 0
 
 
-def test_max_records_per_run_claims_whole_batches(ray_session, tmp_path):
+def test_max_records_per_run_claims_whole_batches(inprocess, tmp_path):
     enqueue(tmp_path, make_posts(3000), config=pipeline_config(tmp_path))  # 6 batches of 500
     summary = run_inference(pipeline_config(tmp_path), NAME, max_records_per_run=1400)
     assert summary.claimed == 1000 and summary.claimed_batches == 2
@@ -94,7 +94,7 @@ def test_max_records_per_run_claims_whole_batches(ray_session, tmp_path):
     assert len(uris) == len(set(uris)) == 3000
 
 
-def test_empty_queue_run_claims_nothing(ray_session, tmp_path):
+def test_empty_queue_run_claims_nothing(inprocess, tmp_path):
     summary = run_inference(pipeline_config(tmp_path), NAME)
     assert (summary.claimed, summary.labelled, summary.exported_rows) == (0, 0, 0)
     assert output_uris(tmp_path) == []

@@ -58,7 +58,7 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
           f"{summary.process_deaths} process deaths, {seconds:.1f} s")
 
 
-def test_classifier_that_cannot_be_built_stops_with_its_own_error(ray_session, tmp_path):
+def test_classifier_that_cannot_be_built_stops_with_its_own_error(inprocess, tmp_path):
     cfg = pipeline_config(tmp_path, {"type": PLUGIN,
                                      "params": {"fail_init": "labels.yaml is missing"}})
     enqueue(tmp_path, make_posts(300), 1000, cfg)
@@ -306,7 +306,7 @@ def test_a_killed_pipeline_actor_is_named(ray_session, tmp_path, role, needle):
     assert st.pending_posts + st.processing_posts + st.output_rows_unexported == 3000
 
 
-def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(ray_session, tmp_path):
+def test_a_row_corrupted_on_disk_is_dead_lettered_by_the_read_task(inprocess, tmp_path):
     """The queue actor hands payloads on undecoded; the read task that cannot decode one
     buries it (fenced) and the rest of the run goes on."""
     cfg = pipeline_config(tmp_path, batch_size=250)

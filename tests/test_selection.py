@@ -173,7 +173,7 @@ def test_a_selection_matching_no_post_exits_4_and_names_the_days_of_the_posts(tm
     assert Store(tmp_path / "data", NAME).status().pending_posts == queued
 
 
-def test_the_full_command_over_days_without_posts_exits_4(ray_session, tmp_path, capsys):
+def test_the_full_command_over_days_without_posts_exits_4(inprocess, tmp_path, capsys):
     posts = write_posts(tmp_path, 100, days=2)
     cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
     got = main(["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g",

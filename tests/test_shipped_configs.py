@@ -85,7 +85,7 @@ def test_intergroup_cluster_config_reports_every_problem_at_once(ray_session, tm
 
 
 @pytest.mark.slow
-def test_valence_config_runs_as_shipped(ray_session, tmp_path, capsys):
+def test_valence_config_runs_as_shipped(inprocess, tmp_path, capsys):
     _posts(tmp_path)
     _run(capsys, CONFIGS / "valence.yaml", tmp_path)
     table = _output(tmp_path, "ml_inference_valence")
@@ -96,7 +96,7 @@ def test_valence_config_runs_as_shipped(ray_session, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ime_config_runs_with_a_checkpoint_folder_swapped_in(ray_session, tmp_path, capsys,
+def test_ime_config_runs_with_a_checkpoint_folder_swapped_in(inprocess, tmp_path, capsys,
                                                              tiny_models):
     _posts(tmp_path, n=40)  # one block: the pool (1 CPU per actor) has no reason to grow
     _run(capsys, CONFIGS / "ime.yaml", tmp_path, "--set",
@@ -111,7 +111,7 @@ def test_ime_config_runs_with_a_checkpoint_folder_swapped_in(ray_session, tmp_pa
 
 
 @pytest.mark.slow
-def test_hosted_configs_run_against_a_local_server(ray_session, tmp_path, capsys,
+def test_hosted_configs_run_against_a_local_server(inprocess, tmp_path, capsys,
                                                   monkeypatch):
     """The three hosted configs, their endpoint swapped for a local server (the README's
     ``--set …base_url=`` recipe) and their key in the variable they name."""
@@ -138,7 +138,7 @@ def test_hosted_configs_run_against_a_local_server(ray_session, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(ray_session, tmp_path,
+def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(inprocess, tmp_path,
                                                                     capsys, monkeypatch):
     """The demo labels ``ml_inference_intergroup`` with text; a researcher then points the
     hosted intergroup config (integer labels) at the same integration and relabels: the first
@@ -173,7 +173,7 @@ def test_hosted_labels_of_another_type_stop_the_run_before_any_retry(ray_session
 
 
 def test_a_model_that_comes_later_labels_what_was_queued_before_it_once(
-        ray_session, tmp_path, capsys, tiny_models):
+        inprocess, tmp_path, capsys, tiny_models):
     """ime.yaml, its model folder swapped for one that is not there yet: --classifier-later
     queues the posts under the config_hash computed without the weights. Once the model is
     in place, the next command queues those posts for the hash it computes (each once — the

@@ -78,7 +78,7 @@ def test_complete_is_fenced_and_counts_every_post_once(tmp_path, posts_factory):
 
 
 @pytest.mark.slow
-def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(ray_session, tmp_path):
+def test_types_fixed_by_the_first_export_hold_and_a_clash_stops_the_run(inprocess, tmp_path):
     """Runs 1–2 fix and then fill the output's types (values that fit are cast); run 3 brings
     text into the integer label column (the writer's check) and run 4 mixes types within one
     classify call (the stage's check): each stops with exit 2 and one line naming the

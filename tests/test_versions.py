@@ -60,7 +60,7 @@ def test_store_relabels_other_versions_only_when_asked(tmp_path):
 
 
 @pytest.mark.slow
-def test_changed_config_is_skipped_then_relabelled_beside_the_old_rows(ray_session, tmp_path,
+def test_changed_config_is_skipped_then_relabelled_beside_the_old_rows(inprocess, tmp_path,
                                                                       capsys):
     write_posts(tmp_path, 300, days=2)
     cfg = write_config(tmp_path, {"type": "tests.plugins:KeywordClassifier"})

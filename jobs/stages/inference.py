@@ -303,7 +303,6 @@ class InferenceRun:
     def _one_pass(self) -> None:
         """Stream every claimable batch through the classifiers (which send their results to
         the writer themselves)."""
-        import ray.data
         from ray.data import ActorPoolStrategy, DataContext
 
         pipe, integ = self.config.pipeline, self.integ
@@ -321,26 +320,35 @@ class InferenceRun:
         waves = self.config.queue.max_attempts if map_whole_blocks else 1
         waves += self.stream_waves  # each chunk committed while a read task waits may end one
         self.stream_waves = 0  # a later pass runs after the feed has ended
-        ds = ray.data.read_datasource(
-            QueueDatasource(self.queue, pipe.read_tasks, pipe.read_block_bytes,
-                            pipe.batches_per_claim, waves=waves,
-                            wait_for_retries=map_whole_blocks is not None),
-            override_num_blocks=pipe.read_tasks, concurrency=pipe.read_tasks,
-            num_cpus=pipe.read_task_num_cpus)
-        map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
-        ds = map_batches(ClassifierStage, **ClassifierStage.map_batches_options(
+        source = QueueDatasource(self.queue, pipe.read_tasks, pipe.read_block_bytes,
+                                 pipe.batches_per_claim, waves=waves,
+                                 wait_for_retries=map_whole_blocks is not None)
+        stage = ClassifierStage.map_batches_options(
             classifier_type=integ.classifier.type, params=integ.classifier.params,
             batch_size=integ.batch_size, num_cpus=integ.num_cpus, num_gpus=integ.num_gpus,
             compute=ActorPoolStrategy(min_size=integ.actors.min, max_size=self.actors_max),
             whole_blocks=map_whole_blocks is not None, run_id=self.run_id,
             integration=self.name, monitor=self.monitor, writer=self.writer,
             config_hash=self.summary.config_hash, secrets=_secrets(integ.classifier.typed),
-            fixed_types=self._fixed_types(), output_dir=self.out_dir))
+            fixed_types=self._fixed_types(), output_dir=self.out_dir)
+        self._stream(source, stage, map_whole_blocks)
+
+    def _stream(self, source: QueueDatasource, stage: dict[str, Any],
+                map_whole_blocks: Callable[..., Any] | None) -> None:
+        """Ray Data's job of one pass: the read tasks of ``source`` → ``map_batches`` of
+        ``ClassifierStage`` with the ``stage`` options, run to its end."""
+        import ray.data
+
+        pipe = self.config.pipeline
+        ds = ray.data.read_datasource(source, override_num_blocks=pipe.read_tasks,
+                                      concurrency=pipe.read_tasks,
+                                      num_cpus=pipe.read_task_num_cpus)
+        map_batches = map_whole_blocks.__get__(ds) if map_whole_blocks else ds.map_batches
+        ds = map_batches(ClassifierStage, **stage)
         # The results went to the writer from the classifier actors; what comes out here is
         # a count per block, never held or deserialised by the driver.
         for _ in ds.iter_internal_ref_bundles():
             pass
-
 
     def _fixed_types(self) -> Any:
         """The output's column types as the queue file holds them now (None: not fixed yet,
