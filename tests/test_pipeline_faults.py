@@ -71,7 +71,7 @@ def test_classifier_that_cannot_be_built_stops_with_its_own_error(inprocess, tmp
     assert st.pending_posts == 300 and st.processing_posts == 0 and st.dead_posts == 0
 
 
-def test_a_queue_with_nothing_claimable_starts_no_classifier(ray_session, tmp_path):
+def test_a_queue_with_nothing_claimable_starts_no_classifier(inprocess, tmp_path):
     """Nothing pending of the run's version (queued for another one, then all labelled): the
     run ends without an actor pool — a classifier that cannot even be built is never built."""
     good = pipeline_config(tmp_path)
