@@ -92,6 +92,13 @@ def test_a_killed_actor_and_one_that_cannot_be_built_answer_as_dead(remote):
     ray.kill(box)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(box.add.remote(2), timeout=60)
+    busy = _box(ray)
+    busy.held.remote(3)
+    queued = busy.add.remote(1)  # waits behind the held call when the actor is killed
+    time.sleep(0.5)
+    ray.kill(busy)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(queued, timeout=60)
     broken = _box(ray, fail=True)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(broken.add.remote(1), timeout=60)

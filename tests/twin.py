@@ -20,7 +20,7 @@ import pickle
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -52,6 +52,8 @@ class Ref:
             return self.future.result(timeout)
         except FutureTimeout:
             raise GetTimeoutError(f"a twin call did not answer within {timeout} s") from None
+        except CancelledError:  # queued when its actor was killed
+            raise ActorDiedError() from None
 
 
 class Handle:
@@ -103,7 +105,9 @@ class Handle:
         return Ref(pool.submit(run))
 
     def kill(self) -> None:
-        """As its process ending would: no further call runs, its own threads stop."""
+        """As its process ending would: no further call runs (queued ones answer as dead), its
+        own threads stop. A call already running finishes (a thread cannot be ended), where
+        Ray would end it with the process: tests of kills keep the real Ray."""
         self.dead = True
         stop = getattr(self.obj, "_stop", None)  # the QueueActor's lease heartbeat
         if isinstance(stop, threading.Event):
