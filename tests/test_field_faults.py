@@ -189,8 +189,8 @@ def test_relabel_after_a_config_change_labels_each_post_once_per_version(inproce
 
 
 @pytest.mark.slow
-def test_a_normal_run_racing_a_relabel_run_labels_each_post_once_per_version(ray_session,
-                                                                            tmp_path):
+def test_a_normal_run_racing_a_relabel_run_labels_each_post_once_per_version(
+        inprocess, ray_session, tmp_path):
     write_posts(tmp_path, 600, days=2)
     x = _relabel_config(tmp_path / "x", "MARKER-X")
     y = _relabel_config(tmp_path / "y", "MARKER-Y")

@@ -94,7 +94,8 @@ def test_final_export_writes_what_no_periodic_export_covered(inprocess, tmp_path
 
 
 @pytest.mark.slow
-def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(ray_session, tmp_path):
+def test_heartbeat_keeps_a_long_batch_leased_while_another_run_polls(inprocess, ray_session,
+                                                                     tmp_path):
     """One batch takes ~3x lease_seconds to classify. The run holding it must keep it
     (heartbeat), so a second run polling meanwhile never claims it and the first run's
     completion is accepted."""

@@ -110,8 +110,8 @@ def _wait_until_the_actors_of_other_jobs_are_gone(ray, deadline_s: float = 120) 
         time.sleep(0.2)
 
 
-def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(ray_session,
-                                                                          tmp_path):
+def test_driver_sigkilled_then_immediate_rerun_finishes_with_default_lease(
+        inprocess, ray_session, tmp_path):
     posts = make_posts(4000)
     # The posts of the queue's batches 4 to 7 wait for go_on: batch 0's blocks reach the
     # actors before any of them, so it completes whichever actors they went to (holding each
