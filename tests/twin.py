@@ -125,16 +125,19 @@ class _Method:
 
 
 class ActorClass:
-    """``ray.remote(cls)`` / ``ray.remote(**options)(cls)``, then ``.options(...).remote()``."""
+    """``ray.remote(cls)`` / ``ray.remote(**options)(cls)``, then ``.options(...).remote()``;
+    every handle made is added to ``made`` (the twin ends them after the test)."""
 
-    def __init__(self, cls: type, options: dict) -> None:
-        self.cls, self.opts = cls, options
+    def __init__(self, cls: type, options: dict, made: list[Handle]) -> None:
+        self.cls, self.opts, self.made = cls, options, made
 
     def options(self, **options: Any) -> "ActorClass":
-        return ActorClass(self.cls, {**self.opts, **options})
+        return ActorClass(self.cls, {**self.opts, **options}, self.made)
 
     def remote(self, *args: Any, **kwargs: Any) -> Handle:
-        return Handle(self.cls, args, kwargs, self.opts)
+        handle = Handle(self.cls, args, kwargs, self.opts)
+        self.made.append(handle)
+        return handle
 
 
 class Twin:
@@ -176,17 +179,7 @@ class Twin:
         return decorate
 
     def _class(self, cls: type, options: dict) -> ActorClass:
-        twin = self
-
-        class Tracked(ActorClass):
-            def remote(self, *args: Any, **kwargs: Any) -> Handle:
-                handle = super().remote(*args, **kwargs)
-                twin.handles.append(handle)
-                return handle
-
-            def options(self, **more: Any) -> ActorClass:
-                return Tracked(self.cls, {**self.opts, **more})
-        return Tracked(cls, options)
+        return ActorClass(cls, options, self.handles)
 
     def _get(self, refs: Any, *, timeout: float | None = None) -> Any:
         if isinstance(refs, Ref):
