@@ -1,6 +1,6 @@
 """The cluster path against real `ray start` heads on this host (as another user's Ray would
-run beside ours): a plain run never joins a head it was not told about, `RAY_ADDRESS` and
-`ray job submit` join it, the shipped LLM config runs end to end on a head with a GPU slot
+run beside ours): a plain run never joins a head it was not told about, `ray job submit`
+and `RAY_ADDRESS` join it, the shipped LLM config runs end to end on a head with a GPU slot
 and the model in the Hugging Face cache under its real hub id, and a run whose cluster goes
 away stops within a minute with one line and its summary. Every process started here is
 stopped by its own PID."""
@@ -135,8 +135,12 @@ def _head_actor_names(head: Head) -> list[str]:
                                               raise_on_missing_output=False)]
 
 
-def test_a_plain_run_starts_its_own_ray_beside_a_foreign_head_and_joins_only_when_told(
+def test_a_plain_run_starts_its_own_ray_beside_a_foreign_head_and_ray_job_submit_joins_it(
         head, tmp_path):
+    """The shipped demo config, run twice on one study folder: a plain command beside the
+    head starts a Ray of its own (never joining the head it was not told about), then
+    ``ray job submit`` runs it on the head (joined through the ``RAY_ADDRESS`` the job is
+    given) and labels the same posts."""
     project = _study(tmp_path)
     config = project / "configs" / "demo.yaml"
     data = project / "data"  # demo.yaml says ../data
@@ -150,29 +154,18 @@ def test_a_plain_run_starts_its_own_ray_beside_a_foreign_head_and_joins_only_whe
     first = _uris(data / "ml_inference_intergroup")
     assert len(first) == len(set(first)) > 70
     shutil.rmtree(data)
-    joined = _cli(dict(head.env, RAY_ADDRESS=head.gcs), *argv, cwd=tmp_path)
-    assert joined.returncode == 0, joined.stderr[-3000:]
-    assert f"ray: joined the Ray cluster at {head.gcs}" in joined.stderr
-    assert "num_cpus" in joined.stderr and "object_store_memory" in joined.stderr  # ignored
-    assert [n for n in _head_actor_names(head) if n.startswith("backfill-queue-")]
-    assert sorted(_uris(data / "ml_inference_intergroup")) == sorted(first)
-
-
-def test_ray_job_submit_runs_the_shipped_demo_config_on_the_cluster(head, tmp_path):
-    project = _study(tmp_path)
-    config = project / "configs" / "demo.yaml"
     runtime_env = ('{"excludes": [".venv", ".git", "data", "demo_data", "*.egg-info"],'
                    ' "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}')
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", f"--address={head.dashboard}", "--working-dir",
-         ".", "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.backfill",
-         "--config", str(config), "-r", "posts", "--add-to-queue", "-i", "g",
-         "--run-integrations", "--write-cache", "all"],
+         ".", "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.backfill", *argv],
         cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=400)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    assert "succeeded" in job.stdout and "joined the Ray cluster" in job.stdout
-    uris = _uris(project / "data" / "ml_inference_intergroup")
-    assert len(uris) == len(set(uris)) > 70
+    assert "succeeded" in job.stdout, job.stdout[-3000:]
+    assert f"ray: joined the Ray cluster at {head.gcs}" in job.stdout, job.stdout[-3000:]
+    assert "num_cpus" in job.stdout and "object_store_memory" in job.stdout  # ignored
+    assert [n for n in _head_actor_names(head) if n.startswith("backfill-queue-")]
+    assert sorted(_uris(data / "ml_inference_intergroup")) == sorted(first)
     assert not (ROOT / "configs" / "data").exists()  # nothing inside the uploaded copy
 
 
@@ -190,6 +183,7 @@ def test_shipped_llm_config_runs_with_the_model_cached_under_its_real_hub_id(
                "--set", f"output_dir={tmp_path / 'labels'}", "-r", "posts", "--add-to-queue",
                "-i", "g", "--run-integrations", "--write-cache", "all")
     assert run.returncode == 0, run.stderr[-3000:]
+    assert f"ray: joined the Ray cluster at {head.gcs}" in run.stderr, run.stderr[-3000:]
     table = pads.dataset(tmp_path / "labels" / "ml_inference_intergroup_llm",
                          partitioning="hive").to_table()
     assert table.num_rows > 100 and len(set(table.column("uri").to_pylist())) == table.num_rows
