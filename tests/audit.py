@@ -4,11 +4,12 @@ campaign (``benchmarks/kill_campaign.py``). Small data only: it holds every uri 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 
@@ -93,10 +94,35 @@ def places(queue_file: Path, integration: str, output: Path | str | None) -> Pla
         finally:
             conn.close()
     if output is not None:
-        root = Location.of(output)
-        if root.has_parquet():
-            for row in root.dataset().to_table().to_pylist():
-                key = (row["uri"], row["config_hash"])
-                found.parquet[key] += 1
-                found.rows[key] = row
+        for row in _published_rows(Location.of(output)):
+            key = (row["uri"], row["config_hash"])
+            found.parquet[key] += 1
+            found.rows[key] = row
     return found
+
+
+_READ: dict[tuple, list[dict[str, Any]]] = {}  # a local file's rows, by what identifies it
+
+
+def _published_rows(root: Location) -> Iterator[dict[str, Any]]:
+    """Every row of the parquet files a reader of ``root`` sees (what ``pyarrow.dataset``
+    finds there: names starting with "." or "_" are not its). A local file already read, the
+    same file still (inode, size, mtime), is not read again: the checker reads the output
+    after every step of a sequence, and most steps leave most files as they were."""
+    if not root.local:
+        if root.has_parquet():
+            yield from root.dataset().to_table().to_pylist()
+        return
+    if len(_READ) > 4096:
+        _READ.clear()
+    for folder, dirs, files in os.walk(root.path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for name in sorted(files):
+            if name.startswith((".", "_")):
+                continue
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key not in _READ:
+                _READ[key] = pq.read_table(path).to_pylist()
+            yield from _READ[key]
