@@ -12,7 +12,7 @@ import pytest
 from jobs.backfill import main
 from queue_store import QueueBusyError
 from tests.queue_helpers import NAME, Store, complete, export_output, posts_of, spawn_queue_proc
-from queue_store.schema import PAGE_SIZE
+from queue_store.schema import PAGE_SIZE, WAL_KEEP_BYTES
 from tests.cli_helpers import write_config
 from tests.conftest import make_posts
 from tests.pipeline_helpers import PLUGIN
@@ -42,6 +42,31 @@ def test_clearing_exported_rows_gives_their_pages_back(tmp_path):
         assert st.file_bytes == res.file_bytes_after and st.ledger_bytes == res.ledger_bytes
         again = store.enqueue(make_posts(20_000), batch_size=500)  # the ledger still knows
         assert again.enqueued_posts == 0 and again.skipped_known == 20_000
+    finally:
+        store.close()
+
+
+def test_the_wal_stays_bounded_while_batches_pass_through(tmp_path):
+    """A run writes every batch at least three times (queued, claimed, completed): the WAL
+    beside the queue file is checkpointed and cut back as it goes, never left at SQLite's
+    default 1000 pages (64 MiB at this page size). Incompressible posts, 40 MB written."""
+    store = Store(tmp_path, NAME)
+    try:
+        wal = store.path.with_name(store.path.name + "-wal")
+        peak = 0
+        for day in range(20):
+            posts = make_posts(1000, start=day * 1000)
+            for p in posts:
+                p["text"] = os.urandom(500).hex()
+            store.enqueue(posts, batch_size=1000)
+            peak = max(peak, wal.stat().st_size)
+            for b in store.claim(max_batches=1):
+                peak = max(peak, wal.stat().st_size)
+                complete(store, b, {p["uri"]: {"label": "intergroup", "score": 0.5}
+                                    for p in posts_of(b)})
+                peak = max(peak, wal.stat().st_size)
+        assert peak <= 2 * WAL_KEEP_BYTES, f"WAL peaked at {peak:,} bytes"
+        assert store.status().pending_posts == 0
     finally:
         store.close()
 

@@ -204,6 +204,26 @@ def test_corrupt_rows_go_to_dead_letters(store, payload):
     assert store.claim(10) == []
 
 
+def test_batches_are_stored_compressed_and_uncompressed_ones_still_claim(store):
+    """Posts are queued zstd-compressed; a batch queued uncompressed (as earlier versions did,
+    in a queue file a researcher keeps) is claimed, labelled and completed the same way."""
+    def fields(posts):
+        return [{c: p[c] for c in codec.POST_COLUMNS} for p in posts]
+
+    posts, older = make_posts(500), make_posts(3, start=500)
+    store.enqueue(posts, batch_size=500)
+    [(stored,)] = store.conn.execute(f"SELECT payload FROM input_{NAME}").fetchall()
+    assert len(stored) < len(_stored(codec.posts_table(fields(posts)))) / 2
+    store.conn.execute(f"INSERT INTO input_{NAME} (payload, metadata, n_posts, version, "
+                       "created_at) VALUES (?, '{}', 3, '', 0)",
+                       (_stored(codec.posts_table(fields(older))),))
+    new, old = store.claim(10)
+    assert posts_of(new) == fields(posts) and posts_of(old) == fields(older)
+    assert _ack_all(store, new).accepted and _ack_all(store, old).accepted
+    st = store.status()
+    assert st.pending_posts == st.processing_posts == 0
+
+
 @pytest.mark.parametrize("name", ["x; DROP TABLE meta", "1abc", "a-b", "", "a" * 65, "é"])
 def test_unsafe_integration_names_are_rejected(tmp_path, name):
     with pytest.raises(ValueError, match="invalid integration name"):
