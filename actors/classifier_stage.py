@@ -42,10 +42,12 @@ STATUS_EVERY_S = 2.0
 
 class MonitorJournal:
     """The crash journal kept by the StageReports: begin/set_active are awaited (they must
-    be recorded before the posts run), end is not."""
+    be recorded before the posts run); end goes with the stage's report of the call
+    (``report_call``, not awaited), sent as soon as ``classify`` returns."""
 
     def __init__(self, monitor: Any) -> None:
         self.monitor = monitor
+        self.ended: str | None = None
 
     def begin(self, key: str, n_posts: int) -> BlockState | None:
         import ray
@@ -58,7 +60,12 @@ class MonitorJournal:
         ray.get(self.monitor.journal_set_active.remote(key, posts))
 
     def end(self, key: str) -> None:
-        self.monitor.journal_end.remote(key)
+        self.ended = key
+
+    def take_ended(self) -> str | None:
+        """The key ``end`` was given since the last report (None: none), for the report."""
+        key, self.ended = self.ended, None
+        return key
 
 
 def block_key(batch: pa.Table) -> str:
@@ -202,10 +209,11 @@ class ClassifierStage:
             except Exception as exc:  # noqa: BLE001 - last line of defence: fail the rows
                 outcomes = [Outcome(None, f"stage error: {type(exc).__name__}: {exc}"[:500])
                             ] * part.num_rows
-            self._send(self._result_rows(part, outcomes))
             self.posts += part.num_rows
             outside = time.process_time() - self.cpu_start - self.classifier.cpu_s
-            self._tell("report_progress", self.actor_key, self.posts, outside)
+            self._tell("report_call", self.actor_key, self.journal.take_ended(), self.posts,
+                       outside)
+            self._send(self._result_rows(part, outcomes))
         self._drain()
         return pa.table({"posts": pa.array([n], pa.int64())})
 

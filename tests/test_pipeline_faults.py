@@ -53,6 +53,9 @@ def test_post_that_kills_the_process_is_isolated_in_one_run(ray_session, tmp_pat
     st = queue_status(tmp_path)
     assert st.pending_posts == st.processing_posts == 0
     assert summary.labelled == 999 and summary.dead_lettered == 1
+    # Halving a call of 16 to its killer takes 5 deaths (7 measured: Ray resubmits too); a
+    # journal that missed the ends of the calls done before would count each of them (197).
+    assert summary.process_deaths < 20, summary.process_deaths
     assert seconds < 180, seconds
     print(f"\nkiller post: rows {len(uris)}, distinct {len(set(uris))}, dead 1, "
           f"{summary.process_deaths} process deaths, {seconds:.1f} s")
