@@ -146,8 +146,8 @@ class QueueActor(StageReports):
 
     # -- write side ------------------------------------------------------------------------
     def complete(self, acks: list[Ack], output: StagedOutput | None) -> dict[str, Any]:
-        """Fenced ack of a claim's batches and the record of their labelled file, all or
-        none (``QueueStore.complete``)."""
+        """Fenced ack of the batches of one or more claims and the record of their labelled
+        file, all or none (``QueueStore.complete``)."""
         result = self.store.complete(acks, output)
         with self._lock:
             for a in acks:

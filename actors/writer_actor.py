@@ -1,12 +1,14 @@
 """WriterActor: turns the result stream into labelled parquet files and fenced completions.
 
 Classifier actors send it each ``classify`` call's result rows. Rows are grouped per (batch,
-lease); once every post of every batch one claim took has a result, the claim's labelled rows
-are written once, as a staged parquet file per post day (``queue_store.staging``), and one
-fenced ``complete`` goes to the QueueActor: it acks the claim's batches and records the file
-in one transaction. A batch whose results are all in waits at most ``complete_within_s`` for
-the rest of its claim (a thread of the writer's own checks), then completes with the batches
-done so far: a slow model's labels still leave every few seconds. Recorded files are
+lease); once every post of every batch one claim took has a result, the claim is whole.
+Whole claims are completed together, up to ``complete_posts`` posts: their labelled rows are
+written once, as a staged parquet file per post day (``queue_store.staging``), and one fenced
+``complete`` goes to the QueueActor: it acks their batches and records the file in one
+transaction. A whole claim waits for others to join it only while results keep arriving
+(``IDLE_S``), and at most ``complete_within_s``; a batch whose results are all in waits at
+most that long for the rest of its claim (a thread of the writer's own checks), then
+completes with the batches done so far: a slow model's labels still leave every few seconds. Recorded files are
 published (moved to their final names in the output) every ``export_rows`` rows or
 ``export_every_seconds``, and at the end; a crash leaves them recorded, and the next command
 publishes them. Staged files no commit names (a crash before the commit; a commit fenced
@@ -79,6 +81,11 @@ def label_counts(labelled: pa.Table | None) -> dict[str, int]:
 
 
 MAX_UNSETTLED = 16  # completions in flight to the QueueActor before waiting for answers
+# Whole claims wait for more to share their completion only while result rows keep coming:
+# once none has arrived for this long, what is whole completes (the end of a pass, a slow
+# model). Fewer, larger completions: one QueueActor call and transaction, and one staged
+# file per day, for several claims.
+IDLE_S = 0.1
 
 
 def fixed_mmap_threshold(nbytes: int = 131_072) -> None:
@@ -105,7 +112,8 @@ def storage_message(out_dir: str, exc: OSError) -> str:
 class WriterActor:
     def __init__(self, queue: Any, data_dir: str, integration: str, max_attempts: int,
                  out: Location, export_rows: int, export_every_seconds: float,
-                 monitor: Any, run_id: str, complete_within_s: float) -> None:
+                 monitor: Any, run_id: str, complete_within_s: float,
+                 complete_posts: int) -> None:
         fixed_mmap_threshold()
 
         self.queue = queue  # completions go through the QueueActor (one fenced call each)
@@ -121,6 +129,10 @@ class WriterActor:
         self.export_every_seconds = export_every_seconds
         self.open: dict[tuple[int, str], dict[str, Any]] = {}
         self.claims: dict[str, dict[str, Any]] = {}  # lease → its batches complete so far
+        self.ready: list[tuple[str, list[tuple[int, pa.Table]]]] = []  # to complete together
+        self.ready_posts = 0
+        self.ready_since = float("inf")  # when the oldest of them had its results
+        self.last_rows = time.monotonic()  # when result rows last arrived
         self.completing: list[tuple[Any, dict[str, Any]]] = []
         self.unpublished_rows = 0
         self.last_export = time.monotonic()
@@ -128,6 +140,7 @@ class WriterActor:
         self.schema = self.store.export_schema()  # the integration's fixed column types
         self._storage(lambda: collect_garbage(self.store, self.out, keep=run_id))
         self.complete_within_s = complete_within_s
+        self.complete_posts = complete_posts
         self._lock = threading.Lock()  # the claims, between consume and the waiting thread
         self._stop = threading.Event()
         threading.Thread(target=self._complete_waiting, daemon=True).start()
@@ -138,6 +151,7 @@ class WriterActor:
         if not table.num_rows:
             return
         with self._lock:
+            self.last_rows = time.monotonic()
             self._consume(table)
 
     def _consume(self, table: pa.Table) -> None:
@@ -160,9 +174,11 @@ class WriterActor:
             claim["batches"].append((key[0], rows))
             claim["posts"] += rows.num_rows
             claim["since"] = claim["since"] or time.monotonic()
-            if claim["posts"] >= claim["expected"]:  # every batch of the claim: one file
+            if claim["posts"] >= claim["expected"]:  # every batch of the claim: whole
                 del self.claims[key[1]]
-                self._complete(key[1], claim["batches"])
+                self._ready(key[1], claim["batches"], claim["since"])
+        if self.ready_posts >= self.complete_posts:
+            self._complete_ready()
         if len(self.completing) >= MAX_UNSETTLED:
             self._settle()
         if (self.unpublished_rows >= self.export_rows
@@ -170,36 +186,56 @@ class WriterActor:
             self._export()
 
     def _complete_waiting(self) -> None:
-        """Complete the batches that waited ``complete_within_s`` for the rest of their
-        claim (the others complete later, with another file)."""
-        while not self._stop.wait(min(self.complete_within_s / 4, 0.5)):
+        """Complete what waited long enough: whole claims once result rows stop arriving
+        (``IDLE_S``) or after ``complete_within_s``, and the batches that waited that long
+        for the rest of their claim (the others complete later, with another file)."""
+        while not self._stop.wait(min(self.complete_within_s / 4, IDLE_S)):
             with self._lock:
-                self._complete_done_batches(time.monotonic() - self.complete_within_s)
+                now = time.monotonic()
+                self._complete_done_batches(now - self.complete_within_s,
+                                            idle=now - self.last_rows >= IDLE_S)
 
-    def _complete_done_batches(self, waited_since: float) -> None:
+    def _complete_done_batches(self, waited_since: float, idle: bool = False) -> None:
         """Complete the batches with all their results of each claim whose first such batch
-        has waited since ``waited_since`` or before."""
+        has waited since ``waited_since`` or before, with the whole claims if they waited as
+        long (or ``idle``: no result rows are coming)."""
         for lease_id, claim in self.claims.items():
             if claim["batches"] and claim["since"] <= waited_since:
-                batches, claim["batches"], claim["since"] = claim["batches"], [], None
-                self._complete(lease_id, batches)
+                batches, claim["batches"], since = claim["batches"], [], claim["since"]
+                claim["since"] = None
+                self._ready(lease_id, batches, since)
+        if self.ready and (idle or self.ready_since <= waited_since):
+            self._complete_ready()
 
-    def _complete(self, lease_id: str, batches: list[tuple[int, pa.Table]]) -> None:
-        """Stage the labelled rows of a claim's batches as one file, then send the fenced
+    def _ready(self, lease_id: str, batches: list[tuple[int, pa.Table]], since: float
+               ) -> None:
+        """A claim's batches with all their results, to complete with the next group."""
+        self.ready.append((lease_id, batches))
+        self.ready_posts += sum(rows.num_rows for _, rows in batches)
+        self.ready_since = min(self.ready_since, since)
+
+    def _complete_ready(self) -> None:
+        claims, self.ready = self.ready, []
+        self.ready_posts, self.ready_since = 0, float("inf")
+        self._complete(claims)
+
+    def _complete(self, claims: list[tuple[str, list[tuple[int, pa.Table]]]]) -> None:
+        """Stage the labelled rows of the claims' batches as one file, then send the fenced
         completion that records it. Not awaited here: the QueueActor runs this caller's calls
         in order, and ``_settle`` collects the answers before any publish or the end."""
         acks, labelled, counts = [], [], {}
-        for batch_id, rows in batches:
-            done, failed = self._split(rows)
-            acks.append(Ack(batch_id=batch_id, lease_id=lease_id, failed=failed,
-                            labelled=0 if done is None else done.num_rows))
-            if done is not None:
-                labelled.append(done)
-                for label, n in label_counts(done).items():
-                    counts[label] = counts.get(label, 0) + n
+        for lease_id, batches in claims:
+            for batch_id, rows in batches:
+                done, failed = self._split(rows)
+                acks.append(Ack(batch_id=batch_id, lease_id=lease_id, failed=failed,
+                                labelled=0 if done is None else done.num_rows))
+                if done is not None:
+                    labelled.append(done)
+                    for label, n in label_counts(done).items():
+                        counts[label] = counts.get(label, 0) + n
         staged = self._stage(acks, labelled) if labelled else None
         self.completing.append((self.queue.complete.remote(acks, staged), {
-            "lease_id": lease_id, "batches": batches, "staged": staged, "counts": counts}))
+            "claims": claims, "staged": staged, "counts": counts}))
         self.unpublished_rows += staged.rows if staged else 0
 
     def _stage(self, acks: list[Ack], tables: list[pa.Table]) -> StagedOutput:
@@ -255,8 +291,8 @@ class WriterActor:
 
     def _settle(self) -> None:
         """Collect the answers of the completions in flight. One fenced out because a lease
-        was lost: its staged file is deleted, and the claim's batches still held are
-        completed again without the lost ones (their posts are another run's now)."""
+        was lost: its staged file is deleted, and the batches still held are completed
+        again without the lost ones (their posts are another run's now)."""
         import ray
 
         while self.completing:
@@ -264,8 +300,9 @@ class WriterActor:
             answers = ray.get([ref for ref, _ in pending])
             for res, sent in zip(answers, pending):
                 sent = sent[1]
+                batches = [b for _, claim in sent["claims"] for b, _ in claim]
                 if res["accepted"]:
-                    self.stats.completed_batches += len(sent["batches"])
+                    self.stats.completed_batches += len(batches)
                     for label, n in sent["counts"].items():  # labels of completed batches
                         self.stats.label_counts[label] = (
                             self.stats.label_counts.get(label, 0) + n)
@@ -273,11 +310,12 @@ class WriterActor:
                 if sent["staged"] is not None:
                     self._storage(lambda: discard(self.out, sent["staged"]))
                     self.unpublished_rows -= sent["staged"].rows
-                lost = set(res["lost"]) or {b for b, _ in sent["batches"]}
+                lost = set(res["lost"]) or set(batches)
                 self.stats.stale_batches += len(lost)
-                kept = [(b, rows) for b, rows in sent["batches"] if b not in lost]
-                if kept:
-                    self._complete(sent["lease_id"], kept)
+                kept = [(lease_id, [(b, rows) for b, rows in claim if b not in lost])
+                        for lease_id, claim in sent["claims"]]
+                if kept := [(lease_id, claim) for lease_id, claim in kept if claim]:
+                    self._complete(kept)
 
     def _note_provenance(self, table: pa.Table) -> None:
         """The classifier and model, from the first successful row."""
@@ -306,7 +344,8 @@ class WriterActor:
     def _stats(self) -> WriterStats:
         return self.stats.model_copy(update={
             "open_batches": len(self.open) + sum(len(c["batches"])
-                                                 for c in self.claims.values()),
+                                                 for c in self.claims.values())
+            + sum(len(batches) for _, batches in self.ready),
             "cpu_s": time.process_time() - self.cpu_at_start})
 
     def finish(self) -> WriterStats:
@@ -315,7 +354,7 @@ class WriterActor:
         later run redoes them)."""
         self._stop.set()
         with self._lock:
-            self._complete_done_batches(float("inf"))
+            self._complete_done_batches(float("inf"), idle=True)
             self._export()
             # What dead runs staged and never committed, also of those whose leases this
             # run's claims took back after it started.

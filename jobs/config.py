@@ -62,6 +62,9 @@ class PipelineConfig(Strict):
     # batch whose results are all in waits at most this long for the others (a slow model,
     # a block split over actors), then completes with those done so far.
     complete_within_s: float = Field(2.0, gt=0)
+    # Whole claims complete together, up to about this many posts: one labelled file per
+    # post day and one fenced transaction for all of them (while results keep arriving).
+    complete_posts: int = Field(20_000, ge=1)
     export_rows: int = Field(50_000, ge=1)
     compact_rows: int = Field(1_000_000, ge=1)  # rows per file --compact-output writes
     export_every_seconds: float = Field(60, gt=0)

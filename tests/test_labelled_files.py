@@ -111,7 +111,8 @@ def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(in
     queue = ray.remote(**OPTIONS)(QueueActor).options(num_cpus=0).remote(
         str(tmp_path), NAME, 3, 60, LeaseHolder.this_process("fenced-run").encode(), version)
     writer = ray.remote(WriterActor).options(num_cpus=0).remote(
-        queue, str(tmp_path), NAME, 3, Location.of(root), 10**6, 3600, queue, "fenced-run", 60)
+        queue, str(tmp_path), NAME, 3, Location.of(root), 10**6, 3600, queue, "fenced-run", 60,
+        10**6)
     try:
         claim = ray.get(queue.next_batches.remote(2))
         assert len(claim) == 2 and claim[0].lease_id == claim[1].lease_id
@@ -134,4 +135,69 @@ def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(in
     assert st.processing_posts == 250 and st.pending_posts == 0  # the other run's, untouched
     assert _staged(root) == []  # the fenced-out file is gone
     assert store.release(taken.batch_id, taken.lease_id)
+    store.close()
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_whole_claims_complete_together_and_a_lost_lease_fences_out_only_its_own(
+        inprocess, tmp_path, monkeypatch, lost):
+    """Two claims whole at the writer complete as one group: one staged file (per day) and
+    one fenced transaction for both. When another run has taken one claim's batch over, the
+    group is fenced out whole, its file deleted, and the other claim completes again alone:
+    its posts labelled once, the taken batch neither labelled here nor lost."""
+    import ray
+
+    import actors.writer_actor
+    from actors.classifier_stage import ClassifierStage
+    from actors.queue_actor import QueueActor
+    from actors.queue_datasource import batches_to_table
+    from actors.stage_reports import OPTIONS
+    from actors.writer_actor import WriterActor
+    from queue_store.lease_holder import LeaseHolder
+    from tests.pipeline_helpers import PLUGIN
+    from tests.queue_helpers import Store
+
+    monkeypatch.setattr(actors.writer_actor, "IDLE_S", 3600)  # nothing completes before finish
+    cfg = pipeline_config(tmp_path)
+    posts = make_posts(500, days=1)
+    enqueue(tmp_path, posts, batch_size=250, config=cfg)
+    version, root = version_of(cfg), tmp_path / NAME
+    queue = ray.remote(**OPTIONS)(QueueActor).options(num_cpus=0).remote(
+        str(tmp_path), NAME, 3, 60, LeaseHolder.this_process("group-run").encode(), version)
+    writer = ray.remote(WriterActor).options(num_cpus=0).remote(
+        queue, str(tmp_path), NAME, 3, Location.of(root), 10**6, 3600, queue, "group-run", 3600,
+        10**6)
+    store = Store(tmp_path, NAME)
+    try:
+        [first] = ray.get(queue.next_batches.remote(1))
+        [second] = ray.get(queue.next_batches.remote(1))
+        assert first.lease_id != second.lease_id
+        blocks = [batches_to_table([first], queue), batches_to_table([second], queue)]
+        if lost:  # another run takes the second claim's batch over
+            assert store.release(second.batch_id, second.lease_id)
+            [taken] = store.claim(1, owner="other-run", config_hash=version)
+            assert taken.batch_id == second.batch_id
+        stage = ClassifierStage(PLUGIN, {}, 100, "group-run", NAME, queue, writer, version,
+                                {}, None, str(root))
+        for block in blocks:
+            stage(block)
+        assert ray.get(writer.get_stats.remote()).open_batches == 2  # both whole, waiting
+        stats = ray.get(writer.finish.remote())
+    finally:
+        ray.kill(writer)
+        ray.kill(queue)
+    uris = output_uris(tmp_path)
+    files = sorted(p.name for p in root.rglob("*.parquet"))
+    assert len(files) == 1, files  # one file for the group (or for what it kept)
+    assert _staged(root) == []
+    st = store.status(version)
+    if lost:
+        assert stats.stale_batches == 1 and stats.completed_batches == 1
+        assert sorted(uris) == sorted(p["uri"] for p in posts[:250])
+        assert st.processing_posts == 250 and st.pending_posts == 0  # the other run's
+        assert store.release(taken.batch_id, taken.lease_id)
+    else:
+        assert stats.stale_batches == 0 and stats.completed_batches == 2
+        assert sorted(uris) == sorted(p["uri"] for p in posts)
+        assert st.processing_posts == st.pending_posts == 0
     store.close()

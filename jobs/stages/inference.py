@@ -138,7 +138,7 @@ class InferenceRun:
             **pinned, name=f"backfill-writer-{self.run_id}").remote(
             self.queue, data_dir, self.name, config.queue.max_attempts, self.out,
             config.pipeline.export_rows, config.pipeline.export_every_seconds, self.monitor,
-            self.run_id, config.pipeline.complete_within_s)
+            self.run_id, config.pipeline.complete_within_s, config.pipeline.complete_posts)
         self.actors = [self.writer, self.queue]
 
     def start(self, feeding: bool, quiet: bool) -> None:
