@@ -142,6 +142,7 @@ class WriterActor:
         self.complete_within_s = complete_within_s
         self.complete_posts = complete_posts
         self._lock = threading.Lock()  # the claims, between consume and the waiting thread
+        self.broken: Exception | None = None  # what stopped the waiting thread, raised later
         self._stop = threading.Event()
         threading.Thread(target=self._complete_waiting, daemon=True).start()
         self.cpu_at_start = time.process_time()  # after imports and set-up
@@ -151,6 +152,7 @@ class WriterActor:
         if not table.num_rows:
             return
         with self._lock:
+            self._raise_broken()
             self.last_rows = time.monotonic()
             self._consume(table)
 
@@ -192,8 +194,26 @@ class WriterActor:
         while not self._stop.wait(min(self.complete_within_s / 4, IDLE_S)):
             with self._lock:
                 now = time.monotonic()
-                self._complete_done_batches(now - self.complete_within_s,
-                                            idle=now - self.last_rows >= IDLE_S)
+                try:
+                    self._complete_done_batches(now - self.complete_within_s,
+                                                idle=now - self.last_rows >= IDLE_S)
+                except Exception as exc:  # noqa: BLE001 - a full disk, a type clash:
+                    self.broken = exc  # reported as fatal already; raised to the next call
+                    return
+
+    def _raise_broken(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+
+    def complete_whole(self) -> None:
+        """Complete the whole claims now and collect the answers: a pass has ended, so no
+        result is coming to join them, and their retries must be queued before the driver
+        asks what is left to claim."""
+        with self._lock:
+            self._raise_broken()
+            if self.ready:
+                self._complete_ready()
+            self._settle()
 
     def _complete_done_batches(self, waited_since: float, idle: bool = False) -> None:
         """Complete the batches with all their results of each claim whose first such batch
@@ -353,7 +373,7 @@ class WriterActor:
         open here had results lost in flight (their leases are handed back, or expire, and a
         later run redoes them)."""
         self._stop.set()
-        with self._lock:
+        with self._lock:  # after a broken waiting thread, too: what it could not, retried
             self._complete_done_batches(float("inf"), idle=True)
             self._export()
             # What dead runs staged and never committed, also of those whose leases this

@@ -276,6 +276,7 @@ class InferenceRun:
                                    or not ray.get(queue.claimable_posts.remote())):
                 return
             self._one_pass()
+            ray.get(self.writer.complete_whole.remote())  # the pass's retries, queued
             claimed = ray.get(queue.get_stats.remote()).claimed_batches
             if claimed == claimed_before and not ray.get(queue.claimable_posts.remote()):
                 return
