@@ -3,6 +3,7 @@ on disk (prints JSON + a table).
 
     python benchmarks/scale_bench.py                        # 1M and 10M (~25 min, ~6 GB disk)
     python benchmarks/scale_bench.py --sizes 100000 1000000
+    python benchmarks/scale_bench.py --sizes 1000000 --posts /tmp/prose_posts   # your posts
 
 Per size, in a fresh data dir: the posts (7 days of demo data), then one command's enqueue
 streaming into inference with the no-op ``constant`` classifier (parquet exported as it goes),
@@ -62,8 +63,9 @@ def _on_disk(data_dir: Path, n: int) -> dict:
             "both_bytes_per_post": round((st.file_bytes + st.ledger_bytes) / n, 1)}
 
 
-def one_size(root: Path, n: int) -> dict:
-    posts = _make_posts(root, n)
+def one_size(root: Path, n: int, posts: Path | None = None) -> dict:
+    """``posts``: a posts folder to use instead of ``n`` demo posts (``n`` is its size)."""
+    posts = posts or _make_posts(root, n)
     data = Path(tempfile.mkdtemp(dir=root))
     with RssSampler() as rss, DiskPeak(data) as disk:
         run = _pipeline(root, posts, {"type": "constant"}, BATCH, data=data)
@@ -100,7 +102,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
+    ap.add_argument("--posts", type=Path, help="posts to use instead of the demo's (one size: "
+                    "their number), e.g. benchmarks/prose_posts.py's")
     args = ap.parse_args()
+    if args.posts and len(args.sizes) != 1:
+        ap.error("--posts takes one --sizes: the number of those posts")
     import ray
 
     out: dict = {}
@@ -108,7 +114,7 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=500_000_000,
                  log_to_driver=False)
         for n in args.sizes:
-            out[str(n)] = one_size(Path(tmp), n)
+            out[str(n)] = one_size(Path(tmp), n, args.posts)
             print(f"{n}: {out[str(n)]['posts_per_s']} posts/s", file=sys.stderr)
         ray.shutdown()
     small, large = out[str(min(args.sizes))], out[str(max(args.sizes))]
