@@ -88,6 +88,31 @@ def test_a_run_killed_mid_upload_to_an_object_store_is_finished_by_the_rerun(
     assert objects(staged) == [] and len(objects(NAME)) > 0
 
 
+def _run_actors(tmp_path, posts: list[dict], run_id: str, complete_within_s: float):
+    """``posts`` queued (250 a batch) and a run's QueueActor, WriterActor and a
+    ``ClassifierStage`` of the test plugin, as the job starts them, without Ray Data."""
+    import ray
+
+    from actors.classifier_stage import ClassifierStage
+    from actors.queue_actor import QueueActor
+    from actors.stage_reports import OPTIONS
+    from actors.writer_actor import WriterActor
+    from queue_store.lease_holder import LeaseHolder
+    from tests.pipeline_helpers import PLUGIN
+
+    cfg = pipeline_config(tmp_path)
+    enqueue(tmp_path, posts, batch_size=250, config=cfg)
+    version, root = version_of(cfg), tmp_path / NAME
+    queue = ray.remote(**OPTIONS)(QueueActor).options(num_cpus=0).remote(
+        str(tmp_path), NAME, 3, 60, LeaseHolder.this_process(run_id).encode(), version)
+    writer = ray.remote(WriterActor).options(num_cpus=0).remote(
+        queue, str(tmp_path), NAME, 3, Location.of(root), 10**6, 3600, queue, run_id,
+        complete_within_s, 10**6)
+    stage = ClassifierStage(PLUGIN, {}, 100, run_id, NAME, queue, writer, version, {}, None,
+                            str(root))
+    return version, root, queue, writer, stage
+
+
 def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(inprocess,
                                                                               tmp_path):
     """The writer's completion of a two-batch claim is fenced out because another run took
@@ -96,23 +121,11 @@ def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(in
     posts — the other run's batch is neither labelled here nor lost."""
     import ray
 
-    from actors.classifier_stage import ClassifierStage
-    from actors.queue_actor import QueueActor
     from actors.queue_datasource import batches_to_table
-    from actors.stage_reports import OPTIONS
-    from actors.writer_actor import WriterActor
-    from queue_store.lease_holder import LeaseHolder
-    from tests.pipeline_helpers import PLUGIN
     from tests.queue_helpers import Store
 
-    cfg = pipeline_config(tmp_path)
-    enqueue(tmp_path, make_posts(500), batch_size=250, config=cfg)
-    version, root = version_of(cfg), tmp_path / NAME
-    queue = ray.remote(**OPTIONS)(QueueActor).options(num_cpus=0).remote(
-        str(tmp_path), NAME, 3, 60, LeaseHolder.this_process("fenced-run").encode(), version)
-    writer = ray.remote(WriterActor).options(num_cpus=0).remote(
-        queue, str(tmp_path), NAME, 3, Location.of(root), 10**6, 3600, queue, "fenced-run", 60,
-        10**6)
+    version, root, queue, writer, stage = _run_actors(tmp_path, make_posts(500), "fenced-run",
+                                                      60)
     try:
         claim = ray.get(queue.next_batches.remote(2))
         assert len(claim) == 2 and claim[0].lease_id == claim[1].lease_id
@@ -121,8 +134,6 @@ def test_a_claim_that_lost_a_lease_completes_the_rest_and_keeps_no_file_of_it(in
         assert store.release(claim[1].batch_id, claim[1].lease_id)
         [taken] = store.claim(1, owner="other-run", config_hash=version)
         assert taken.batch_id == claim[1].batch_id
-        stage = ClassifierStage(PLUGIN, {}, 100, "fenced-run", NAME, queue, writer, version,
-                                {}, None, str(root))
         stage(block)
         stats = ray.get(writer.finish.remote())
     finally:
@@ -148,25 +159,12 @@ def test_whole_claims_complete_together_and_a_lost_lease_fences_out_only_its_own
     import ray
 
     import actors.writer_actor
-    from actors.classifier_stage import ClassifierStage
-    from actors.queue_actor import QueueActor
     from actors.queue_datasource import batches_to_table
-    from actors.stage_reports import OPTIONS
-    from actors.writer_actor import WriterActor
-    from queue_store.lease_holder import LeaseHolder
-    from tests.pipeline_helpers import PLUGIN
     from tests.queue_helpers import Store
 
     monkeypatch.setattr(actors.writer_actor, "IDLE_S", 3600)  # nothing completes before finish
-    cfg = pipeline_config(tmp_path)
     posts = make_posts(500, days=1)
-    enqueue(tmp_path, posts, batch_size=250, config=cfg)
-    version, root = version_of(cfg), tmp_path / NAME
-    queue = ray.remote(**OPTIONS)(QueueActor).options(num_cpus=0).remote(
-        str(tmp_path), NAME, 3, 60, LeaseHolder.this_process("group-run").encode(), version)
-    writer = ray.remote(WriterActor).options(num_cpus=0).remote(
-        queue, str(tmp_path), NAME, 3, Location.of(root), 10**6, 3600, queue, "group-run", 3600,
-        10**6)
+    version, root, queue, writer, stage = _run_actors(tmp_path, posts, "group-run", 3600)
     store = Store(tmp_path, NAME)
     try:
         [first] = ray.get(queue.next_batches.remote(1))
@@ -177,8 +175,6 @@ def test_whole_claims_complete_together_and_a_lost_lease_fences_out_only_its_own
             assert store.release(second.batch_id, second.lease_id)
             [taken] = store.claim(1, owner="other-run", config_hash=version)
             assert taken.batch_id == second.batch_id
-        stage = ClassifierStage(PLUGIN, {}, 100, "group-run", NAME, queue, writer, version,
-                                {}, None, str(root))
         for block in blocks:
             stage(block)
         assert ray.get(writer.get_stats.remote()).open_batches == 2  # both whole, waiting
