@@ -8,12 +8,12 @@ written once, as a staged parquet file per post day (``queue_store.staging``), a
 transaction. A whole claim waits for others to join it only while results keep arriving
 (``IDLE_S``), and at most ``complete_within_s``; a batch whose results are all in waits at
 most that long for the rest of its claim (a thread of the writer's own checks), then
-completes with the batches done so far: a slow model's labels still leave every few seconds. Recorded files are
-published (moved to their final names in the output) every ``export_rows`` rows or
-``export_every_seconds``, and at the end; a crash leaves them recorded, and the next command
-publishes them. Staged files no commit names (a crash before the commit; a commit fenced
-out, whose file the writer deletes at once) are garbage: the writer deletes those of dead
-runs when it starts and when it finishes.
+completes with the batches done so far: a slow model's labels still leave every few seconds.
+Recorded files are published (moved to their final names in the output) every
+``export_rows`` rows or ``export_every_seconds``, and at the end; a crash leaves them
+recorded, and the next command publishes them. Staged files no commit names (a crash before
+the commit; a commit fenced out, whose file the writer deletes at once) are garbage: the
+writer deletes those of dead runs when it starts and when it finishes.
 
 A labelled row whose values cannot take the integration's fixed column types is not a post's
 failure but the run's: no retry can change a type. The writer reports it to the StageReports
