@@ -41,10 +41,33 @@ def test_a_sample_is_reproducible_and_a_larger_proportion_keeps_a_superset(tmp_p
     assert sampled_out >= len(every) - len(a)  # invalid posts may be sampled out too
 
 
-def test_a_relative_window_keeps_posts_by_their_own_timestamp(tmp_path, capsys):
-    now = datetime.now(timezone.utc)
-    ages = {"1h": timedelta(hours=1), "3h": timedelta(hours=3), "30h": timedelta(hours=30),
-            "5d": timedelta(days=5)}
+class _Clock(datetime):
+    """The command's clock, fixed: a window's first day must not depend on when tests run."""
+    fixed: datetime
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls.fixed.astimezone(tz)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Set ``clock(when)``: every command after it runs at ``when`` (UTC)."""
+    def set_now(when: datetime) -> datetime:
+        monkeypatch.setattr(_Clock, "fixed", when, raising=False)
+        return when
+    monkeypatch.setattr("jobs.cli.stages.datetime", _Clock)
+    return set_now
+
+
+@pytest.mark.parametrize("at", ["12:00", "01:00"], ids=["inside_one_day", "across_midnight"])
+def test_a_relative_window_keeps_posts_by_their_own_timestamp(tmp_path, capsys, clock, at):
+    """A window keeps posts by their timestamp, not their partition: the 3-hour-old post is
+    read (its day is the window's first) and left out. At 01:00 the 2-hour window starts on
+    the day before, and that day's posts inside it are kept."""
+    now = clock(datetime.fromisoformat(f"2026-06-15T{at}:00+00:00"))
+    ages = {"1h": timedelta(hours=1), "90m": timedelta(minutes=90), "3h": timedelta(hours=3),
+            "30h": timedelta(hours=30), "5d": timedelta(days=5)}
     posts = tmp_path / "posts"
     for name, age in ages.items():
         when = now - age
@@ -58,7 +81,8 @@ def test_a_relative_window_keeps_posts_by_their_own_timestamp(tmp_path, capsys):
     assert "outside_window" in capsys.readouterr().out
     two_days = _queued(tmp_path, "d", posts, "--backfill-period", "days",
                        "--backfill-duration", "2")
-    assert two_hours == {"at://1h"} and two_days == {"at://1h", "at://3h", "at://30h"}
+    assert two_hours == {"at://1h", "at://90m"}
+    assert two_days == {"at://1h", "at://90m", "at://3h", "at://30h"}
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -106,14 +130,14 @@ def test_without_i_every_integration_of_the_config_is_enqueued(tmp_path, capsys)
     assert queued[NAME] == queued["ml_inference_valence"] and len(queued[NAME]) > 280
 
 
-def test_sampling_and_window_counters_add_up_to_the_rows_read(tmp_path):
+def test_sampling_and_window_counters_add_up_to_the_rows_read(tmp_path, clock):
     """Every row read is accounted for once: enqueued, sampled out, outside the window,
     invalid or a repeat — and each counter is the number worked out from the posts."""
     import json
 
     import xxhash
 
-    now = datetime.now(timezone.utc)
+    now = clock(datetime(2026, 6, 15, 20, 0, tzinfo=timezone.utc))
     posts = tmp_path / "posts"
     rows = []
     for i in range(400):
@@ -144,14 +168,14 @@ def test_sampling_and_window_counters_add_up_to_the_rows_read(tmp_path):
 
 
 def test_a_selection_matching_no_post_exits_4_and_names_the_days_of_the_posts(tmp_path,
-                                                                              capsys):
+                                                                              capsys, clock):
     """Days without posts, a window (ending now) before all of the data, a range after it:
     exit 4 with one line naming what was asked for and the posts' first and last day;
     nothing queued. Queueing the same posts twice is no such case: exit 0."""
     posts = write_posts(tmp_path, 200, days=3)  # 2024-10-01 … 2024-10-03
     cfg = write_config(tmp_path, {"type": PLUGIN}, posts=posts)
     base = ["--config", str(cfg), "-r", "posts", "--add-to-queue", "-i", "g"]
-    today = datetime.now(timezone.utc)
+    today = clock(datetime(2026, 6, 15, 0, 30, tzinfo=timezone.utc))
     for flags, asked in (
             (["--start-date", "2030-01-01", "--end-date", "2030-01-02"],
              "the days 2030-01-01 to 2030-01-02"),
