@@ -62,9 +62,12 @@ def ray_session():
         path = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, path) if p)
         # address="local": a Ray of the session's own, even where other Rays run on the host
-        # (ray.init() alone would join one of them).
+        # (ray.init() alone would join one of them). Workers' output stays in their log
+        # files, as a command's own Ray keeps it (``log_to_driver`` only with --verbose): a
+        # test that counts a command's stderr lines must not count what Ray's C++ core
+        # prints from a worker being stopped (seen under load: abseil's "Lock blocking").
         ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 object_store_memory=500_000_000)
+                 object_store_memory=500_000_000, log_to_driver=False)
     yield ray
     ray.shutdown()
 
